@@ -1,0 +1,131 @@
+//! `logdb-storage`: one storage node process. Prints one JSON line with its bound addresses on
+//! stdout once it serves (so a parent can start it on port 0), logs with tracing on stderr.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use logdb_storage::materializer::{self, MaterializerConfig};
+use logdb_storage::node::{Node, NodeConfig};
+use logdb_storage::proto::storage_service_server::StorageServiceServer;
+use logdb_storage::service::{StorageSvc, RECORD_OVERHEAD};
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "logdb-storage",
+    about = "logdb storage node: durable redo logs, page versions at any LSN"
+)]
+struct Args {
+    /// gRPC listen address (port 0 picks a free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:7600")]
+    listen: SocketAddr,
+    /// Prometheus /metrics listen address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics_listen: SocketAddr,
+    /// Directory holding this node's segments.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// This node's id (kept in the data dir; a dir of another node is refused).
+    #[arg(long)]
+    node_id: String,
+    /// Availability zone of this node.
+    #[arg(long)]
+    zone: String,
+    /// Largest WriteRecords batch accepted, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_batch_bytes: usize,
+    /// Log files rotate at this size, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    log_file_bytes: u64,
+    /// Retention window for segments created without one, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    default_retention_secs: u64,
+    /// How often the coalescer runs, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    coalesce_interval_ms: u64,
+    /// How often retention is applied, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    gc_interval_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let node = Node::open(NodeConfig {
+        data_dir: args.data_dir.clone(),
+        node_id: args.node_id.clone(),
+        zone: args.zone.clone(),
+        max_batch_bytes: args.max_batch_bytes,
+        log_file_bytes: args.log_file_bytes,
+        default_retention_secs: args.default_retention_secs,
+    })
+    .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
+
+    let grpc = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding gRPC address {}", args.listen))?;
+    let metrics = TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding metrics address {}", args.metrics_listen))?;
+    let grpc_addr = grpc.local_addr()?;
+    let metrics_addr = metrics.local_addr()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let coalescer = tokio::spawn(materializer::run(
+        Arc::clone(&node),
+        MaterializerConfig {
+            interval: Duration::from_millis(args.coalesce_interval_ms),
+            gc_interval: Duration::from_millis(args.gc_interval_ms),
+        },
+        stop_rx,
+    ));
+    tokio::spawn(logdb_storage::metrics::serve(metrics, Arc::clone(&node)));
+
+    // Leave room above the batch limit so an oversized batch gets our clear error, not the
+    // transport's.
+    let max_message = args
+        .max_batch_bytes
+        .saturating_mul(2)
+        .saturating_add(RECORD_OVERHEAD << 16);
+    let svc = StorageServiceServer::new(StorageSvc::new(Arc::clone(&node)))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(64 << 20);
+    println!(
+        "{}",
+        serde_json::json!({"event": "listening", "grpc": grpc_addr.to_string(), "metrics": metrics_addr.to_string(), "node_id": args.node_id, "zone": args.zone})
+    );
+    tracing::info!(%grpc_addr, %metrics_addr, node_id = %args.node_id, zone = %args.zone, "storage node serving");
+
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            shutdown,
+        )
+        .await
+        .context("gRPC server")?;
+    let _ = stop_tx.send(true);
+    let _ = coalescer.await;
+    node.close();
+    Ok(())
+}

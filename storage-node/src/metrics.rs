@@ -1,0 +1,184 @@
+//! Prometheus metrics of the node, served as text on `/metrics`: what was received, how many
+//! fsyncs it took, and per segment the SCL, the pending (unmaterialized) records and how far the
+//! coalescer lags behind.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::node::Node;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SegmentLabels {
+    pub volume: String,
+    pub segment: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub records_received: Counter,
+    pub bytes_received: Counter,
+    pub write_batches: Counter,
+    pub pages_read: Counter,
+    pub records_coalesced: Counter,
+    pub corrupt_frames: Counter,
+    pub corrupt_reads: Counter,
+    fsyncs: Family<SegmentLabels, Gauge>,
+    scl: Family<SegmentLabels, Gauge>,
+    materialized: Family<SegmentLabels, Gauge>,
+    pending: Family<SegmentLabels, Gauge>,
+    coalesce_lag: Family<SegmentLabels, Gauge>,
+    epoch: Family<SegmentLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("logdb_storage");
+        let m = Metrics {
+            records_received: Counter::default(),
+            bytes_received: Counter::default(),
+            write_batches: Counter::default(),
+            pages_read: Counter::default(),
+            records_coalesced: Counter::default(),
+            corrupt_frames: Counter::default(),
+            corrupt_reads: Counter::default(),
+            fsyncs: Family::default(),
+            scl: Family::default(),
+            materialized: Family::default(),
+            pending: Family::default(),
+            coalesce_lag: Family::default(),
+            epoch: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "records_received",
+            "Redo records received",
+            m.records_received.clone(),
+        );
+        registry.register(
+            "bytes_received",
+            "Redo payload bytes received",
+            m.bytes_received.clone(),
+        );
+        registry.register(
+            "write_batches",
+            "WriteRecords calls accepted",
+            m.write_batches.clone(),
+        );
+        registry.register("pages_read", "ReadPage calls served", m.pages_read.clone());
+        registry.register(
+            "records_coalesced",
+            "Records applied to stored page versions",
+            m.records_coalesced.clone(),
+        );
+        registry.register(
+            "corrupt_frames",
+            "Damaged log frames found at start (records lost on this node)",
+            m.corrupt_frames.clone(),
+        );
+        registry.register(
+            "corrupt_reads",
+            "Reads refused because stored data failed its checksum",
+            m.corrupt_reads.clone(),
+        );
+        registry.register(
+            "segment_fsyncs",
+            "Log fsyncs per segment since start",
+            m.fsyncs.clone(),
+        );
+        registry.register("segment_scl", "Segment complete LSN", m.scl.clone());
+        registry.register(
+            "segment_materialized_lsn",
+            "Every record at or below this LSN is in a stored page version",
+            m.materialized.clone(),
+        );
+        registry.register(
+            "segment_pending_records",
+            "Records not yet materialized",
+            m.pending.clone(),
+        );
+        registry.register(
+            "segment_coalesce_lag_lsn",
+            "SCL minus materialized LSN",
+            m.coalesce_lag.clone(),
+        );
+        registry.register("segment_epoch", "Installed epoch", m.epoch.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition, with per-segment gauges read now.
+    pub fn render(&self, node: &Node) -> String {
+        for seg in node.segments() {
+            let st = seg.status();
+            let l = SegmentLabels {
+                volume: seg.key().volume.clone(),
+                segment: seg.key().segment.clone(),
+            };
+            self.fsyncs.get_or_create(&l).set(seg.fsyncs() as i64);
+            self.scl.get_or_create(&l).set(st.scl.0 as i64);
+            self.materialized
+                .get_or_create(&l)
+                .set(st.materialized.0 as i64);
+            self.pending
+                .get_or_create(&l)
+                .set(st.pending_records as i64);
+            self.coalesce_lag
+                .get_or_create(&l)
+                .set(st.scl.0.saturating_sub(st.materialized.0) as i64);
+            self.epoch.get_or_create(&l).set(st.epoch.0 as i64);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `GET /metrics` (plain HTTP/1.0-style: one response per connection).
+pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let node = Arc::clone(&node);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            while len < buf.len() {
+                match sock.read(&mut buf[len..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => len += n,
+                }
+                if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let (status, body) = if head.starts_with("GET /metrics ") {
+                ("200 OK", node.metrics.render(&node))
+            } else {
+                (
+                    "404 Not Found",
+                    "only GET /metrics is served here\n".to_string(),
+                )
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}

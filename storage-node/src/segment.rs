@@ -1,0 +1,893 @@
+//! One segment: a PG's copy on this node. Ties the durable log, the SCL chain, the record index,
+//! the page store and the epoch together, and gives the four things the service needs — append
+//! durably, read a page at an LSN, coalesce, and the recovery calls (install epoch, truncate).
+//!
+//! Concurrency: `state` (a short-held mutex) is the index; the log's flusher does the fsyncs
+//! without it, so many requests share an fsync. `control_lock` serializes every change of the
+//! durable control record (epoch, truncation, coalescing round, retention), so no change can
+//! overwrite another's.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::chain::{Chain, ChainError};
+use crate::fencing::{Fenced, VolumeEpochs};
+use crate::frame;
+use crate::page_apply;
+use crate::page_store::{Control, Descriptor, PageStore, Round, StoreError, Truncation};
+use crate::record::{RecordError, RedoRecord};
+use crate::segment_log::{Loc, LogError, ReplayReport, SegmentLog};
+use crate::types::{Epoch, Lsn, PageId, SegmentKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("segment {segment}: {source}")]
+    Record {
+        segment: SegmentKey,
+        source: RecordError,
+    },
+    #[error("segment {segment}: {reason}")]
+    Invalid { segment: SegmentKey, reason: String },
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
+    #[error("segment {segment}: {source}")]
+    Chain {
+        segment: SegmentKey,
+        source: ChainError,
+    },
+    #[error("segment {segment}: requested LSN {requested} is above the segment complete LSN {scl}; retry later or read another segment")]
+    NotYetComplete {
+        segment: SegmentKey,
+        requested: Lsn,
+        scl: Lsn,
+    },
+    #[error(
+        "segment {segment}: requested LSN {requested} is below the retention horizon {horizon}"
+    )]
+    BelowHorizon {
+        segment: SegmentKey,
+        requested: Lsn,
+        horizon: Lsn,
+    },
+    #[error("segment {segment}: cannot truncate above {above}: records up to {materialized} are already materialized (truncation must not go below the writer's announced VDL)")]
+    TruncateBelowMaterialized {
+        segment: SegmentKey,
+        above: Lsn,
+        materialized: Lsn,
+    },
+    #[error("segment {segment}: {source}")]
+    Store {
+        segment: SegmentKey,
+        source: StoreError,
+    },
+    #[error("segment {segment}: {source}")]
+    Log {
+        segment: SegmentKey,
+        source: LogError,
+    },
+}
+
+impl SegmentError {
+    /// Whether the error reports damaged stored data.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            SegmentError::Store {
+                source: StoreError::CorruptVersion { .. },
+                ..
+            } | SegmentError::Log {
+                source: LogError::Corrupt { .. },
+                ..
+            }
+        )
+    }
+}
+
+/// A retained record: where it is in the log, and its bytes while not yet materialized.
+#[derive(Clone, Debug)]
+struct Entry {
+    loc: Loc,
+    epoch: Epoch,
+    page: PageId,
+    checksum: u32,
+    rec: Option<Arc<RedoRecord>>,
+}
+
+#[derive(Debug)]
+struct State {
+    control: Control,
+    chain: Chain,
+    /// Every retained record by LSN.
+    records: BTreeMap<Lsn, Entry>,
+    /// Every retained record by page.
+    pages: HashMap<PageId, BTreeSet<Lsn>>,
+    /// Records pushed to the log and not yet durable: checksum and the ticket to wait for.
+    inflight: HashMap<Lsn, (u32, u64)>,
+    last_committed: Lsn,
+    highest_commit: (Lsn, u64),
+    coalescing: HashSet<PageId>,
+}
+
+impl State {
+    fn highest_lsn(&self) -> Lsn {
+        self.records
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(self.control.materialized)
+    }
+
+    fn pending(&self) -> usize {
+        self.records
+            .range(Lsn(self.control.materialized.0 + 1)..)
+            .count()
+    }
+
+    fn insert(&mut self, lsn: Lsn, entry: Entry, rec: &RedoRecord) {
+        if rec.is_commit() && lsn > self.highest_commit.0 {
+            self.highest_commit = (lsn, rec.commit_ts_us);
+        }
+        self.pages.entry(entry.page).or_default().insert(lsn);
+        self.records.insert(lsn, entry);
+    }
+
+    fn remove(&mut self, lsn: Lsn) {
+        if let Some(e) = self.records.remove(&lsn) {
+            if let Some(set) = self.pages.get_mut(&e.page) {
+                set.remove(&lsn);
+                if set.is_empty() {
+                    self.pages.remove(&e.page);
+                }
+            }
+        }
+    }
+}
+
+/// A snapshot of the segment's progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentStatus {
+    pub descriptor: Descriptor,
+    pub scl: Lsn,
+    pub highest_lsn: Lsn,
+    pub epoch: Epoch,
+    pub materialized: Lsn,
+    pub horizon: Lsn,
+    pub pending_records: u64,
+    pub last_committed: Lsn,
+    pub highest_commit: Lsn,
+    pub highest_commit_ts_us: u64,
+}
+
+/// A page as read at an LSN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageRead {
+    pub data: Vec<u8>,
+    /// LSN of the newest change the page contains (0: never written).
+    pub lsn: Lsn,
+    pub scl: Lsn,
+}
+
+/// One row of the per-page table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageRow {
+    pub page: PageId,
+    pub base_lsn: Lsn,
+    pub pending: Vec<Lsn>,
+    pub coalescing: bool,
+}
+
+/// What one coalescing round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoundOutcome {
+    pub records: usize,
+    pub pages: usize,
+}
+
+pub struct Segment {
+    key: SegmentKey,
+    descriptor: Descriptor,
+    dir: PathBuf,
+    log: Arc<SegmentLog>,
+    store: PageStore,
+    state: Mutex<State>,
+    control_lock: Mutex<()>,
+    epochs: Arc<VolumeEpochs>,
+    replay: ReplayReport,
+}
+
+const LOG_DIR: &str = "log";
+const PAGES_FILE: &str = "pages.redb";
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl Segment {
+    /// Creates a new segment in `dir` (which must not hold one).
+    pub fn create(
+        dir: &Path,
+        descriptor: Descriptor,
+        epoch: Epoch,
+        log_file_bytes: u64,
+        epochs: Arc<VolumeEpochs>,
+    ) -> Result<Arc<Segment>, SegmentError> {
+        let key = SegmentKey {
+            volume: descriptor.volume.clone(),
+            segment: descriptor.segment.clone(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| SegmentError::Log {
+            segment: key.clone(),
+            source: LogError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            },
+        })?;
+        let store =
+            PageStore::open(&dir.join(PAGES_FILE)).map_err(|source| SegmentError::Store {
+                segment: key.clone(),
+                source,
+            })?;
+        store
+            .save_control(&Control::new(descriptor, epoch))
+            .map_err(|source| SegmentError::Store {
+                segment: key,
+                source,
+            })?;
+        drop(store);
+        Self::open(dir, log_file_bytes, epochs)
+    }
+
+    /// Opens an existing segment, rebuilding its index from the control record and the log.
+    /// Returns `Ok(None)` when `dir` has no control record (a creation that never completed).
+    pub fn open_existing(
+        dir: &Path,
+        log_file_bytes: u64,
+        epochs: Arc<VolumeEpochs>,
+    ) -> Result<Option<Arc<Segment>>, SegmentError> {
+        let probe_key = SegmentKey {
+            volume: "?".into(),
+            segment: dir.display().to_string(),
+        };
+        let store =
+            PageStore::open(&dir.join(PAGES_FILE)).map_err(|source| SegmentError::Store {
+                segment: probe_key.clone(),
+                source,
+            })?;
+        let has_control = store
+            .control()
+            .map_err(|source| SegmentError::Store {
+                segment: probe_key,
+                source,
+            })?
+            .is_some();
+        drop(store);
+        if !has_control {
+            return Ok(None);
+        }
+        Self::open(dir, log_file_bytes, epochs).map(Some)
+    }
+
+    fn open(
+        dir: &Path,
+        log_file_bytes: u64,
+        epochs: Arc<VolumeEpochs>,
+    ) -> Result<Arc<Segment>, SegmentError> {
+        let unknown = SegmentKey {
+            volume: "?".into(),
+            segment: dir.display().to_string(),
+        };
+        let store =
+            PageStore::open(&dir.join(PAGES_FILE)).map_err(|source| SegmentError::Store {
+                segment: unknown.clone(),
+                source,
+            })?;
+        let control = store
+            .control()
+            .map_err(|source| SegmentError::Store {
+                segment: unknown.clone(),
+                source,
+            })?
+            .ok_or_else(|| SegmentError::Invalid {
+                segment: unknown,
+                reason: "no control record".into(),
+            })?;
+        let descriptor = control.descriptor.clone();
+        let key = SegmentKey {
+            volume: descriptor.volume.clone(),
+            segment: descriptor.segment.clone(),
+        };
+        let mut state = State {
+            chain: Chain::starting_at(control.materialized),
+            control,
+            records: BTreeMap::new(),
+            pages: HashMap::new(),
+            inflight: HashMap::new(),
+            last_committed: Lsn::ZERO,
+            highest_commit: (Lsn::ZERO, 0),
+            coalescing: HashSet::new(),
+        };
+        let (log, replay) = SegmentLog::open(&dir.join(LOG_DIR), log_file_bytes, |f, loc| {
+            let lsn = f.record.lsn;
+            if state.control.discards(f.epoch, lsn)
+                || lsn <= state.control.horizon
+                || state.records.contains_key(&lsn)
+            {
+                return;
+            }
+            let materialized = lsn <= state.control.materialized;
+            if !materialized {
+                if let Err(e) = state.chain.insert(lsn, f.record.prev_lsn) {
+                    tracing::error!(segment = %key, error = %e, "replayed record does not fit the chain; skipped");
+                    return;
+                }
+            }
+            let entry = Entry {
+                loc,
+                epoch: f.epoch,
+                page: f.record.page_id,
+                checksum: f.record.checksum,
+                rec: None,
+            };
+            let rec = Arc::new(f.record);
+            let entry = Entry { rec: (!materialized).then(|| Arc::clone(&rec)), ..entry };
+            state.insert(lsn, entry, &rec);
+        })
+        .map_err(|source| SegmentError::Log { segment: key.clone(), source })?;
+        state.last_committed = state.control.materialized;
+        epochs.raise(&key.volume, state.control.epoch);
+        tracing::info!(
+            segment = %key,
+            frames = replay.frames,
+            scl = %state.chain.scl(),
+            materialized = %state.control.materialized,
+            corrupt = replay.corrupt.len(),
+            "segment opened"
+        );
+        Ok(Arc::new(Segment {
+            key,
+            descriptor,
+            dir: dir.to_path_buf(),
+            log,
+            store,
+            state: Mutex::new(state),
+            control_lock: Mutex::new(()),
+            epochs,
+            replay,
+        }))
+    }
+
+    pub fn key(&self) -> &SegmentKey {
+        &self.key
+    }
+
+    pub fn descriptor(&self) -> &Descriptor {
+        &self.descriptor
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Damaged log frames found when the segment was opened.
+    pub fn corrupt_frames(&self) -> usize {
+        self.replay.corrupt.len()
+    }
+
+    pub fn fsyncs(&self) -> u64 {
+        self.log.fsyncs()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("segment state lock")
+    }
+
+    fn store_err(&self, source: StoreError) -> SegmentError {
+        SegmentError::Store {
+            segment: self.key.clone(),
+            source,
+        }
+    }
+
+    fn log_err(&self, source: LogError) -> SegmentError {
+        SegmentError::Log {
+            segment: self.key.clone(),
+            source,
+        }
+    }
+
+    fn invalid(&self, reason: String) -> SegmentError {
+        SegmentError::Invalid {
+            segment: self.key.clone(),
+            reason,
+        }
+    }
+
+    pub fn status(&self) -> SegmentStatus {
+        let s = self.lock();
+        SegmentStatus {
+            descriptor: self.descriptor.clone(),
+            scl: s.chain.scl(),
+            highest_lsn: s.highest_lsn(),
+            epoch: s.control.epoch,
+            materialized: s.control.materialized,
+            horizon: s.control.horizon,
+            pending_records: s.pending() as u64,
+            last_committed: s.last_committed,
+            highest_commit: s.highest_commit.0,
+            highest_commit_ts_us: s.highest_commit.1,
+        }
+    }
+
+    /// Installs `epoch` durably if it is newer than the segment's; refuses an older one.
+    pub fn install_epoch(&self, action: &'static str, epoch: Epoch) -> Result<(), SegmentError> {
+        self.epochs.check(action, &self.key.volume, epoch)?;
+        if epoch <= self.lock().control.epoch {
+            return Ok(());
+        }
+        let _control = self.control_lock.lock().expect("control lock");
+        let mut s = self.lock();
+        self.epochs.check(action, &self.key.volume, epoch)?;
+        if epoch > s.control.epoch {
+            let mut next = s.control.clone();
+            next.epoch = epoch;
+            self.store
+                .save_control(&next)
+                .map_err(|e| self.store_err(e))?;
+            s.control = next;
+            self.epochs.raise(&self.key.volume, epoch);
+            tracing::info!(segment = %self.key, %epoch, "epoch installed");
+        }
+        Ok(())
+    }
+
+    /// Appends `records` durably under `epoch`; returns the SCL once they are fsynced.
+    /// Either every record of the batch is accepted or none is.
+    pub async fn write(
+        &self,
+        epoch: Epoch,
+        records: Vec<RedoRecord>,
+        last_committed: Lsn,
+    ) -> Result<SegmentStatus, SegmentError> {
+        for r in &records {
+            r.validate_for_page_size(self.descriptor.page_size)
+                .map_err(|source| SegmentError::Record {
+                    segment: self.key.clone(),
+                    source,
+                })?;
+            if !self.descriptor.holds(r.page_id) {
+                return Err(self.invalid(format!(
+                    "record LSN {} is for page {}, outside this PG's pages {}..{}",
+                    r.lsn,
+                    r.page_id,
+                    self.descriptor.first_page,
+                    self.descriptor.first_page + self.descriptor.page_count
+                )));
+            }
+        }
+        self.install_epoch("write", epoch)?;
+
+        let (wait_for, fresh) = {
+            let mut s = self.lock();
+            self.epochs.check("write", &self.key.volume, epoch)?;
+            let mut wait_for = 0u64;
+            let mut fresh: Vec<RedoRecord> = Vec::new();
+            let mut in_batch = HashSet::new();
+            for r in records {
+                let same = |checksum: u32| -> Result<(), SegmentError> {
+                    if checksum == r.checksum {
+                        Ok(())
+                    } else {
+                        Err(self.invalid(format!(
+                            "LSN {} already holds a different record (checksum {checksum:#010x}, not {:#010x})",
+                            r.lsn, r.checksum
+                        )))
+                    }
+                };
+                if let Some(e) = s.records.get(&r.lsn) {
+                    same(e.checksum)?;
+                } else if let Some(&(checksum, ticket)) = s.inflight.get(&r.lsn) {
+                    same(checksum)?;
+                    wait_for = wait_for.max(ticket);
+                } else if r.lsn <= s.control.horizon {
+                    // A re-send of a record materialized and dropped from the index long ago:
+                    // already durable here, nothing to do.
+                } else if in_batch.insert(r.lsn) {
+                    s.chain
+                        .check(r.lsn, r.prev_lsn)
+                        .map_err(|source| SegmentError::Chain {
+                            segment: self.key.clone(),
+                            source,
+                        })?;
+                    fresh.push(r);
+                }
+            }
+            if last_committed > s.last_committed {
+                s.last_committed = last_committed;
+            }
+            if !fresh.is_empty() {
+                let frames: Vec<(Lsn, Vec<u8>)> = fresh
+                    .iter()
+                    .map(|r| {
+                        let mut buf = Vec::with_capacity(frame::encoded_record_len(r));
+                        frame::encode_record(epoch, r, &mut buf);
+                        (r.lsn, buf)
+                    })
+                    .collect();
+                let (ticket, locs) = self.log.push(&frames).map_err(|e| self.log_err(e))?;
+                wait_for = wait_for.max(ticket);
+                for r in &fresh {
+                    s.inflight.insert(r.lsn, (r.checksum, ticket));
+                }
+                (wait_for, fresh.into_iter().zip(locs).collect::<Vec<_>>())
+            } else {
+                (wait_for, Vec::new())
+            }
+        };
+
+        let durable = if wait_for > 0 {
+            self.log.wait_durable(wait_for).await
+        } else {
+            Ok(())
+        };
+
+        let mut s = self.lock();
+        for (r, _) in &fresh {
+            s.inflight.remove(&r.lsn);
+        }
+        durable.map_err(|e| self.log_err(e))?;
+        let mut fenced = false;
+        for (r, loc) in fresh {
+            let lsn = r.lsn;
+            if s.control.discards(epoch, lsn) {
+                fenced = true;
+                continue;
+            }
+            if let Err(source) = s.chain.insert(lsn, r.prev_lsn) {
+                // Two batches in flight at once carried conflicting backlinks.
+                return Err(SegmentError::Chain {
+                    segment: self.key.clone(),
+                    source,
+                });
+            }
+            let rec = Arc::new(r);
+            let entry = Entry {
+                loc,
+                epoch,
+                page: rec.page_id,
+                checksum: rec.checksum,
+                rec: Some(Arc::clone(&rec)),
+            };
+            s.insert(lsn, entry, &rec);
+        }
+        if fenced || epoch < s.control.epoch {
+            return Err(Fenced {
+                action: "write",
+                volume: self.key.volume.clone(),
+                requested: epoch,
+                seen: s.control.epoch,
+            }
+            .into());
+        }
+        drop(s);
+        Ok(self.status())
+    }
+
+    /// The page as of `at` (0: the SCL): the newest stored version at or below it plus the
+    /// records between, applied on the fly.
+    pub fn read_page(&self, page: PageId, at: Lsn) -> Result<PageRead, SegmentError> {
+        if !self.descriptor.holds(page) {
+            return Err(self.invalid(format!(
+                "page {page} is outside this PG's pages {}..{}",
+                self.descriptor.first_page,
+                self.descriptor.first_page + self.descriptor.page_count
+            )));
+        }
+        let (at, scl) = {
+            let s = self.lock();
+            let scl = s.chain.scl();
+            let at = if at == Lsn::ZERO { scl } else { at };
+            self.check_readable(&s, at)?;
+            (at, scl)
+        };
+        let (base_lsn, mut image) = match self.store.newest_version(page, at) {
+            Ok(Some(v)) => v,
+            Ok(None) => (Lsn::ZERO, vec![0; self.descriptor.page_size as usize]),
+            Err(e) => return Err(self.store_err(e)),
+        };
+        let entries: Vec<(Lsn, Entry)> = {
+            let s = self.lock();
+            // Retention may have moved while the version was read.
+            self.check_readable(&s, at)?;
+            s.pages
+                .get(&page)
+                .filter(|_| base_lsn < at)
+                .map(|set| {
+                    set.range(Lsn(base_lsn.0 + 1)..=at)
+                        .map(|lsn| (*lsn, s.records[lsn].clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut lsn = base_lsn;
+        for (l, entry) in entries {
+            let rec = self.load(&entry)?;
+            page_apply::apply(&mut image, &rec);
+            lsn = l;
+        }
+        Ok(PageRead {
+            data: image,
+            lsn,
+            scl,
+        })
+    }
+
+    fn check_readable(&self, s: &State, at: Lsn) -> Result<(), SegmentError> {
+        let scl = s.chain.scl();
+        if at > scl {
+            return Err(SegmentError::NotYetComplete {
+                segment: self.key.clone(),
+                requested: at,
+                scl,
+            });
+        }
+        if at < s.control.horizon {
+            return Err(SegmentError::BelowHorizon {
+                segment: self.key.clone(),
+                requested: at,
+                horizon: s.control.horizon,
+            });
+        }
+        Ok(())
+    }
+
+    /// A record's bytes: from memory, or read back (and verified) from the log.
+    fn load(&self, entry: &Entry) -> Result<Arc<RedoRecord>, SegmentError> {
+        if let Some(r) = &entry.rec {
+            return Ok(Arc::clone(r));
+        }
+        let f = self.log.read(entry.loc).map_err(|e| self.log_err(e))?;
+        Ok(Arc::new(f.record))
+    }
+
+    /// Records with LSN in `[from, to]` (to = 0: all), in LSN order.
+    pub fn records(&self, from: Lsn, to: Lsn) -> Result<Vec<RedoRecord>, SegmentError> {
+        let entries: Vec<Entry> = {
+            let s = self.lock();
+            if from <= s.control.horizon && s.control.horizon > Lsn::ZERO {
+                return Err(SegmentError::BelowHorizon {
+                    segment: self.key.clone(),
+                    requested: from,
+                    horizon: Lsn(s.control.horizon.0 + 1),
+                });
+            }
+            let to = if to == Lsn::ZERO { Lsn(u64::MAX) } else { to };
+            if from > to {
+                return Ok(Vec::new());
+            }
+            s.records.range(from..=to).map(|(_, e)| e.clone()).collect()
+        };
+        entries
+            .iter()
+            .map(|e| self.load(e).map(|r| (*r).clone()))
+            .collect()
+    }
+
+    /// Discards records above `above` written under epochs below `epoch` (recovery, after the
+    /// new writer computed the VDL), and installs `epoch`.
+    pub fn truncate(&self, epoch: Epoch, above: Lsn) -> Result<(), SegmentError> {
+        self.epochs.check("truncate", &self.key.volume, epoch)?;
+        let _control = self.control_lock.lock().expect("control lock");
+        let mut s = self.lock();
+        self.epochs.check("truncate", &self.key.volume, epoch)?;
+        if s.control.materialized > above {
+            return Err(SegmentError::TruncateBelowMaterialized {
+                segment: self.key.clone(),
+                above,
+                materialized: s.control.materialized,
+            });
+        }
+        let mut next = s.control.clone();
+        next.epoch = next.epoch.max(epoch);
+        let t = Truncation { epoch, above };
+        if !next.truncations.contains(&t) {
+            next.truncations.push(t);
+        }
+        self.store
+            .save_control(&next)
+            .map_err(|e| self.store_err(e))?;
+        s.control = next;
+        self.epochs.raise(&self.key.volume, epoch);
+        let doomed: Vec<Lsn> = s
+            .records
+            .range(Lsn(above.0.saturating_add(1))..)
+            .filter(|(_, e)| e.epoch < epoch)
+            .map(|(l, _)| *l)
+            .collect();
+        for lsn in &doomed {
+            s.remove(*lsn);
+        }
+        let kept = s
+            .records
+            .range(..=above)
+            .next_back()
+            .map(|(l, _)| *l)
+            .unwrap_or_default()
+            .max(s.control.materialized);
+        s.chain.truncate(above, kept);
+        s.last_committed = s.last_committed.min(above);
+        if s.highest_commit.0 > above {
+            s.highest_commit = s
+                .records
+                .iter()
+                .rev()
+                .find_map(|(l, e)| {
+                    e.rec
+                        .as_ref()
+                        .filter(|r| r.is_commit())
+                        .map(|r| (*l, r.commit_ts_us))
+                })
+                .unwrap_or((Lsn::ZERO, 0));
+        }
+        tracing::info!(segment = %self.key, %epoch, %above, removed = doomed.len(), scl = %s.chain.scl(), "truncated");
+        Ok(())
+    }
+
+    /// One coalescing round: applies every record up to min(SCL, writer's VDL) to the newest
+    /// stored version of its page and stores the results with the new materialized LSN in one
+    /// transaction. Records above the VDL may still be truncated by a recovery, so they wait.
+    pub fn coalesce(&self) -> Result<RoundOutcome, SegmentError> {
+        let _control = self.control_lock.lock().expect("control lock");
+        let (bound, by_page) = {
+            let mut s = self.lock();
+            let target = s.chain.scl().min(s.last_committed);
+            let materialized = s.control.materialized;
+            let Some(bound) = s
+                .records
+                .range(..=target)
+                .next_back()
+                .map(|(l, _)| *l)
+                .filter(|b| *b > materialized)
+            else {
+                return Ok(RoundOutcome::default());
+            };
+            let mut by_page: BTreeMap<PageId, Vec<Arc<RedoRecord>>> = BTreeMap::new();
+            for (_, e) in s.records.range(Lsn(materialized.0 + 1)..=bound) {
+                let rec = e
+                    .rec
+                    .clone()
+                    .expect("unmaterialized records stay in memory");
+                by_page.entry(e.page).or_default().push(rec);
+            }
+            s.coalescing = by_page.keys().copied().collect();
+            (bound, by_page)
+        };
+        let result = self.materialize(bound, &by_page);
+        let mut s = self.lock();
+        s.coalescing.clear();
+        let next = result?;
+        let first = Lsn(s.control.materialized.0 + 1);
+        for (_, e) in s.records.range_mut(first..=bound) {
+            e.rec = None;
+        }
+        s.control = next;
+        Ok(RoundOutcome {
+            records: by_page.values().map(Vec::len).sum(),
+            pages: by_page.len(),
+        })
+    }
+
+    fn materialize(
+        &self,
+        bound: Lsn,
+        by_page: &BTreeMap<PageId, Vec<Arc<RedoRecord>>>,
+    ) -> Result<Control, SegmentError> {
+        let mut versions = Vec::with_capacity(by_page.len());
+        for (page, recs) in by_page {
+            let base = match self.store.newest_version(*page, Lsn(u64::MAX)) {
+                Ok(Some((_, image))) => image,
+                Ok(None) => vec![0; self.descriptor.page_size as usize],
+                Err(e) => return Err(self.store_err(e)),
+            };
+            let image = page_apply::apply_all(&base, recs.iter().map(|r| r.as_ref()));
+            let lsn = recs.last().expect("at least one record").lsn;
+            versions.push((*page, lsn, image));
+        }
+        let mut next = self.lock().control.clone();
+        next.materialized = bound;
+        next.rounds.push(Round {
+            lsn: bound,
+            unix_ms: now_ms(),
+        });
+        self.store
+            .commit_round(&versions, &next)
+            .map_err(|e| self.store_err(e))?;
+        Ok(next)
+    }
+
+    /// Moves the retention horizon to the newest round older than the retention window, then
+    /// deletes what only reads below it could need: log files, index entries, old versions.
+    pub fn collect_garbage(&self, now_ms: u64) -> Result<usize, SegmentError> {
+        let _control = self.control_lock.lock().expect("control lock");
+        let cutoff = now_ms.saturating_sub(self.descriptor.retention_secs.saturating_mul(1000));
+        let mut next = self.lock().control.clone();
+        let Some(horizon) = next
+            .rounds
+            .iter()
+            .filter(|r| r.unix_ms <= cutoff)
+            .map(|r| r.lsn)
+            .max()
+            .filter(|h| *h > next.horizon)
+        else {
+            return Ok(0);
+        };
+        next.horizon = horizon;
+        next.rounds.retain(|r| r.lsn > horizon);
+        self.store
+            .save_control(&next)
+            .map_err(|e| self.store_err(e))?;
+        {
+            let mut s = self.lock();
+            s.control = next;
+            let doomed: Vec<Lsn> = s.records.range(..=horizon).map(|(l, _)| *l).collect();
+            for lsn in doomed {
+                s.remove(lsn);
+            }
+        }
+        let versions = self
+            .store
+            .remove_versions_below(horizon)
+            .map_err(|e| self.store_err(e))?;
+        let files = self
+            .log
+            .remove_files_through(horizon)
+            .map_err(|e| self.log_err(e))?;
+        tracing::debug!(segment = %self.key, %horizon, versions, files, "retention horizon moved");
+        Ok(files)
+    }
+
+    /// The per-page table: base version, pending records, whether a round is applying them.
+    pub fn pages(&self, limit: usize) -> Result<Vec<PageRow>, SegmentError> {
+        let rows: Vec<(PageId, Vec<Lsn>, bool)> = {
+            let s = self.lock();
+            let materialized = s.control.materialized;
+            let mut pages: Vec<&PageId> = s.pages.keys().collect();
+            pages.sort();
+            pages
+                .into_iter()
+                .take(if limit == 0 { usize::MAX } else { limit })
+                .map(|p| {
+                    let pending = s.pages[p]
+                        .range(Lsn(materialized.0 + 1)..)
+                        .copied()
+                        .collect();
+                    (*p, pending, s.coalescing.contains(p))
+                })
+                .collect()
+        };
+        rows.into_iter()
+            .map(|(page, pending, coalescing)| {
+                let base_lsn = self
+                    .store
+                    .newest_version_lsn(page)
+                    .map_err(|e| self.store_err(e))?
+                    .unwrap_or_default();
+                Ok(PageRow {
+                    page,
+                    base_lsn,
+                    pending,
+                    coalescing,
+                })
+            })
+            .collect()
+    }
+
+    /// Stops the log flusher after everything pushed is durable.
+    pub fn close(&self) {
+        self.log.close();
+    }
+}

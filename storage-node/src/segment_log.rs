@@ -1,0 +1,482 @@
+//! A segment's durable log: append-only files of frames, made durable by a group-commit flusher.
+//!
+//! Writers push encoded frames and get a ticket; one flusher thread per segment writes everything
+//! pushed so far, fsyncs once, and publishes the highest durable ticket. Requests that arrive while
+//! an fsync is running share the next one, so concurrent streams pay for one fsync per round, not
+//! one each. Nothing is acknowledged before its ticket is durable. Files rotate at a size limit so
+//! the coalescer can delete whole files once their records are materialized and out of retention.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio::sync::watch;
+
+use crate::frame::{self, LoggedRecord};
+use crate::types::Lsn;
+
+/// Where a frame sits: file sequence number, byte offset, length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loc {
+    pub file: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("log of this segment failed earlier and accepts no more writes: {0}")]
+    Failed(String),
+    #[error("corrupt log frame at {path}:{offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("log file {0} is gone (removed by retention)")]
+    Missing(u64),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Durable {
+    ticket: u64,
+    failed: Option<String>,
+}
+
+struct Appender {
+    chunks: Vec<(u64, Vec<u8>)>,
+    cur_file: u64,
+    cur_len: u64,
+    next_ticket: u64,
+    closed: bool,
+}
+
+struct FileInfo {
+    max_lsn: Lsn,
+    reader: Option<Arc<File>>,
+}
+
+/// What replay found in the log files.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    pub frames: u64,
+    /// Damaged frames with valid frames after them: records this node had and lost.
+    pub corrupt: Vec<String>,
+    /// Bytes cut from the end of the last file (a write the crash interrupted; never acked).
+    pub torn_tail_bytes: u64,
+}
+
+pub struct SegmentLog {
+    dir: PathBuf,
+    max_file_bytes: u64,
+    appender: Mutex<Appender>,
+    wake: Condvar,
+    durable: watch::Sender<Durable>,
+    files: Mutex<BTreeMap<u64, FileInfo>>,
+    fsyncs: AtomicU64,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn file_name(seq: u64) -> String {
+    format!("log-{seq:016}.seg")
+}
+
+impl SegmentLog {
+    /// Opens the log in `dir`, replaying every frame through `visit` in file order, then starts
+    /// the flusher. New appends go to a fresh file.
+    pub fn open(
+        dir: &Path,
+        max_file_bytes: u64,
+        mut visit: impl FnMut(LoggedRecord, Loc),
+    ) -> Result<(Arc<SegmentLog>, ReplayReport), LogError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut seqs: Vec<u64> = fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_prefix("log-")?
+                    .strip_suffix(".seg")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        seqs.sort_unstable();
+        let mut report = ReplayReport::default();
+        let mut files = BTreeMap::new();
+        for (i, &seq) in seqs.iter().enumerate() {
+            let last = i + 1 == seqs.len();
+            let path = dir.join(file_name(seq));
+            let max_lsn = replay_file(&path, seq, last, &mut report, &mut visit)?;
+            files.insert(
+                seq,
+                FileInfo {
+                    max_lsn,
+                    reader: None,
+                },
+            );
+        }
+        let first_new = seqs.last().map_or(1, |s| s + 1);
+        let log = Arc::new(SegmentLog {
+            dir: dir.to_path_buf(),
+            max_file_bytes,
+            appender: Mutex::new(Appender {
+                chunks: Vec::new(),
+                cur_file: first_new,
+                cur_len: 0,
+                next_ticket: 1,
+                closed: false,
+            }),
+            wake: Condvar::new(),
+            durable: watch::Sender::new(Durable::default()),
+            files: Mutex::new(files),
+            fsyncs: AtomicU64::new(0),
+            flusher: Mutex::new(None),
+        });
+        let worker = Arc::clone(&log);
+        let handle = std::thread::Builder::new()
+            .name("log-flusher".into())
+            .spawn(move || worker.flush_loop())
+            .map_err(io_err(dir))?;
+        *log.flusher.lock().expect("flusher lock") = Some(handle);
+        Ok((log, report))
+    }
+
+    /// Queues `frames` (one encoded frame per record, with the record's LSN) for the next fsync.
+    /// Returns the ticket to wait for and where each frame will sit.
+    pub fn push(&self, frames: &[(Lsn, Vec<u8>)]) -> Result<(u64, Vec<Loc>), LogError> {
+        if let Some(err) = self.durable.borrow().failed.clone() {
+            return Err(LogError::Failed(err));
+        }
+        let total: u64 = frames.iter().map(|(_, f)| f.len() as u64).sum();
+        let max_lsn = frames.iter().map(|(l, _)| *l).max().unwrap_or_default();
+        let mut a = self.appender.lock().expect("appender lock");
+        if a.cur_len > 0 && a.cur_len + total > self.max_file_bytes {
+            a.cur_file += 1;
+            a.cur_len = 0;
+        }
+        let file = a.cur_file;
+        let mut locs = Vec::with_capacity(frames.len());
+        let mut bytes = Vec::with_capacity(total as usize);
+        for (_, f) in frames {
+            locs.push(Loc {
+                file,
+                offset: a.cur_len + bytes.len() as u64,
+                len: f.len() as u32,
+            });
+            bytes.extend_from_slice(f);
+        }
+        a.cur_len += total;
+        match a.chunks.last_mut() {
+            Some((f, buf)) if *f == file => buf.extend_from_slice(&bytes),
+            _ => a.chunks.push((file, bytes)),
+        }
+        let ticket = a.next_ticket;
+        a.next_ticket += 1;
+        {
+            let mut files = self.files.lock().expect("files lock");
+            let info = files.entry(file).or_insert(FileInfo {
+                max_lsn: Lsn::ZERO,
+                reader: None,
+            });
+            info.max_lsn = info.max_lsn.max(max_lsn);
+        }
+        drop(a);
+        self.wake.notify_one();
+        Ok((ticket, locs))
+    }
+
+    /// Resolves once `ticket` is fsynced.
+    pub async fn wait_durable(&self, ticket: u64) -> Result<(), LogError> {
+        let mut rx = self.durable.subscribe();
+        let d = rx
+            .wait_for(|d| d.ticket >= ticket || d.failed.is_some())
+            .await
+            .map_err(|_| LogError::Failed("log closed".into()))?;
+        match &d.failed {
+            Some(e) => Err(LogError::Failed(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn flush_loop(&self) {
+        let mut open: BTreeMap<u64, File> = BTreeMap::new();
+        loop {
+            let (chunks, ticket) = {
+                let mut a = self.appender.lock().expect("appender lock");
+                while a.chunks.is_empty() && !a.closed {
+                    a = self.wake.wait(a).expect("appender lock");
+                }
+                if a.chunks.is_empty() && a.closed {
+                    return;
+                }
+                (std::mem::take(&mut a.chunks), a.next_ticket - 1)
+            };
+            if let Err(e) = self.write_and_sync(&mut open, chunks) {
+                tracing::error!(dir = %self.dir.display(), error = %e, "segment log write failed");
+                self.durable.send_modify(|d| d.failed = Some(e.to_string()));
+                return;
+            }
+            self.durable.send_modify(|d| d.ticket = ticket);
+        }
+    }
+
+    fn write_and_sync(
+        &self,
+        open: &mut BTreeMap<u64, File>,
+        chunks: Vec<(u64, Vec<u8>)>,
+    ) -> Result<(), LogError> {
+        let mut touched = Vec::new();
+        for (seq, bytes) in chunks {
+            if !open.contains_key(&seq) {
+                let path = self.dir.join(file_name(seq));
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                // The new file's directory entry must be durable too.
+                File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(&self.dir))?;
+                // Older files are complete: close them.
+                open.retain(|s, _| *s > seq);
+                open.insert(seq, f);
+            }
+            let f = open.get_mut(&seq).expect("file just opened");
+            f.write_all(&bytes).map_err(io_err(&self.dir))?;
+            if !touched.contains(&seq) {
+                touched.push(seq);
+            }
+        }
+        for seq in touched {
+            if let Some(f) = open.get(&seq) {
+                f.sync_data().map_err(io_err(&self.dir))?;
+                self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads back one durable frame.
+    pub fn read(&self, loc: Loc) -> Result<LoggedRecord, LogError> {
+        let path = self.dir.join(file_name(loc.file));
+        let reader = {
+            let mut files = self.files.lock().expect("files lock");
+            let info = files
+                .get_mut(&loc.file)
+                .ok_or(LogError::Missing(loc.file))?;
+            match &info.reader {
+                Some(r) => Arc::clone(r),
+                None => {
+                    let r = Arc::new(File::open(&path).map_err(io_err(&path))?);
+                    info.reader = Some(Arc::clone(&r));
+                    r
+                }
+            }
+        };
+        let mut buf = vec![0; loc.len as usize];
+        reader
+            .read_exact_at(&mut buf, loc.offset)
+            .map_err(io_err(&path))?;
+        frame::parse(&buf)
+            .map(|(f, _)| f)
+            .map_err(|e| LogError::Corrupt {
+                path,
+                offset: loc.offset,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Deletes every file whose records are all at or below `horizon`, except the one being
+    /// appended to. Returns how many were removed.
+    pub fn remove_files_through(&self, horizon: Lsn) -> Result<usize, LogError> {
+        let current = self.appender.lock().expect("appender lock").cur_file;
+        let doomed: Vec<u64> = {
+            let files = self.files.lock().expect("files lock");
+            files
+                .iter()
+                .filter(|(seq, info)| **seq < current && info.max_lsn <= horizon)
+                .map(|(seq, _)| *seq)
+                .collect()
+        };
+        for seq in &doomed {
+            let path = self.dir.join(file_name(*seq));
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::Io { path, source: e }),
+            }
+            self.files.lock().expect("files lock").remove(seq);
+        }
+        Ok(doomed.len())
+    }
+
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.files.lock().expect("files lock").len()
+    }
+
+    /// Stops the flusher after it has written and fsynced everything pushed.
+    pub fn close(&self) {
+        self.appender.lock().expect("appender lock").closed = true;
+        self.wake.notify_all();
+        if let Some(h) = self.flusher.lock().expect("flusher lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for SegmentLog {
+    fn drop(&mut self) {
+        self.appender.lock().expect("appender lock").closed = true;
+        self.wake.notify_all();
+    }
+}
+
+/// Replays one file; returns the highest LSN in it.
+fn replay_file(
+    path: &Path,
+    seq: u64,
+    last: bool,
+    report: &mut ReplayReport,
+    visit: &mut impl FnMut(LoggedRecord, Loc),
+) -> Result<Lsn, LogError> {
+    let buf = fs::read(path).map_err(io_err(path))?;
+    let mut at = 0usize;
+    let mut max_lsn = Lsn::ZERO;
+    while at < buf.len() {
+        match frame::parse(&buf[at..]) {
+            Ok((f, used)) => {
+                max_lsn = max_lsn.max(f.record.lsn);
+                report.frames += 1;
+                visit(
+                    f,
+                    Loc {
+                        file: seq,
+                        offset: at as u64,
+                        len: used as u32,
+                    },
+                );
+                at += used;
+            }
+            Err(e) => match frame::resync(&buf, at + 1) {
+                Some(next) => {
+                    let msg = format!("{}:{at}: {e}; skipped {} bytes", path.display(), next - at);
+                    tracing::error!(%msg, "corrupt log frame: the record is lost on this node");
+                    report.corrupt.push(msg);
+                    at = next;
+                }
+                None if last => {
+                    // A torn tail: an append the crash interrupted, never acknowledged.
+                    let cut = (buf.len() - at) as u64;
+                    tracing::warn!(file = %path.display(), bytes = cut, reason = %e, "cutting torn log tail");
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(io_err(path))?;
+                    f.set_len(at as u64).map_err(io_err(path))?;
+                    f.sync_all().map_err(io_err(path))?;
+                    report.torn_tail_bytes += cut;
+                    break;
+                }
+                None => {
+                    let msg = format!("{}:{at}: {e}; rest of file unreadable", path.display());
+                    tracing::error!(%msg, "corrupt log frame: the records are lost on this node");
+                    report.corrupt.push(msg);
+                    break;
+                }
+            },
+        }
+    }
+    Ok(max_lsn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{RecordKind, RedoRecord};
+    use crate::types::{Epoch, PageId};
+
+    fn frame_for(lsn: u64) -> (Lsn, Vec<u8>) {
+        let r = RedoRecord::new(
+            Lsn(lsn),
+            Lsn(lsn - 1),
+            1,
+            PageId(0),
+            0,
+            RecordKind::Delta,
+            0,
+            0,
+            vec![1; 100],
+        );
+        let mut buf = Vec::new();
+        frame::encode_record(Epoch(1), &r, &mut buf);
+        (Lsn(lsn), buf)
+    }
+
+    #[tokio::test]
+    async fn appends_survive_reopen_and_rotate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = SegmentLog::open(dir.path(), 1000, |_, _| {}).unwrap();
+        let mut last = 0;
+        for lsn in 1..=20 {
+            let (t, locs) = log.push(&[frame_for(lsn)]).unwrap();
+            assert_eq!(locs.len(), 1);
+            last = t;
+        }
+        log.wait_durable(last).await.unwrap();
+        assert!(log.file_count() > 1, "rotated at 1000 bytes");
+        log.close();
+        drop(log);
+        let mut seen = Vec::new();
+        let (_log, report) =
+            SegmentLog::open(dir.path(), 1000, |f, _| seen.push(f.record.lsn.0)).unwrap();
+        assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+        assert!(report.corrupt.is_empty());
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_cut_and_corruption_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = SegmentLog::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        let (t, _) = log
+            .push(&[frame_for(1), frame_for(2), frame_for(3)])
+            .unwrap();
+        log.wait_durable(t).await.unwrap();
+        log.close();
+        drop(log);
+        let path = dir.path().join(file_name(1));
+        let mut bytes = fs::read(&path).unwrap();
+        let one = frame_for(1).1.len();
+        bytes[one + 50] ^= 0xff; // damage record 2
+        bytes.extend_from_slice(&frame_for(4).1[..30]); // torn append
+        fs::write(&path, &bytes).unwrap();
+        let mut seen = Vec::new();
+        let (_log, report) =
+            SegmentLog::open(dir.path(), 1 << 20, |f, _| seen.push(f.record.lsn.0)).unwrap();
+        assert_eq!(seen, vec![1, 3]);
+        assert_eq!(report.corrupt.len(), 1, "{:?}", report.corrupt);
+        assert_eq!(report.torn_tail_bytes, 30);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len() as usize,
+            bytes.len() - 30
+        );
+    }
+}
