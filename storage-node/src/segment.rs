@@ -105,6 +105,9 @@ struct State {
     pages: HashMap<PageId, BTreeSet<Lsn>>,
     /// Records pushed to the log and not yet durable: checksum and the ticket to wait for.
     inflight: HashMap<Lsn, (u32, u64)>,
+    /// Backlinks of records in flight (backlink -> LSN), so that two batches in flight at once
+    /// cannot both claim the same predecessor.
+    inflight_links: HashMap<Lsn, Lsn>,
     last_committed: Lsn,
     highest_commit: (Lsn, u64),
     coalescing: HashSet<PageId>,
@@ -307,6 +310,7 @@ impl Segment {
             records: BTreeMap::new(),
             pages: HashMap::new(),
             inflight: HashMap::new(),
+            inflight_links: HashMap::new(),
             last_committed: Lsn::ZERO,
             highest_commit: (Lsn::ZERO, 0),
             coalescing: HashSet::new(),
@@ -477,6 +481,7 @@ impl Segment {
             let mut wait_for = 0u64;
             let mut fresh: Vec<RedoRecord> = Vec::new();
             let mut in_batch = HashSet::new();
+            let mut batch_links = HashMap::new();
             for r in records {
                 let same = |checksum: u32| -> Result<(), SegmentError> {
                     if checksum == r.checksum {
@@ -497,12 +502,22 @@ impl Segment {
                     // A re-send of a record materialized and dropped from the index long ago:
                     // already durable here, nothing to do.
                 } else if in_batch.insert(r.lsn) {
-                    s.chain
-                        .check(r.lsn, r.prev_lsn)
-                        .map_err(|source| SegmentError::Chain {
-                            segment: self.key.clone(),
-                            source,
-                        })?;
+                    let chain_err = |source| SegmentError::Chain {
+                        segment: self.key.clone(),
+                        source,
+                    };
+                    s.chain.check(r.lsn, r.prev_lsn).map_err(chain_err)?;
+                    let claimed = batch_links
+                        .get(&r.prev_lsn)
+                        .or_else(|| s.inflight_links.get(&r.prev_lsn));
+                    if let Some(&existing) = claimed.filter(|l| **l != r.lsn) {
+                        return Err(chain_err(ChainError::Conflict {
+                            lsn: r.lsn,
+                            prev: r.prev_lsn,
+                            existing,
+                        }));
+                    }
+                    batch_links.insert(r.prev_lsn, r.lsn);
                     fresh.push(r);
                 }
             }
@@ -522,6 +537,7 @@ impl Segment {
                 wait_for = wait_for.max(ticket);
                 for r in &fresh {
                     s.inflight.insert(r.lsn, (r.checksum, ticket));
+                    s.inflight_links.insert(r.prev_lsn, r.lsn);
                 }
                 (wait_for, fresh.into_iter().zip(locs).collect::<Vec<_>>())
             } else {
@@ -538,6 +554,7 @@ impl Segment {
         let mut s = self.lock();
         for (r, _) in &fresh {
             s.inflight.remove(&r.lsn);
+            s.inflight_links.remove(&r.prev_lsn);
         }
         durable.map_err(|e| self.log_err(e))?;
         let mut fenced = false;
@@ -548,7 +565,7 @@ impl Segment {
                 continue;
             }
             if let Err(source) = s.chain.insert(lsn, r.prev_lsn) {
-                // Two batches in flight at once carried conflicting backlinks.
+                // Checked before the append; only a truncation in between can get here.
                 return Err(SegmentError::Chain {
                     segment: self.key.clone(),
                     source,

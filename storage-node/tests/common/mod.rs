@@ -74,6 +74,23 @@ impl StorageNode {
         }
     }
 
+    /// SIGTERM and wait: a clean shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let ok = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .expect("kill -TERM")
+                .success();
+            assert!(ok, "kill -TERM failed");
+            let status = c.wait().expect("wait for logdb-storage");
+            assert!(
+                status.success(),
+                "logdb-storage exited with {status} on SIGTERM"
+            );
+        }
+    }
+
     pub fn restart_after_kill(&mut self) {
         assert!(self.child.is_none());
         self.spawn();
