@@ -21,7 +21,7 @@ fn workload_record(lsn: u64) -> RedoRecord {
     } else {
         let offset = ((lsn * 131) % 8000) as u32;
         let data: Vec<u8> = (0..(lsn % 150 + 1)).map(|i| (lsn + i) as u8).collect();
-        if lsn % 5 == 0 {
+        if lsn.is_multiple_of(5) {
             commit_delta(lsn, lsn - 1, page, offset, &data, 1_000 + lsn)
         } else {
             delta(lsn, lsn - 1, page, offset, &data)
