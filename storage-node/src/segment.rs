@@ -163,6 +163,14 @@ pub struct SegmentStatus {
     pub highest_commit_ts_us: u64,
 }
 
+/// What a write acknowledges (cheap to compute on the hot path, unlike a full status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteAck {
+    pub scl: Lsn,
+    pub highest_lsn: Lsn,
+    pub epoch: Epoch,
+}
+
 /// A page as read at an LSN.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PageRead {
@@ -456,7 +464,7 @@ impl Segment {
         epoch: Epoch,
         records: Vec<RedoRecord>,
         last_committed: Lsn,
-    ) -> Result<SegmentStatus, SegmentError> {
+    ) -> Result<WriteAck, SegmentError> {
         for r in &records {
             r.validate_for_page_size(self.descriptor.page_size)
                 .map_err(|source| SegmentError::Record {
@@ -590,8 +598,11 @@ impl Segment {
             }
             .into());
         }
-        drop(s);
-        Ok(self.status())
+        Ok(WriteAck {
+            scl: s.chain.scl(),
+            highest_lsn: s.highest_lsn(),
+            epoch: s.control.epoch,
+        })
     }
 
     /// The page as of `at` (0: the SCL): the newest stored version at or below it plus the
