@@ -1,5 +1,17 @@
-//! logdb compute node: the SQLite engine on the log-shipping VFS, the shared buffer pool, the
-//! quorum log shipper, the replica log applier and the PostgreSQL wire server (DESIGN.md §3, §4,
-//! §6, §11). Built by issue 3; until then this crate only pins the storage contract it ships to.
+//! logdb compute node (DESIGN.md §3, §4, §11): SQLite on the `logdb` VFS, whose page writes
+//! become redo records shipped to a 4/6 quorum of storage segments, a buffer pool shared by all
+//! connections, and a PostgreSQL wire protocol server in front.
+//!
+//! In the order data moves: `pg_server` (SQL) → `sql` (SQLite) → `vfs` (overlay, commit point) →
+//! `page_diff` (redo) → `shipper` (LSNs, quorum, VDL) → back to `pg_server`, which answers
+//! COMMIT once VDL passed the transaction's commit LSN.
+
+pub mod buffer_pool;
+pub mod layout;
+pub mod metrics;
+pub mod page_diff;
+pub mod shipper;
+pub mod sql;
+pub mod vfs;
 
 pub use logdb_storage::proto;

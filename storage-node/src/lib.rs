@@ -17,6 +17,7 @@ pub mod record;
 pub mod segment;
 pub mod segment_log;
 pub mod service;
+pub mod testkit;
 pub mod types;
 
 pub mod proto {

@@ -91,7 +91,10 @@ async fn main() -> anyhow::Result<()> {
         },
         stop_rx,
     ));
-    tokio::spawn(logdb_storage::metrics::serve(metrics, Arc::clone(&node)));
+    let scraped = Arc::clone(&node);
+    tokio::spawn(logdb_storage::metrics::serve(metrics, move || {
+        scraped.metrics.render(&scraped)
+    }));
 
     // Leave room above the batch limit so an oversized batch gets our clear error, not the
     // transport's.

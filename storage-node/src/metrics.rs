@@ -146,13 +146,18 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` (plain HTTP/1.0-style: one response per connection).
-pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+/// Serves `GET /metrics` (one response per connection) with the text `render` produces at each
+/// scrape. Shared by every logdb process that exports metrics.
+pub async fn serve<F>(listener: TcpListener, render: F)
+where
+    F: Fn() -> String + Send + Sync + 'static,
+{
+    let render = Arc::new(render);
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
-        let node = Arc::clone(&node);
+        let render = Arc::clone(&render);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut len = 0;
@@ -167,7 +172,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
             }
             let head = String::from_utf8_lossy(&buf[..len]);
             let (status, body) = if head.starts_with("GET /metrics ") {
-                ("200 OK", node.metrics.render(&node))
+                ("200 OK", render())
             } else {
                 (
                     "404 Not Found",

@@ -194,7 +194,11 @@ impl Node {
                     format!("{:?}", existing.descriptor()),
                 ));
             }
-            existing.install_epoch("create segment", epoch)?;
+            // Re-opening changes nothing, so an older epoch is no threat here; a newer one is
+            // installed like any other.
+            if epoch > existing.status().epoch {
+                existing.install_epoch("create segment", epoch)?;
+            }
             return Ok(Arc::clone(existing));
         }
         let overlapping = self

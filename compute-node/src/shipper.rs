@@ -1,0 +1,803 @@
+//! The quorum log shipper (DESIGN.md §3 steps 3-7): allocates LSNs, links each record to the
+//! previous one of its PG, queues it for the six segments of that PG, and advances VCL/VDL as the
+//! segments acknowledge. A record is durable on 4 of 6; commits complete in LSN order once VDL
+//! passes them. One sender task per segment keeps a queue of what that segment has not yet
+//! acknowledged, so a slow or returning node gets exactly what it missed and nobody waits for the
+//! two slowest. LSN allocation stops `lal` records above VDL (back-pressure).
+//!
+//! It also reads pages: from one segment whose acknowledged SCL covers the page's PG tail.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use logdb_storage::proto::storage_service_client::StorageServiceClient;
+use logdb_storage::proto::{
+    CreateSegmentRequest, InstallEpochRequest, ReadPageRequest, StreamRecordsRequest,
+    TruncateRequest, WriteRecordsRequest,
+};
+use logdb_storage::record::{RecordKind, RedoRecord, FLAG_COMMIT};
+use logdb_storage::types::{Epoch, Lsn, PageId, PgIndex};
+use tokio::sync::{watch, Notify};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::layout::{Layout, Member, READ_QUORUM, SEGMENTS_PER_PG, WRITE_QUORUM};
+use crate::metrics::ComputeMetrics;
+
+/// One page change of a transaction, before it gets an LSN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageChange {
+    pub page: PageId,
+    pub kind: RecordKind,
+    pub offset: u32,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum ShipError {
+    #[error("page {0} is beyond the volume's {1} pages; the volume is full")]
+    VolumeFull(PageId, u64),
+    #[error("this writer was fenced: {0}")]
+    Fenced(String),
+    #[error("no segment of PG {pg} can serve page {page} at LSN {lsn} within {secs} s (segments: {status})")]
+    ReadUnavailable {
+        pg: u32,
+        page: PageId,
+        lsn: Lsn,
+        secs: u64,
+        status: String,
+    },
+    #[error("reading page {page}: {reason}")]
+    Read { page: PageId, reason: String },
+    #[error("opening the volume: {0}")]
+    Recovery(String),
+}
+
+struct ShipState {
+    next_lsn: u64,
+    last_commit_ts: u64,
+    pg_tail: Vec<Lsn>,
+    pg_outstanding: Vec<VecDeque<Lsn>>,
+    seg_scl: Vec<[Lsn; SEGMENTS_PER_PG]>,
+    commits: BTreeSet<Lsn>,
+    vdl: Lsn,
+    fenced: Option<String>,
+}
+
+/// What one segment has not yet acknowledged.
+struct LinkQueue {
+    records: VecDeque<Arc<RedoRecord>>,
+    bytes: usize,
+}
+
+struct Link {
+    pg: usize,
+    idx: usize,
+    member: Member,
+    channel: Channel,
+    queue: Mutex<LinkQueue>,
+    wake: Notify,
+    /// Set while the segment still holds an old writer's tail above this LSN.
+    truncate_above: Mutex<Option<Lsn>>,
+    up: std::sync::atomic::AtomicBool,
+    bytes_sent: AtomicU64,
+}
+
+pub struct Shipper {
+    layout: Layout,
+    epoch: Epoch,
+    state: Mutex<ShipState>,
+    vdl_tx: watch::Sender<Lsn>,
+    acks_tx: watch::Sender<u64>,
+    links: Vec<Vec<Arc<Link>>>,
+    lal: u64,
+    max_batch_bytes: usize,
+    queue_limit_bytes: usize,
+    metrics: Arc<ComputeMetrics>,
+}
+
+/// Tunables of the shipper.
+#[derive(Clone, Debug)]
+pub struct ShipperConfig {
+    /// Epoch to use at least (the config store's ticket); the writer goes above every epoch it
+    /// finds installed.
+    pub min_epoch: Epoch,
+    /// LSN allocation stops this many records above VDL.
+    pub lal: u64,
+    /// Largest WriteRecords batch sent to a segment.
+    pub max_batch_bytes: usize,
+    /// A segment whose unacknowledged queue passes this is dropped from shipping (needs repair).
+    pub queue_limit_bytes: usize,
+    /// How long opening the volume waits for a write quorum of every PG.
+    pub open_timeout: Duration,
+}
+
+impl Default for ShipperConfig {
+    fn default() -> Self {
+        ShipperConfig {
+            min_epoch: Epoch(1),
+            lal: 200_000,
+            max_batch_bytes: 4 << 20,
+            queue_limit_bytes: 256 << 20,
+            open_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+fn client(channel: &Channel) -> StorageServiceClient<Channel> {
+    StorageServiceClient::new(channel.clone())
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// The 4th highest SCL of a PG: every record at or below it is on a write quorum.
+fn quorum_scl(scls: &[Lsn; SEGMENTS_PER_PG]) -> Lsn {
+    let mut s = *scls;
+    s.sort_unstable_by(|a, b| b.cmp(a));
+    s[WRITE_QUORUM - 1]
+}
+
+impl Shipper {
+    /// Opens the volume as its writer: creates missing segments, installs a new epoch on a write
+    /// quorum of every PG (fencing any older writer), finds each PG's complete tail from a read
+    /// quorum, brings lagging segments up to it, discards records above it, then starts one
+    /// sender per segment.
+    pub async fn open(
+        layout: Layout,
+        cfg: ShipperConfig,
+        metrics: Arc<ComputeMetrics>,
+    ) -> Result<Arc<Shipper>, ShipError> {
+        let rec_err = |m: String| ShipError::Recovery(m);
+        let mut links: Vec<Vec<Arc<Link>>> = Vec::new();
+        for (k, pg) in layout.pgs.iter().enumerate() {
+            let mut row = Vec::new();
+            for (i, m) in pg.members.iter().enumerate() {
+                let channel = Endpoint::from_shared(format!("http://{}", m.address))
+                    .map_err(|e| rec_err(format!("address {}: {e}", m.address)))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                row.push(Arc::new(Link {
+                    pg: k,
+                    idx: i,
+                    member: m.clone(),
+                    channel,
+                    queue: Mutex::new(LinkQueue {
+                        records: VecDeque::new(),
+                        bytes: 0,
+                    }),
+                    wake: Notify::new(),
+                    truncate_above: Mutex::new(None),
+                    up: std::sync::atomic::AtomicBool::new(false),
+                    bytes_sent: AtomicU64::new(0),
+                }));
+            }
+            links.push(row);
+        }
+
+        // 1. Create/open every segment; learn SCLs and epochs. Wait for a write quorum per PG.
+        let deadline = Instant::now() + cfg.open_timeout;
+        let mut states: Vec<Vec<Option<logdb_storage::proto::SegmentState>>>;
+        loop {
+            states = Vec::new();
+            for (k, row) in links.iter().enumerate() {
+                let mut got = Vec::new();
+                for link in row {
+                    let req = CreateSegmentRequest {
+                        volume_id: layout.volume.clone(),
+                        segment_id: link.member.segment.clone(),
+                        pg_index: k as u32,
+                        first_page: k as u64 * layout.pages_per_pg,
+                        page_count: layout.pages_per_pg,
+                        page_size: layout.page_size,
+                        retention_seconds: layout.retention_seconds,
+                        epoch: 0,
+                    };
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(3),
+                        client(&link.channel).create_segment(req),
+                    )
+                    .await;
+                    got.push(match r {
+                        Ok(Ok(s)) => Some(s.into_inner()),
+                        Ok(Err(e))
+                            if e.code() == tonic::Code::AlreadyExists
+                                || e.code() == tonic::Code::InvalidArgument =>
+                        {
+                            return Err(rec_err(format!(
+                                "segment {} on {}: {}",
+                                link.member.segment,
+                                link.member.address,
+                                e.message()
+                            )));
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(segment = %link.member.segment, error = %e, "segment not reachable");
+                            None
+                        }
+                        Err(_) => None,
+                    });
+                }
+                states.push(got);
+            }
+            let short: Vec<String> = states
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.iter().flatten().count() < WRITE_QUORUM)
+                .map(|(k, s)| format!("PG {k}: {}/6", s.iter().flatten().count()))
+                .collect();
+            if short.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(rec_err(format!(
+                    "no write quorum of segments reachable ({})",
+                    short.join(", ")
+                )));
+            }
+            tracing::warn!(missing = %short.join(", "), "waiting for a write quorum of storage nodes");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // 2. A new epoch above every one installed, on a write quorum of every PG.
+        let seen = states
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|s| s.epoch)
+            .max()
+            .unwrap_or(0);
+        let epoch = Epoch(cfg.min_epoch.0.max(seen + 1));
+        for (k, row) in links.iter().enumerate() {
+            let mut ok = 0;
+            for (i, link) in row.iter().enumerate() {
+                if states[k][i].is_none() {
+                    continue;
+                }
+                let req = InstallEpochRequest {
+                    volume_id: layout.volume.clone(),
+                    segment_id: link.member.segment.clone(),
+                    epoch: epoch.0,
+                };
+                match client(&link.channel).install_epoch(req).await {
+                    Ok(s) => {
+                        ok += 1;
+                        states[k][i] = Some(s.into_inner());
+                    }
+                    Err(e) => {
+                        tracing::warn!(segment = %link.member.segment, error = %e.message(), "epoch install failed");
+                        states[k][i] = None;
+                    }
+                }
+            }
+            if ok < WRITE_QUORUM {
+                return Err(rec_err(format!(
+                    "epoch {epoch} installed on only {ok}/6 segments of PG {k}"
+                )));
+            }
+        }
+
+        // 3-4. Each PG's tail: the highest SCL of a read quorum. Bring lagging reachable segments
+        // up to it from the best one, then discard anything above it.
+        let mut pg_tail = Vec::new();
+        let mut seg_scl = Vec::new();
+        let mut next_lsn = 1u64;
+        let mut vdl = Lsn::ZERO;
+        for (k, row) in links.iter().enumerate() {
+            let answered: Vec<(usize, &logdb_storage::proto::SegmentState)> = states[k]
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+                .collect();
+            if answered.len() < READ_QUORUM {
+                return Err(rec_err(format!(
+                    "PG {k}: only {} segments answered",
+                    answered.len()
+                )));
+            }
+            let (best, best_state) = answered
+                .iter()
+                .max_by_key(|(_, s)| s.scl)
+                .copied()
+                .expect("quorum");
+            let tail = Lsn(best_state.scl);
+            next_lsn = next_lsn.max(
+                answered
+                    .iter()
+                    .map(|(_, s)| s.highest_lsn)
+                    .max()
+                    .unwrap_or(0)
+                    + 1,
+            );
+            if best_state.highest_commit_lsn <= tail.0 {
+                vdl = vdl.max(Lsn(best_state.highest_commit_lsn));
+            }
+            let mut scls = [Lsn::ZERO; SEGMENTS_PER_PG];
+            for (i, s) in &answered {
+                let mut scl = Lsn(s.scl);
+                if scl < tail {
+                    match copy_records(&layout, &row[best], &row[*i], Lsn(s.scl + 1), tail, epoch)
+                        .await
+                    {
+                        Ok(new_scl) => scl = new_scl,
+                        Err(e) => {
+                            tracing::warn!(segment = %row[*i].member.segment, error = %e, "could not bring segment up to the PG tail")
+                        }
+                    }
+                }
+                let req = TruncateRequest {
+                    volume_id: layout.volume.clone(),
+                    segment_id: row[*i].member.segment.clone(),
+                    epoch: epoch.0,
+                    above_lsn: tail.0,
+                };
+                if let Err(e) = client(&row[*i].channel).truncate(req).await {
+                    tracing::warn!(segment = %row[*i].member.segment, error = %e.message(), "truncate failed; will retry before shipping");
+                    *row[*i].truncate_above.lock().expect("lock") = Some(tail);
+                }
+                scls[*i] = scl.min(tail);
+            }
+            for (i, s) in states[k].iter().enumerate() {
+                if s.is_none() {
+                    *row[i].truncate_above.lock().expect("lock") = Some(tail);
+                }
+            }
+            let durable_on = scls.iter().filter(|s| **s >= tail).count();
+            if durable_on < WRITE_QUORUM && tail > Lsn::ZERO {
+                tracing::warn!(pg = k, %tail, durable_on, "PG tail is on fewer than a write quorum; shipping continues, repair will catch up");
+            }
+            pg_tail.push(tail);
+            seg_scl.push(scls);
+        }
+        tracing::info!(volume = %layout.volume, %epoch, next_lsn, %vdl, "volume opened for writing");
+
+        let pgs = layout.pgs.len();
+        let shipper = Arc::new(Shipper {
+            epoch,
+            state: Mutex::new(ShipState {
+                next_lsn,
+                last_commit_ts: 0,
+                pg_tail,
+                pg_outstanding: vec![VecDeque::new(); pgs],
+                seg_scl,
+                commits: BTreeSet::new(),
+                vdl,
+                fenced: None,
+            }),
+            vdl_tx: watch::Sender::new(vdl),
+            acks_tx: watch::Sender::new(0),
+            links,
+            lal: cfg.lal,
+            max_batch_bytes: cfg.max_batch_bytes,
+            queue_limit_bytes: cfg.queue_limit_bytes,
+            metrics,
+            layout,
+        });
+        shipper.metrics.vdl.set(vdl.0 as i64);
+        for row in &shipper.links {
+            for link in row {
+                tokio::spawn(Arc::clone(&shipper).send_loop(Arc::clone(link)));
+            }
+        }
+        Ok(shipper)
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn vdl(&self) -> Lsn {
+        *self.vdl_tx.borrow()
+    }
+
+    /// Allocates LSNs for one transaction's changes (the last one carries the commit flag and a
+    /// strictly increasing commit timestamp), queues them for their segments and returns the
+    /// commit LSN. Blocks (back-pressure) while the next LSN is `lal` records above VDL.
+    pub fn append(&self, changes: Vec<PageChange>) -> Result<Lsn, ShipError> {
+        if changes.is_empty() {
+            return Ok(Lsn::ZERO);
+        }
+        for c in &changes {
+            if self.layout.pg_of(c.page).is_none() {
+                return Err(ShipError::VolumeFull(c.page, self.layout.capacity_pages()));
+            }
+        }
+        self.wait_for_room(changes.len() as u64)?;
+        let mut s = self.state.lock().expect("ship state");
+        if let Some(f) = &s.fenced {
+            return Err(ShipError::Fenced(f.clone()));
+        }
+        let ts = now_us().max(s.last_commit_ts + 1);
+        s.last_commit_ts = ts;
+        let n = changes.len();
+        let mut per_pg: Vec<Vec<Arc<RedoRecord>>> = vec![Vec::new(); self.layout.pgs.len()];
+        let mut commit = Lsn::ZERO;
+        for (i, c) in changes.into_iter().enumerate() {
+            let pg = self.layout.pg_of(c.page).expect("checked above").0 as usize;
+            let lsn = Lsn(s.next_lsn);
+            s.next_lsn += 1;
+            let prev = s.pg_tail[pg];
+            s.pg_tail[pg] = lsn;
+            s.pg_outstanding[pg].push_back(lsn);
+            let last = i + 1 == n;
+            let (flags, ts) = if last { (FLAG_COMMIT, ts) } else { (0, 0) };
+            let rec = RedoRecord::new(lsn, prev, ts, c.page, c.offset, c.kind, flags, ts, c.data);
+            per_pg[pg].push(Arc::new(rec));
+            commit = lsn;
+        }
+        s.commits.insert(commit);
+        for (pg, recs) in per_pg.into_iter().enumerate() {
+            if recs.is_empty() {
+                continue;
+            }
+            let bytes: usize = recs.iter().map(|r| r.data.len() + 64).sum();
+            for link in &self.links[pg] {
+                let mut q = link.queue.lock().expect("queue");
+                if q.bytes + bytes > self.queue_limit_bytes {
+                    if !q.records.is_empty() {
+                        tracing::error!(segment = %link.member.segment, "segment fell {} bytes behind; dropping its queue (it needs repair)", q.bytes);
+                    }
+                    q.records.clear();
+                    q.bytes = 0;
+                    continue;
+                }
+                q.records.extend(recs.iter().cloned());
+                q.bytes += bytes;
+                drop(q);
+                link.wake.notify_one();
+            }
+        }
+        self.metrics.records_shipped.inc_by(n as u64);
+        Ok(commit)
+    }
+
+    fn wait_for_room(&self, n: u64) -> Result<(), ShipError> {
+        let next = self.state.lock().expect("ship state").next_lsn;
+        if next + n <= self.vdl().0 + self.lal {
+            return Ok(());
+        }
+        let mut rx = self.vdl_tx.subscribe();
+        let lal = self.lal;
+        let handle = tokio::runtime::Handle::current();
+        handle.block_on(async {
+            let _ = rx.wait_for(|v| next + n <= v.0 + lal).await;
+        });
+        Ok(())
+    }
+
+    /// Resolves once VDL ≥ `lsn` (the transaction is durable on a write quorum).
+    pub async fn wait_durable(&self, lsn: Lsn) -> Result<(), ShipError> {
+        let mut rx = self.vdl_tx.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= lsn {
+                return Ok(());
+            }
+            if let Some(f) = &self.state.lock().expect("ship state").fenced {
+                return Err(ShipError::Fenced(f.clone()));
+            }
+            if rx.changed().await.is_err() {
+                return Err(ShipError::Fenced("shipper stopped".into()));
+            }
+        }
+    }
+
+    fn on_ack(&self, pg: usize, idx: usize, scl: Lsn) {
+        let mut s = self.state.lock().expect("ship state");
+        if scl <= s.seg_scl[pg][idx] {
+            return;
+        }
+        s.seg_scl[pg][idx] = scl;
+        let q = quorum_scl(&s.seg_scl[pg]);
+        while s.pg_outstanding[pg].front().is_some_and(|l| *l <= q) {
+            s.pg_outstanding[pg].pop_front();
+        }
+        let vcl = s
+            .pg_outstanding
+            .iter()
+            .filter_map(|d| d.front())
+            .min()
+            .map(|l| Lsn(l.0 - 1))
+            .unwrap_or(Lsn(s.next_lsn - 1));
+        let mut vdl = s.vdl;
+        while let Some(&c) = s.commits.first() {
+            if c > vcl {
+                break;
+            }
+            s.commits.pop_first();
+            vdl = c;
+        }
+        if vdl > s.vdl {
+            s.vdl = vdl;
+            self.metrics.vdl.set(vdl.0 as i64);
+            self.vdl_tx.send_replace(vdl);
+        }
+        drop(s);
+        self.acks_tx.send_modify(|n| *n += 1);
+    }
+
+    fn fence(&self, why: String) {
+        let mut s = self.state.lock().expect("ship state");
+        if s.fenced.is_none() {
+            tracing::error!(reason = %why, "writer fenced: refusing further writes");
+            s.fenced = Some(why);
+        }
+        drop(s);
+        // Wake every waiter so it sees the fence.
+        self.vdl_tx.send_modify(|_| {});
+    }
+
+    pub fn fenced(&self) -> Option<String> {
+        self.state.lock().expect("ship state").fenced.clone()
+    }
+
+    async fn send_loop(self: Arc<Self>, link: Arc<Link>) {
+        let mut backoff = Duration::from_millis(20);
+        let mut last_vdl_sent = Lsn::ZERO;
+        let mut down_since: Option<Instant> = None;
+        loop {
+            if self.fenced().is_some() {
+                return;
+            }
+            let batch: Vec<Arc<RedoRecord>> = {
+                let q = link.queue.lock().expect("queue");
+                let mut bytes = 0;
+                q.records
+                    .iter()
+                    .take_while(|r| {
+                        bytes += r.data.len() + 64;
+                        bytes <= self.max_batch_bytes
+                    })
+                    .cloned()
+                    .collect()
+            };
+            let vdl = self.vdl();
+            if batch.is_empty() && vdl == last_vdl_sent {
+                // Nothing to send: wait for records, or tell storage the new VDL now and then.
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(100), link.wake.notified()).await;
+                continue;
+            }
+            let pending_truncate = *link.truncate_above.lock().expect("lock");
+            if let Some(above) = pending_truncate {
+                let req = TruncateRequest {
+                    volume_id: self.layout.volume.clone(),
+                    segment_id: link.member.segment.clone(),
+                    epoch: self.epoch.0,
+                    above_lsn: above.0,
+                };
+                match client(&link.channel).truncate(req).await {
+                    Ok(_) => *link.truncate_above.lock().expect("lock") = None,
+                    Err(e) => {
+                        self.link_down(&link, &mut down_since, &e.to_string());
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                }
+            }
+            let req = WriteRecordsRequest {
+                volume_id: self.layout.volume.clone(),
+                segment_id: link.member.segment.clone(),
+                records: batch.iter().map(|r| r.to_proto()).collect(),
+                last_committed_lsn: vdl.0,
+                epoch: self.epoch.0,
+            };
+            let size = prost::Message::encoded_len(&req) as u64;
+            match client(&link.channel).write_records(req).await {
+                Ok(ack) => {
+                    let ack = ack.into_inner();
+                    link.bytes_sent.fetch_add(size, Ordering::Relaxed);
+                    self.metrics
+                        .bytes_shipped
+                        .get_or_create(&crate::metrics::NodeLabels {
+                            segment: link.member.segment.clone(),
+                        })
+                        .inc_by(size);
+                    last_vdl_sent = vdl;
+                    backoff = Duration::from_millis(20);
+                    if let Some(since) = down_since.take() {
+                        tracing::info!(segment = %link.member.segment, address = %link.member.address, down_for_ms = since.elapsed().as_millis() as u64, "storage segment is back");
+                    }
+                    link.up.store(true, Ordering::Relaxed);
+                    {
+                        let mut q = link.queue.lock().expect("queue");
+                        for _ in 0..batch.len() {
+                            if let Some(r) = q.records.pop_front() {
+                                q.bytes -= r.data.len() + 64;
+                            }
+                        }
+                    }
+                    self.on_ack(link.pg, link.idx, Lsn(ack.acknowledged_lsn));
+                }
+                Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                    self.fence(format!(
+                        "segment {} refused epoch {}: {}",
+                        link.member.segment,
+                        self.epoch,
+                        e.message()
+                    ));
+                    return;
+                }
+                Err(e) => {
+                    self.link_down(
+                        &link,
+                        &mut down_since,
+                        &format!("{}: {}", e.code(), e.message()),
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn link_down(&self, link: &Link, down_since: &mut Option<Instant>, why: &str) {
+        link.up.store(false, Ordering::Relaxed);
+        if down_since.is_none() {
+            *down_since = Some(Instant::now());
+            tracing::warn!(segment = %link.member.segment, address = %link.member.address, error = %why, "storage segment unreachable; retrying (commits continue while 4 of 6 acknowledge)");
+        }
+    }
+
+    /// One line per segment: acknowledged SCL, up or down, queued records.
+    pub fn segment_status(&self) -> Vec<SegmentStatus> {
+        let s = self.state.lock().expect("ship state");
+        self.links
+            .iter()
+            .flatten()
+            .map(|l| SegmentStatus {
+                pg: l.pg as u32,
+                segment: l.member.segment.clone(),
+                address: l.member.address.clone(),
+                zone: l.member.zone.clone(),
+                up: l.up.load(Ordering::Relaxed),
+                scl: s.seg_scl[l.pg][l.idx],
+                queued: l.queue.lock().expect("queue").records.len(),
+                bytes_sent: l.bytes_sent.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// The page's newest version: asks one segment whose acknowledged SCL covers the PG's tail.
+    pub async fn read_page(&self, page: PageId) -> Result<Vec<u8>, ShipError> {
+        let pg = self
+            .layout
+            .pg_of(page)
+            .ok_or(ShipError::VolumeFull(page, self.layout.capacity_pages()))?;
+        let k = pg.0 as usize;
+        let needed = self.state.lock().expect("ship state").pg_tail[k];
+        if needed == Lsn::ZERO {
+            return Ok(vec![0; self.layout.page_size as usize]);
+        }
+        let timeout = Duration::from_secs(30);
+        let deadline = Instant::now() + timeout;
+        let mut acks = self.acks_tx.subscribe();
+        loop {
+            let candidates: Vec<Arc<Link>> = {
+                let s = self.state.lock().expect("ship state");
+                let mut c: Vec<(Lsn, Arc<Link>)> = self.links[k]
+                    .iter()
+                    .filter(|l| s.seg_scl[k][l.idx] >= needed)
+                    .map(|l| (s.seg_scl[k][l.idx], Arc::clone(l)))
+                    .collect();
+                // Prefer segments known to be up.
+                c.sort_by_key(|(_, l)| !l.up.load(Ordering::Relaxed));
+                c.into_iter().map(|(_, l)| l).collect()
+            };
+            let mut last_err = String::from("no segment has acknowledged it yet");
+            for link in candidates {
+                let req = ReadPageRequest {
+                    volume_id: self.layout.volume.clone(),
+                    page_id: page.0,
+                    requested_lsn: needed.0,
+                    segment_id: link.member.segment.clone(),
+                };
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client(&link.channel).read_page(req),
+                )
+                .await
+                {
+                    Ok(Ok(r)) => {
+                        self.metrics.storage_reads.inc();
+                        return Ok(r.into_inner().page_data);
+                    }
+                    Ok(Err(e)) => last_err = format!("{}: {}", link.member.segment, e.message()),
+                    Err(_) => last_err = format!("{}: timed out", link.member.segment),
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ShipError::ReadUnavailable {
+                    pg: pg.0,
+                    page,
+                    lsn: needed,
+                    secs: timeout.as_secs(),
+                    status: last_err,
+                });
+            }
+            let _ =
+                tokio::time::timeout(left.min(Duration::from_millis(200)), acks.changed()).await;
+        }
+    }
+
+    /// Per-PG index of a page (for callers that group by PG).
+    pub fn pg_of(&self, page: PageId) -> Option<PgIndex> {
+        self.layout.pg_of(page)
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SegmentStatus {
+    pub pg: u32,
+    pub segment: String,
+    pub address: String,
+    pub zone: String,
+    pub up: bool,
+    pub scl: Lsn,
+    pub queued: usize,
+    pub bytes_sent: u64,
+}
+
+/// Copies records `(from..=to)` from one segment to another (recovery: a lagging segment is
+/// brought up to the PG tail so the tail is on a write quorum). Returns the target's new SCL.
+async fn copy_records(
+    layout: &Layout,
+    src: &Link,
+    dst: &Link,
+    from: Lsn,
+    to: Lsn,
+    epoch: Epoch,
+) -> Result<Lsn, String> {
+    let mut stream = client(&src.channel)
+        .stream_records(StreamRecordsRequest {
+            volume_id: layout.volume.clone(),
+            segment_id: src.member.segment.clone(),
+            from_lsn: from.0,
+            to_lsn: to.0,
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let mut batch = Vec::new();
+    let mut scl = Lsn::ZERO;
+    loop {
+        let next = stream
+            .message()
+            .await
+            .map_err(|e| e.message().to_string())?;
+        let end = next.is_none();
+        if let Some(r) = next {
+            batch.push(r);
+        }
+        if (end || batch.len() >= 256) && !batch.is_empty() {
+            let req = WriteRecordsRequest {
+                volume_id: layout.volume.clone(),
+                segment_id: dst.member.segment.clone(),
+                records: std::mem::take(&mut batch),
+                last_committed_lsn: 0,
+                epoch: epoch.0,
+            };
+            let ack = client(&dst.channel)
+                .write_records(req)
+                .await
+                .map_err(|e| e.message().to_string())?;
+            scl = Lsn(ack.into_inner().acknowledged_lsn);
+        }
+        if end {
+            return Ok(scl);
+        }
+    }
+}

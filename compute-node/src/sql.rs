@@ -1,0 +1,300 @@
+//! Runs SQL on a SQLite connection opened on the `logdb` VFS and shapes the outcome for the wire:
+//! rows with column types, or a PostgreSQL command tag; errors with SQLSTATE codes.
+//!
+//! Dialect notes: the SQL is SQLite's. `$1`-style parameters are accepted (rewritten to `?1`).
+//! `BEGIN` starts an IMMEDIATE transaction: the single writer lock is taken up front, so two
+//! sessions can never deadlock upgrading a read lock, and a waiting session queues instead of
+//! failing.
+
+use std::sync::Arc;
+
+use rusqlite::fallible_iterator::FallibleIterator;
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{ffi, Connection, OpenFlags};
+
+use crate::vfs::{self, Engine, VFS_NAME};
+
+/// How a result column is presented to PostgreSQL clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColType {
+    Int,
+    Float,
+    Text,
+    Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Rows {
+        columns: Vec<(String, ColType)>,
+        rows: Vec<Vec<Value>>,
+    },
+    Done {
+        tag: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SqlError {
+    /// SQLSTATE
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl SqlError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        SqlError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Opens a connection to the volume registered as `name`.
+pub fn open(name: &str, engine: &Arc<Engine>, cache_pages: i64) -> Result<Connection, SqlError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags_and_vfs(name, flags, VFS_NAME)
+        .map_err(|e| map_error(e, engine))?;
+    conn.busy_handler(Some(vfs::busy_handler))
+        .map_err(|e| map_error(e, engine))?;
+    let page_size = engine.page_size;
+    conn.execute_batch(&format!(
+        "PRAGMA page_size = {page_size}; PRAGMA journal_mode = MEMORY; PRAGMA cache_size = {cache_pages}; PRAGMA synchronous = FULL;"
+    ))
+    .map_err(|e| map_error(e, engine))?;
+    let actual: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(|e| map_error(e, engine))?;
+    if actual as usize != page_size {
+        return Err(SqlError::new(
+            "XX000",
+            format!("volume holds a database of page size {actual}, the layout says {page_size}"),
+        ));
+    }
+    Ok(conn)
+}
+
+/// Rewrites `$N` parameters to SQLite's `?N`, leaving string literals and identifiers alone.
+pub fn rewrite_params(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(ch) = chars.next() {
+        match quote {
+            Some(q) => {
+                out.push(ch);
+                if ch == q {
+                    quote = None;
+                }
+            }
+            None if ch == '\'' || ch == '"' => {
+                quote = Some(ch);
+                out.push(ch);
+            }
+            None if ch == '$' && chars.peek().is_some_and(|c| c.is_ascii_digit()) => out.push('?'),
+            None => out.push(ch),
+        }
+    }
+    out
+}
+
+fn first_word(sql: &str) -> String {
+    sql.trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase()
+}
+
+/// The PostgreSQL command tag of a statement that returned no rows.
+fn tag(sql: &str, changes: u64) -> String {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(2)
+        .map(|w| w.trim_end_matches(';').to_ascii_uppercase())
+        .collect();
+    match words.first().map(String::as_str).unwrap_or("") {
+        "INSERT" => format!("INSERT 0 {changes}"),
+        "UPDATE" | "DELETE" => format!("{} {changes}", words[0]),
+        "BEGIN" | "START" => "BEGIN".into(),
+        "COMMIT" | "END" => "COMMIT".into(),
+        "ROLLBACK" => "ROLLBACK".into(),
+        "CREATE" | "DROP" | "ALTER" => words.join(" "),
+        w => w.to_string(),
+    }
+}
+
+fn col_type(decl: Option<&str>, sample: Option<&Value>) -> ColType {
+    if let Some(d) = decl {
+        let d = d.to_ascii_uppercase();
+        if d.contains("INT") {
+            return ColType::Int;
+        }
+        if d.contains("REAL")
+            || d.contains("FLOA")
+            || d.contains("DOUB")
+            || d.contains("NUMERIC")
+            || d.contains("DECIMAL")
+        {
+            return ColType::Float;
+        }
+        if d.contains("BLOB") || d.contains("BYTEA") {
+            return ColType::Bytes;
+        }
+        return ColType::Text;
+    }
+    match sample {
+        Some(Value::Integer(_)) => ColType::Int,
+        Some(Value::Real(_)) => ColType::Float,
+        Some(Value::Blob(_)) => ColType::Bytes,
+        _ => ColType::Text,
+    }
+}
+
+/// Runs every statement of `sql` (several may be separated by `;` when `params` is empty).
+pub fn execute(
+    conn: &Connection,
+    engine: &Engine,
+    sql: &str,
+    params: &[Value],
+) -> Result<Vec<Outcome>, SqlError> {
+    let sql = rewrite_params(sql);
+    let mut outcomes = Vec::new();
+    let mut batch = rusqlite::Batch::new(conn, &sql);
+    loop {
+        let next = batch.next().map_err(|e| map_error(e, engine))?;
+        let Some(mut stmt) = next else { break };
+        let text = stmt.expanded_sql().unwrap_or_default();
+        let word = first_word(&text);
+        if (word == "BEGIN" || word == "START")
+            && !text.to_ascii_uppercase().contains("IMMEDIATE")
+            && !text.to_ascii_uppercase().contains("EXCLUSIVE")
+        {
+            drop(stmt);
+            conn.execute_batch("BEGIN IMMEDIATE")
+                .map_err(|e| map_error(e, engine))?;
+            outcomes.push(Outcome::Done {
+                tag: "BEGIN".into(),
+            });
+            continue;
+        }
+        for (i, p) in params.iter().enumerate() {
+            if i < stmt.parameter_count() {
+                stmt.raw_bind_parameter(i + 1, p)
+                    .map_err(|e| map_error(e, engine))?;
+            }
+        }
+        if stmt.column_count() > 0 {
+            let names: Vec<(String, Option<String>)> = stmt
+                .columns()
+                .map(|c| (c.name().to_string(), c.decl_type().map(str::to_string)))
+                .collect();
+            let n = names.len();
+            let mut rows = Vec::new();
+            let mut raw = stmt.raw_query();
+            while let Some(row) = raw.next().map_err(|e| map_error(e, engine))? {
+                let mut vals = Vec::with_capacity(n);
+                for i in 0..n {
+                    vals.push(match row.get_ref(i).map_err(|e| map_error(e, engine))? {
+                        ValueRef::Null => Value::Null,
+                        ValueRef::Integer(v) => Value::Integer(v),
+                        ValueRef::Real(v) => Value::Real(v),
+                        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+                    });
+                }
+                rows.push(vals);
+            }
+            let columns = names
+                .into_iter()
+                .enumerate()
+                .map(|(i, (name, decl))| {
+                    let sample = rows
+                        .iter()
+                        .map(|r: &Vec<Value>| &r[i])
+                        .find(|v| **v != Value::Null);
+                    (name, col_type(decl.as_deref(), sample))
+                })
+                .collect();
+            outcomes.push(Outcome::Rows { columns, rows });
+        } else {
+            stmt.raw_execute().map_err(|e| map_error(e, engine))?;
+            let changes = conn.changes();
+            outcomes.push(Outcome::Done {
+                tag: tag(&text, changes),
+            });
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Maps a SQLite error to a SQLSTATE and a message; storage-side failures carry their reason.
+pub fn map_error(e: rusqlite::Error, engine: &Engine) -> SqlError {
+    let msg = e.to_string();
+    match &e {
+        rusqlite::Error::SqliteFailure(f, m) => {
+            let text = m.clone().unwrap_or_else(|| msg.clone());
+            let code = match f.extended_code {
+                ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => "23505",
+                ffi::SQLITE_CONSTRAINT_NOTNULL => "23502",
+                ffi::SQLITE_CONSTRAINT_FOREIGNKEY => "23503",
+                ffi::SQLITE_CONSTRAINT_CHECK => "23514",
+                _ => match f.code {
+                    rusqlite::ErrorCode::ConstraintViolation => "23000",
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => {
+                        "40001"
+                    }
+                    rusqlite::ErrorCode::DiskFull => "53100",
+                    rusqlite::ErrorCode::ReadOnly => "25006",
+                    rusqlite::ErrorCode::SystemIoFailure => "58030",
+                    rusqlite::ErrorCode::TooBig => "54000",
+                    _ if text.contains("syntax error") || text.contains("incomplete input") => {
+                        "42601"
+                    }
+                    _ if text.starts_with("no such table") => "42P01",
+                    _ if text.starts_with("no such column") => "42703",
+                    _ if text.contains("already exists") => "42P07",
+                    _ if text.contains("cannot start a transaction within a transaction") => {
+                        "25001"
+                    }
+                    _ if text.contains("no transaction is active") => "25P01",
+                    _ => "XX000",
+                },
+            };
+            let text = match engine.take_last_error() {
+                Some(storage) if code == "58030" || code == "53100" || code == "XX000" => {
+                    format!("{text}: {storage}")
+                }
+                _ => text,
+            };
+            SqlError::new(code, text)
+        }
+        rusqlite::Error::SqlInputError { msg, .. } => SqlError::new("42601", msg.clone()),
+        _ if msg.contains("syntax error") => SqlError::new("42601", msg),
+        _ => SqlError::new("XX000", msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dollar_params_become_question_marks_outside_strings() {
+        assert_eq!(
+            rewrite_params("SELECT $1, '$2', \"$3\" WHERE a = $12"),
+            "SELECT ?1, '$2', \"$3\" WHERE a = ?12"
+        );
+    }
+
+    #[test]
+    fn tags_follow_postgres() {
+        assert_eq!(tag("insert into t values (1)", 1), "INSERT 0 1");
+        assert_eq!(tag("UPDATE t SET a = 1", 3), "UPDATE 3");
+        assert_eq!(tag("create table t (a int)", 0), "CREATE TABLE");
+        assert_eq!(tag("commit;", 0), "COMMIT");
+    }
+}
