@@ -10,6 +10,7 @@ pub mod buffer_pool;
 pub mod layout;
 pub mod metrics;
 pub mod page_diff;
+pub mod pg_server;
 pub mod shipper;
 pub mod sql;
 pub mod vfs;

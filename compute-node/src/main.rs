@@ -1,1 +1,112 @@
-fn main() {}
+//! `logdb-compute`: the writer. Opens the volume described by the layout file (new epoch,
+//! recovery by quorum), then serves PostgreSQL clients. Prints one JSON line with its addresses
+//! on stdout once it serves; logs with tracing on stderr.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use logdb_compute::layout::Layout;
+use logdb_compute::metrics::ComputeMetrics;
+use logdb_compute::pg_server::{self, ServerContext};
+use logdb_compute::shipper::{Shipper, ShipperConfig};
+use logdb_compute::vfs::Engine;
+use logdb_storage::types::Epoch;
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "logdb-compute",
+    about = "logdb writer: SQLite on a quorum-replicated redo log, spoken to over the PostgreSQL protocol"
+)]
+struct Args {
+    /// Volume layout (JSON): page size, pages per PG, each PG's six segments.
+    #[arg(long)]
+    layout: PathBuf,
+    /// PostgreSQL protocol listen address (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    listen: SocketAddr,
+    /// Prometheus /metrics listen address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    metrics_listen: SocketAddr,
+    /// Password clients must give (md5 authentication). Without it, every client is trusted.
+    #[arg(long, env = "LOGDB_PASSWORD")]
+    password: Option<String>,
+    /// Buffer pool size, in pages (shared by all sessions).
+    #[arg(long, default_value_t = 16384)]
+    pool_pages: usize,
+    /// SQLite page cache per session, in pages: a transaction that fits commits as one batch.
+    #[arg(long, default_value_t = 4096)]
+    cache_pages: i64,
+    /// Lowest epoch to use (the writer always goes above every epoch installed on storage).
+    #[arg(long, default_value_t = 1)]
+    epoch: u64,
+    /// Back-pressure: LSN allocation stops this many records above VDL.
+    #[arg(long, default_value_t = 200_000)]
+    lal: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let layout = Layout::load(&args.layout)?;
+    let volume = layout.volume.clone();
+    let metrics = Arc::new(ComputeMetrics::new());
+    let cfg = ShipperConfig {
+        min_epoch: Epoch(args.epoch),
+        lal: args.lal,
+        ..ShipperConfig::default()
+    };
+    let shipper = Shipper::open(layout, cfg, Arc::clone(&metrics))
+        .await
+        .with_context(|| format!("opening volume {volume}"))?;
+    let db_name = format!("/logdb/{volume}");
+    let rt = tokio::runtime::Handle::current();
+    let (name, pool, m) = (db_name.clone(), args.pool_pages, Arc::clone(&metrics));
+    let engine = tokio::task::spawn_blocking(move || Engine::register(&name, shipper, pool, m, rt))
+        .await?
+        .context("reading the database header from storage")?;
+
+    let pg = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let metrics_listener = TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_listen))?;
+    let pg_addr = pg.local_addr()?;
+    let metrics_addr = metrics_listener.local_addr()?;
+    let scraped = Arc::clone(&metrics);
+    tokio::spawn(logdb_storage::metrics::serve(metrics_listener, move || {
+        scraped.render()
+    }));
+    let psql = format!(
+        "postgresql://logdb@{}:{}/{volume}",
+        pg_addr.ip(),
+        pg_addr.port()
+    );
+    println!(
+        "{}",
+        serde_json::json!({"event": "listening", "pg": pg_addr.to_string(), "metrics": metrics_addr.to_string(), "epoch": engine.shipper.epoch().0, "psql": psql})
+    );
+    tracing::info!(%pg_addr, %metrics_addr, epoch = %engine.shipper.epoch(), "writer serving; connect with psql {psql}");
+    let ctx = Arc::new(ServerContext {
+        engine,
+        db_name,
+        password: args.password,
+        cache_pages: args.cache_pages,
+    });
+    tokio::select! {
+        _ = pg_server::serve(pg, ctx) => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}

@@ -127,7 +127,9 @@ fn tag(sql: &str, changes: u64) -> String {
     }
 }
 
-fn col_type(decl: Option<&str>, sample: Option<&Value>) -> ColType {
+/// The column's type from its declared type, else (expressions) from a sample value, else from
+/// the expression: `count(...)` is an integer, anything else text.
+pub fn col_type(name: &str, decl: Option<&str>, sample: Option<&Value>) -> ColType {
     if let Some(d) = decl {
         let d = d.to_ascii_uppercase();
         if d.contains("INT") {
@@ -150,7 +152,9 @@ fn col_type(decl: Option<&str>, sample: Option<&Value>) -> ColType {
         Some(Value::Integer(_)) => ColType::Int,
         Some(Value::Real(_)) => ColType::Float,
         Some(Value::Blob(_)) => ColType::Bytes,
-        _ => ColType::Text,
+        Some(_) => ColType::Text,
+        None if name.to_ascii_lowercase().starts_with("count(") => ColType::Int,
+        None => ColType::Text,
     }
 }
 
@@ -216,7 +220,8 @@ pub fn execute(
                         .iter()
                         .map(|r: &Vec<Value>| &r[i])
                         .find(|v| **v != Value::Null);
-                    (name, col_type(decl.as_deref(), sample))
+                    let t = col_type(&name, decl.as_deref(), sample);
+                    (name, t)
                 })
                 .collect();
             outcomes.push(Outcome::Rows { columns, rows });
@@ -229,6 +234,20 @@ pub fn execute(
         }
     }
     Ok(outcomes)
+}
+
+/// SQLSTATEs SQLite only tells by its message.
+fn code_from_message(text: &str) -> Option<&'static str> {
+    Some(match text {
+        _ if text.contains("syntax error") || text.contains("incomplete input") => "42601",
+        _ if text.starts_with("no such table") => "42P01",
+        _ if text.starts_with("no such column") => "42703",
+        _ if text.starts_with("no such function") => "42883",
+        _ if text.contains("already exists") => "42P07",
+        _ if text.contains("cannot start a transaction within a transaction") => "25001",
+        _ if text.contains("no transaction is active") => "25P01",
+        _ => return None,
+    })
 }
 
 /// Maps a SQLite error to a SQLSTATE and a message; storage-side failures carry their reason.
@@ -251,17 +270,7 @@ pub fn map_error(e: rusqlite::Error, engine: &Engine) -> SqlError {
                     rusqlite::ErrorCode::ReadOnly => "25006",
                     rusqlite::ErrorCode::SystemIoFailure => "58030",
                     rusqlite::ErrorCode::TooBig => "54000",
-                    _ if text.contains("syntax error") || text.contains("incomplete input") => {
-                        "42601"
-                    }
-                    _ if text.starts_with("no such table") => "42P01",
-                    _ if text.starts_with("no such column") => "42703",
-                    _ if text.contains("already exists") => "42P07",
-                    _ if text.contains("cannot start a transaction within a transaction") => {
-                        "25001"
-                    }
-                    _ if text.contains("no transaction is active") => "25P01",
-                    _ => "XX000",
+                    _ => code_from_message(&text).unwrap_or("XX000"),
                 },
             };
             let text = match engine.take_last_error() {
@@ -272,7 +281,9 @@ pub fn map_error(e: rusqlite::Error, engine: &Engine) -> SqlError {
             };
             SqlError::new(code, text)
         }
-        rusqlite::Error::SqlInputError { msg, .. } => SqlError::new("42601", msg.clone()),
+        rusqlite::Error::SqlInputError { msg, .. } => {
+            SqlError::new(code_from_message(msg).unwrap_or("42601"), msg.clone())
+        }
         _ if msg.contains("syntax error") => SqlError::new("42601", msg),
         _ => SqlError::new("XX000", msg),
     }

@@ -80,3 +80,103 @@ impl Cluster {
         self.dir.path()
     }
 }
+
+/// A running `logdb-compute` writer process; killed when dropped.
+pub struct Writer {
+    child: Option<std::process::Child>,
+    pub pg: String,
+    pub metrics: String,
+    pub port: u16,
+}
+
+pub const PASSWORD: &str = "s3cret";
+
+impl Writer {
+    pub fn start(layout: &Path) -> Writer {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_logdb-compute"))
+            .arg("--layout")
+            .arg(layout)
+            .args(["--listen", "127.0.0.1:0", "--password", PASSWORD])
+            .env(
+                "RUST_LOG",
+                std::env::var("LOGDB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start logdb-compute");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim())
+            .unwrap_or_else(|e| panic!("logdb-compute did not announce itself ({e}): {line:?}"));
+        let pg = v["pg"].as_str().unwrap().to_string();
+        let port = pg.rsplit(':').next().unwrap().parse().unwrap();
+        Writer {
+            child: Some(child),
+            pg,
+            metrics: v["metrics"].as_str().unwrap().to_string(),
+            port,
+        }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=logdb password={PASSWORD} dbname=vol1",
+                self.port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect to logdb-compute");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Runs psql with `-c sql`; returns stdout, or stderr as the error.
+    pub fn psql(&self, sql: &str) -> Result<String, String> {
+        let out = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "logdb",
+                "-d",
+                "vol1",
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .expect("run psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

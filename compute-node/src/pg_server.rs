@@ -1,0 +1,433 @@
+//! The PostgreSQL wire protocol front (DESIGN.md §11), on `pgwire`: simple and extended query,
+//! md5 password authentication, one SQLite connection per client session. A statement runs on a
+//! blocking thread; when it committed, the answer waits until VDL passes the commit LSN — the
+//! client hears COMMIT only once the transaction is on a write quorum.
+
+use std::fmt::Debug;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::stream;
+use pgwire::api::auth::md5pass::{hash_md5_password, Md5PasswordAuthStartupHandler};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DataRowEncoder, DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo,
+    QueryResponse, Response, Tag,
+};
+use pgwire::api::stmt::{NoopQueryParser, StoredStatement};
+use pgwire::api::{ClientInfo, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use rusqlite::types::Value;
+use rusqlite::Connection;
+use tokio::net::TcpListener;
+
+use crate::sql::{self, ColType, Outcome, SqlError};
+use crate::vfs::{self, Engine};
+
+/// What every session of the server shares.
+pub struct ServerContext {
+    pub engine: Arc<Engine>,
+    pub db_name: String,
+    pub password: Option<String>,
+    pub cache_pages: i64,
+}
+
+/// One client session: its own SQLite connection.
+pub struct Session {
+    ctx: Arc<ServerContext>,
+    conn: Arc<Mutex<Connection>>,
+    parser: Arc<NoopQueryParser>,
+}
+
+fn user_error(e: SqlError) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        e.code.into(),
+        e.message,
+    )))
+}
+
+fn pg_type(t: ColType) -> Type {
+    match t {
+        ColType::Int => Type::INT8,
+        ColType::Float => Type::FLOAT8,
+        ColType::Text => Type::TEXT,
+        ColType::Bytes => Type::BYTEA,
+    }
+}
+
+impl Session {
+    /// Runs SQL on the session's connection; waits for durability when it committed.
+    async fn run(&self, sql_text: String, params: Vec<Value>) -> Result<Vec<Outcome>, SqlError> {
+        let conn = Arc::clone(&self.conn);
+        let engine = Arc::clone(&self.ctx.engine);
+        let started = Instant::now();
+        let (out, lsn) = tokio::task::spawn_blocking(move || {
+            let c = conn.lock().expect("session connection");
+            let out = sql::execute(&c, &engine, &sql_text, &params);
+            (out, vfs::take_commit_lsn())
+        })
+        .await
+        .map_err(|e| SqlError::new("XX000", format!("statement task failed: {e}")))?;
+        if lsn.0 > 0 {
+            let engine = &self.ctx.engine;
+            engine.shipper.wait_durable(lsn).await.map_err(|e| {
+                SqlError::new("58030", format!("commit not confirmed durable: {e}"))
+            })?;
+            engine.metrics.commits.inc();
+            engine
+                .metrics
+                .commit_latency
+                .observe(started.elapsed().as_secs_f64());
+        }
+        out
+    }
+
+    fn columns(&self, sql_text: &str, format: &Format) -> Result<Vec<FieldInfo>, SqlError> {
+        let c = self.conn.lock().expect("session connection");
+        let stmt = c
+            .prepare(&sql::rewrite_params(sql_text))
+            .map_err(|e| sql::map_error(e, &self.ctx.engine))?;
+        Ok(stmt
+            .columns()
+            .enumerate()
+            .map(|(i, col)| {
+                let t = sql::col_type(col.name(), col.decl_type(), None);
+                FieldInfo::new(
+                    col.name().to_string(),
+                    None,
+                    None,
+                    pg_type(t),
+                    format.format_for(i),
+                )
+            })
+            .collect())
+    }
+
+    fn param_count(&self, sql_text: &str) -> Result<usize, SqlError> {
+        let c = self.conn.lock().expect("session connection");
+        let stmt = c
+            .prepare(&sql::rewrite_params(sql_text))
+            .map_err(|e| sql::map_error(e, &self.ctx.engine))?;
+        Ok(stmt.parameter_count())
+    }
+}
+
+fn encode(outcome: Outcome, fields: Option<Arc<Vec<FieldInfo>>>) -> PgWireResult<Response> {
+    match outcome {
+        Outcome::Done { tag } => {
+            let word = tag.split(' ').next().unwrap_or("");
+            Ok(match word {
+                "BEGIN" => Response::TransactionStart(Tag::new(&tag)),
+                "COMMIT" | "ROLLBACK" => Response::TransactionEnd(Tag::new(&tag)),
+                _ => Response::Execution(Tag::new(&tag)),
+            })
+        }
+        Outcome::Rows { columns, rows } => {
+            let fields = fields.unwrap_or_else(|| {
+                Arc::new(
+                    columns
+                        .iter()
+                        .map(|(name, t)| {
+                            FieldInfo::new(name.clone(), None, None, pg_type(*t), FieldFormat::Text)
+                        })
+                        .collect(),
+                )
+            });
+            let mut encoder = DataRowEncoder::new(Arc::clone(&fields));
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                for (i, v) in row.iter().enumerate() {
+                    let t = fields
+                        .get(i)
+                        .map(|f| f.datatype().clone())
+                        .unwrap_or(Type::TEXT);
+                    encode_value(&mut encoder, v, &t)?;
+                }
+                out.push(Ok(encoder.take_row()));
+            }
+            Ok(Response::Query(QueryResponse::new(
+                fields,
+                stream::iter(out),
+            )))
+        }
+    }
+}
+
+/// Encodes a SQLite value as the column's declared PostgreSQL type (SQLite typing is dynamic).
+fn encode_value(enc: &mut DataRowEncoder, v: &Value, t: &Type) -> PgWireResult<()> {
+    match (v, t) {
+        (Value::Null, _) => enc.encode_field(&None::<i64>),
+        (Value::Integer(i), &Type::INT8) => enc.encode_field(i),
+        (Value::Real(f), &Type::INT8) => enc.encode_field(&(*f as i64)),
+        (Value::Integer(i), &Type::FLOAT8) => enc.encode_field(&(*i as f64)),
+        (Value::Real(f), &Type::FLOAT8) => enc.encode_field(f),
+        (Value::Blob(b), &Type::BYTEA) => enc.encode_field(b),
+        (Value::Integer(i), _) => enc.encode_field(&i.to_string()),
+        (Value::Real(f), _) => enc.encode_field(&f.to_string()),
+        (Value::Text(s), _) => enc.encode_field(s),
+        (Value::Blob(b), _) => enc.encode_field(&String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Session {
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        if query.trim().is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let outcomes = self
+            .run(query.to_string(), Vec::new())
+            .await
+            .map_err(user_error)?;
+        outcomes.into_iter().map(|o| encode(o, None)).collect()
+    }
+}
+
+fn params(portal: &Portal<String>) -> PgWireResult<Vec<Value>> {
+    let mut out = Vec::with_capacity(portal.parameter_len());
+    for i in 0..portal.parameter_len() {
+        let t = portal
+            .statement
+            .parameter_types
+            .get(i)
+            .cloned()
+            .flatten()
+            .unwrap_or(Type::TEXT);
+        let v = match t {
+            Type::INT2 => portal
+                .parameter::<i16>(i, &t)?
+                .map(|v| Value::Integer(v as i64)),
+            Type::INT4 => portal
+                .parameter::<i32>(i, &t)?
+                .map(|v| Value::Integer(v as i64)),
+            Type::INT8 => portal.parameter::<i64>(i, &t)?.map(Value::Integer),
+            Type::FLOAT4 => portal
+                .parameter::<f32>(i, &t)?
+                .map(|v| Value::Real(v as f64)),
+            Type::FLOAT8 => portal.parameter::<f64>(i, &t)?.map(Value::Real),
+            Type::BOOL => portal
+                .parameter::<bool>(i, &t)?
+                .map(|v| Value::Integer(v as i64)),
+            Type::BYTEA => portal.parameter::<Vec<u8>>(i, &t)?.map(Value::Blob),
+            _ => portal.parameter::<String>(i, &Type::TEXT)?.map(Value::Text),
+        };
+        out.push(v.unwrap_or(Value::Null));
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Session {
+    type Statement = String;
+    type QueryParser = NoopQueryParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        Arc::clone(&self.parser)
+    }
+
+    async fn do_query<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Self::Statement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let sql_text = portal.statement.statement.clone();
+        if sql_text.trim().is_empty() {
+            return Ok(Response::EmptyQuery);
+        }
+        let values = params(portal)?;
+        let fields = self
+            .columns(&sql_text, &portal.result_column_format)
+            .map_err(user_error)?;
+        let mut outcomes = self.run(sql_text, values).await.map_err(user_error)?;
+        let last = outcomes.pop().unwrap_or(Outcome::Done {
+            tag: "SELECT 0".into(),
+        });
+        encode(last, (!fields.is_empty()).then(|| Arc::new(fields)))
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        stmt: &StoredStatement<Self::Statement>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let n = self.param_count(&stmt.statement).map_err(user_error)?;
+        let types = (0..n)
+            .map(|i| {
+                stmt.parameter_types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or(Type::TEXT)
+            })
+            .collect();
+        let fields = self
+            .columns(&stmt.statement, &Format::UnifiedBinary)
+            .map_err(user_error)?;
+        Ok(DescribeStatementResponse::new(types, fields))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Self::Statement>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let fields = self
+            .columns(&portal.statement.statement, &portal.result_column_format)
+            .map_err(user_error)?;
+        Ok(DescribePortalResponse::new(fields))
+    }
+}
+
+/// Checks the configured password (md5 challenge with a random salt).
+#[derive(Debug)]
+struct PasswordSource {
+    password: String,
+}
+
+#[async_trait]
+impl AuthSource for PasswordSource {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        let user = login.user().unwrap_or("");
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        let salt = (h.finish() as u32).to_be_bytes().to_vec();
+        let hashed = hash_md5_password(user, &self.password, &salt);
+        Ok(Password::new(Some(salt), hashed.into_bytes()))
+    }
+}
+
+impl NoopStartupHandler for Session {}
+
+struct Handlers {
+    session: Arc<Session>,
+}
+
+fn parameters() -> DefaultServerParameterProvider {
+    let mut p = DefaultServerParameterProvider::default();
+    p.server_version = format!(
+        "15.0 (logdb {}, SQLite {})",
+        env!("CARGO_PKG_VERSION"),
+        rusqlite::version()
+    );
+    p
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::clone(&self.session)
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::clone(&self.session)
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::new(Auth::new(&self.session))
+    }
+}
+
+/// Password authentication when a password is configured, none otherwise.
+enum Auth {
+    Password(Md5PasswordAuthStartupHandler<PasswordSource, DefaultServerParameterProvider>),
+    Trust(Arc<Session>),
+}
+
+impl Auth {
+    fn new(session: &Arc<Session>) -> Self {
+        match &session.ctx.password {
+            Some(p) => Auth::Password(Md5PasswordAuthStartupHandler::new(
+                Arc::new(PasswordSource {
+                    password: p.clone(),
+                }),
+                Arc::new(parameters()),
+            )),
+            None => Auth::Trust(Arc::clone(session)),
+        }
+    }
+}
+
+#[async_trait]
+impl StartupHandler for Auth {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + futures::Sink<pgwire::messages::PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as futures::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Auth::Password(h) => h.on_startup(client, message).await,
+            Auth::Trust(s) => s.on_startup(client, message).await,
+        }
+    }
+}
+
+/// Accepts clients until the listener fails; each gets a session with its own SQLite connection.
+pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let ctx = Arc::clone(&ctx);
+        tokio::spawn(async move {
+            let ctx2 = Arc::clone(&ctx);
+            let conn = tokio::task::spawn_blocking(move || {
+                sql::open(&ctx2.db_name, &ctx2.engine, ctx2.cache_pages)
+            })
+            .await;
+            let conn = match conn {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::error!(%peer, error = %e, "cannot open a session");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(%peer, error = %e, "session task failed");
+                    return;
+                }
+            };
+            let session = Arc::new(Session {
+                ctx,
+                conn: Arc::new(Mutex::new(conn)),
+                parser: Arc::new(NoopQueryParser::new()),
+            });
+            let handlers = Arc::new(Handlers { session });
+            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                tracing::debug!(%peer, error = %e, "client connection ended");
+            }
+        });
+    }
+}
