@@ -13,6 +13,7 @@ pub mod page_diff;
 pub mod pg_server;
 pub mod shipper;
 pub mod sql;
+pub mod tcp_proxy;
 pub mod vfs;
 
 pub use logdb_storage::proto;

@@ -9,6 +9,11 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeLabels {
     pub segment: String,
 }
@@ -18,6 +23,8 @@ pub struct ComputeMetrics {
     pub commits: Counter,
     pub commit_latency: Histogram,
     pub records_shipped: Counter,
+    pub redo_records: Family<KindLabels, Counter>,
+    pub redo_bytes: Family<KindLabels, Counter>,
     pub bytes_shipped: Family<NodeLabels, Counter>,
     pub vdl: Gauge,
     pub pool_hits: Counter,
@@ -40,6 +47,8 @@ impl ComputeMetrics {
             // 50 µs .. ~6.5 s
             commit_latency: Histogram::new(exponential_buckets(0.00005, 2.0, 18)),
             records_shipped: Counter::default(),
+            redo_records: Family::default(),
+            redo_bytes: Family::default(),
             bytes_shipped: Family::default(),
             vdl: Gauge::default(),
             pool_hits: Counter::default(),
@@ -81,6 +90,16 @@ impl ComputeMetrics {
             "storage_page_reads",
             "ReadPage calls answered by storage",
             m.storage_reads.clone(),
+        );
+        registry.register(
+            "redo_records",
+            "Redo records made, by kind (delta or image)",
+            m.redo_records.clone(),
+        );
+        registry.register(
+            "redo_bytes",
+            "Redo payload bytes made, by kind (before sixfold shipping)",
+            m.redo_bytes.clone(),
         );
         ComputeMetrics { registry, ..m }
     }

@@ -56,6 +56,7 @@ pub enum ShipError {
 
 struct ShipState {
     next_lsn: u64,
+    next_tx: u64,
     last_commit_ts: u64,
     pg_tail: Vec<Lsn>,
     pg_outstanding: Vec<VecDeque<Lsn>>,
@@ -124,6 +125,9 @@ impl Default for ShipperConfig {
         }
     }
 }
+
+/// How often a segment that receives no records is told the new VDL.
+const VDL_INTERVAL: Duration = Duration::from_millis(100);
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -364,6 +368,7 @@ impl Shipper {
             epoch,
             state: Mutex::new(ShipState {
                 next_lsn,
+                next_tx: 1,
                 last_commit_ts: 0,
                 pg_tail,
                 pg_outstanding: vec![VecDeque::new(); pgs],
@@ -421,9 +426,25 @@ impl Shipper {
         }
         let ts = now_us().max(s.last_commit_ts + 1);
         s.last_commit_ts = ts;
+        let tx = s.next_tx;
+        s.next_tx += 1;
         let n = changes.len();
         let mut per_pg: Vec<Vec<Arc<RedoRecord>>> = vec![Vec::new(); self.layout.pgs.len()];
         let mut commit = Lsn::ZERO;
+        for c in &changes {
+            let kind = crate::metrics::KindLabels {
+                kind: if c.kind == RecordKind::Image {
+                    "image"
+                } else {
+                    "delta"
+                },
+            };
+            self.metrics.redo_records.get_or_create(&kind).inc();
+            self.metrics
+                .redo_bytes
+                .get_or_create(&kind)
+                .inc_by(c.data.len() as u64);
+        }
         for (i, c) in changes.into_iter().enumerate() {
             let pg = self.layout.pg_of(c.page).expect("checked above").0 as usize;
             let lsn = Lsn(s.next_lsn);
@@ -433,7 +454,7 @@ impl Shipper {
             s.pg_outstanding[pg].push_back(lsn);
             let last = i + 1 == n;
             let (flags, ts) = if last { (FLAG_COMMIT, ts) } else { (0, 0) };
-            let rec = RedoRecord::new(lsn, prev, ts, c.page, c.offset, c.kind, flags, ts, c.data);
+            let rec = RedoRecord::new(lsn, prev, tx, c.page, c.offset, c.kind, flags, ts, c.data);
             per_pg[pg].push(Arc::new(rec));
             commit = lsn;
         }
@@ -545,6 +566,7 @@ impl Shipper {
     async fn send_loop(self: Arc<Self>, link: Arc<Link>) {
         let mut backoff = Duration::from_millis(20);
         let mut last_vdl_sent = Lsn::ZERO;
+        let mut last_send = Instant::now();
         let mut down_since: Option<Instant> = None;
         loop {
             if self.fenced().is_some() {
@@ -563,11 +585,20 @@ impl Shipper {
                     .collect()
             };
             let vdl = self.vdl();
-            if batch.is_empty() && vdl == last_vdl_sent {
-                // Nothing to send: wait for records, or tell storage the new VDL now and then.
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(100), link.wake.notified()).await;
-                continue;
+            if batch.is_empty() {
+                // Nothing to send. The VDL rides on record batches; a segment that got no
+                // records lately hears it alone, at most every VDL_INTERVAL, so that its
+                // coalescer can go on — never once per commit.
+                let since = last_send.elapsed();
+                if vdl == last_vdl_sent || since < VDL_INTERVAL {
+                    let wait = if vdl == last_vdl_sent {
+                        VDL_INTERVAL
+                    } else {
+                        VDL_INTERVAL - since
+                    };
+                    let _ = tokio::time::timeout(wait, link.wake.notified()).await;
+                    continue;
+                }
             }
             let pending_truncate = *link.truncate_above.lock().expect("lock");
             if let Some(above) = pending_truncate {
@@ -606,6 +637,7 @@ impl Shipper {
                         })
                         .inc_by(size);
                     last_vdl_sent = vdl;
+                    last_send = Instant::now();
                     backoff = Duration::from_millis(20);
                     if let Some(since) = down_since.take() {
                         tracing::info!(segment = %link.member.segment, address = %link.member.address, down_for_ms = since.elapsed().as_millis() as u64, "storage segment is back");

@@ -11,6 +11,11 @@ pub fn apply(page: &mut [u8], rec: &RedoRecord) {
             let at = rec.offset as usize;
             page[at..at + rec.data.len()].copy_from_slice(&rec.data);
         }
+        RecordKind::Move => {
+            let (source, len) = rec.move_args().expect("validated on receipt");
+            let (source, len) = (source as usize, len as usize);
+            page.copy_within(source..source + len, rec.offset as usize);
+        }
     }
 }
 
@@ -55,6 +60,36 @@ mod tests {
         );
         assert_eq!(out, vec![0, 0, 1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 9]);
         assert_eq!(base, vec![0u8; 16], "the base is not modified");
+    }
+
+    #[test]
+    fn moves_shift_bytes_like_memmove() {
+        let base: Vec<u8> = (0..16).collect();
+        let mv = |dst, src, len| {
+            RedoRecord::new(
+                Lsn(1),
+                Lsn(0),
+                1,
+                PageId(0),
+                dst,
+                RecordKind::Move,
+                0,
+                0,
+                crate::record::encode_move(src, len),
+            )
+        };
+        // Overlapping, towards the end and towards the start.
+        assert_eq!(
+            apply_all(&base, &[mv(4, 2, 6)]),
+            vec![0, 1, 2, 3, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15]
+        );
+        assert_eq!(
+            apply_all(&base, &[mv(0, 10, 6)]),
+            vec![10, 11, 12, 13, 14, 15, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+        );
+        mv(0, 10, 6).validate_for_page_size(16).unwrap();
+        assert!(mv(0, 12, 6).validate_for_page_size(16).is_err());
+        assert!(mv(12, 0, 6).validate_for_page_size(16).is_err());
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub enum RecordKind {
     Delta,
     /// `data` is the whole page.
     Image,
+    /// `data` is `source u32 | length u32`: bytes `[source, source + length)` move to
+    /// `[offset, offset + length)` (memmove semantics).
+    Move,
 }
 
 impl RecordKind {
@@ -23,12 +26,14 @@ impl RecordKind {
         match self {
             RecordKind::Delta => proto::RecordType::PageDelta as u8,
             RecordKind::Image => proto::RecordType::PageImage as u8,
+            RecordKind::Move => proto::RecordType::PageMove as u8,
         }
     }
     fn from_code(code: u32) -> Option<Self> {
         match proto::RecordType::try_from(code as i32) {
             Ok(proto::RecordType::PageDelta) => Some(RecordKind::Delta),
             Ok(proto::RecordType::PageImage) => Some(RecordKind::Image),
+            Ok(proto::RecordType::PageMove) => Some(RecordKind::Move),
             _ => None,
         }
     }
@@ -41,6 +46,20 @@ const KNOWN_FLAGS: u32 = FLAG_COMMIT as u32;
 /// Header bytes before `data`, and the trailing checksum.
 const HEADER_LEN: usize = 8 * 4 + 4 + 1 + 1 + 8 + 4;
 const CHECKSUM_LEN: usize = 4;
+
+/// The data of a `Move` record.
+pub fn encode_move(source: u32, len: u32) -> Vec<u8> {
+    let mut d = source.to_le_bytes().to_vec();
+    d.extend_from_slice(&len.to_le_bytes());
+    d
+}
+
+/// `(source, length)` from a `Move` record's data.
+pub fn decode_move(data: &[u8]) -> Option<(u32, u32)> {
+    let a: [u8; 4] = data.get(0..4)?.try_into().ok()?;
+    let b: [u8; 4] = data.get(4..8)?.try_into().ok()?;
+    (data.len() == 8).then(|| (u32::from_le_bytes(a), u32::from_le_bytes(b)))
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedoRecord {
@@ -100,6 +119,16 @@ pub enum RecordError {
     },
     #[error("record LSN {lsn}: page image must have offset 0, not {offset}")]
     ImageOffset { lsn: u64, offset: u32 },
+    #[error("record LSN {lsn}: page move needs 8 bytes (source, length), not {len}")]
+    MoveArgs { lsn: u64, len: usize },
+    #[error("record LSN {lsn}: page move of {len} bytes from {from} to {offset} is outside the {page_size}-byte page")]
+    MoveBeyondPage {
+        lsn: u64,
+        from: u32,
+        offset: u32,
+        len: u32,
+        page_size: u32,
+    },
 }
 
 impl RedoRecord {
@@ -130,6 +159,11 @@ impl RedoRecord {
         };
         r.checksum = r.compute_checksum();
         r
+    }
+
+    /// `(source, length)` of a `Move` record (None when the data is not 8 bytes).
+    pub fn move_args(&self) -> Option<(u32, u32)> {
+        decode_move(&self.data)
     }
 
     pub fn is_commit(&self) -> bool {
@@ -273,6 +307,22 @@ impl RedoRecord {
                     });
                 }
             }
+            RecordKind::Move => {
+                let (source, len) = self.move_args().ok_or(RecordError::MoveArgs {
+                    lsn,
+                    len: self.data.len(),
+                })?;
+                let fits = |at: u32| at as u64 + len as u64 <= page_size as u64;
+                if len == 0 || !fits(source) || !fits(self.offset) {
+                    return Err(RecordError::MoveBeyondPage {
+                        lsn,
+                        from: source,
+                        offset: self.offset,
+                        len,
+                        page_size,
+                    });
+                }
+            }
             RecordKind::Delta => {
                 if self.data.is_empty() {
                     return Err(RecordError::EmptyDelta { lsn });
@@ -300,6 +350,7 @@ impl RedoRecord {
             record_type: match self.kind {
                 RecordKind::Delta => proto::RecordType::PageDelta as i32,
                 RecordKind::Image => proto::RecordType::PageImage as i32,
+                RecordKind::Move => proto::RecordType::PageMove as i32,
             },
             prev_lsn: self.prev_lsn.0,
             flags: self.flags as u32,

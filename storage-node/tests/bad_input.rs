@@ -85,6 +85,24 @@ async fn every_bad_batch_is_refused_whole_with_a_reason() {
             "COMMIT flag without a commit timestamp",
         ),
         (
+            "move beyond the page",
+            vec![
+                good.clone(),
+                with_checksum(RedoRecord::new(
+                    Lsn(3),
+                    Lsn(2),
+                    1,
+                    PageId(1),
+                    0,
+                    RecordKind::Move,
+                    0,
+                    0,
+                    logdb_storage::record::encode_move(8190, 10),
+                )),
+            ],
+            "page move of 10 bytes from 8190 to 0 is outside the 8192-byte page",
+        ),
+        (
             "empty delta",
             vec![good.clone(), with_checksum(delta(3, 2, 1, 0, b""))],
             "carries no bytes",

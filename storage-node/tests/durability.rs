@@ -18,6 +18,19 @@ fn workload_record(lsn: u64) -> RedoRecord {
     let page = (lsn * 7) % 40;
     if lsn % 50 == 1 {
         image(lsn, lsn - 1, page, lsn as u8)
+    } else if lsn % 7 == 0 {
+        let (src, dst, len) = ((lsn * 31) % 4000, (lsn * 17) % 4000, lsn % 300 + 1);
+        RedoRecord::new(
+            logdb_storage::types::Lsn(lsn),
+            logdb_storage::types::Lsn(lsn - 1),
+            lsn,
+            logdb_storage::types::PageId(page),
+            dst as u32,
+            logdb_storage::record::RecordKind::Move,
+            0,
+            0,
+            logdb_storage::record::encode_move(src as u32, len as u32),
+        )
     } else {
         let offset = ((lsn * 131) % 8000) as u32;
         let data: Vec<u8> = (0..(lsn % 150 + 1)).map(|i| (lsn + i) as u8).collect();

@@ -178,6 +178,11 @@ pub fn expected_page(recs: &[&RedoRecord]) -> Vec<u8> {
             RecordKind::Delta => {
                 page[r.offset as usize..r.offset as usize + r.data.len()].copy_from_slice(&r.data)
             }
+            RecordKind::Move => {
+                let (src, len) = r.move_args().expect("move args");
+                let moved = page[src as usize..(src + len) as usize].to_vec();
+                page[r.offset as usize..r.offset as usize + len as usize].copy_from_slice(&moved);
+            }
         }
     }
     page

@@ -1,0 +1,497 @@
+//! Writer benchmark (issue 3): a pgbench TPC-B-like script (3 UPDATEs, 1 SELECT, 1 INSERT; tables
+//! sized like pgbench scale 10) through the real `logdb-compute` writer on six real storage nodes,
+//! run by pgbench itself. Prints JSON lines:
+//!
+//! - bytes leaving the writer per committed transaction, counted at the transport level by a
+//!   byte-counting TCP proxy in front of each storage node, against the traditional model
+//!   measured in the same run: stock SQLite on a local file, same script and page size,
+//!   (bytes written to the database file + journal or WAL) × 2 for mirroring;
+//! - commits/s and p50/p99 commit latency at 1 and 16 clients, next to stock SQLite
+//!   (synchronous=FULL, rollback journal and WAL) on local disk.
+//!
+//! `cargo build --release -p logdb-storage -p logdb-compute && target/release/logdb-compute-bench`
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use logdb_compute::layout::{Layout, Member, ProtectionGroup};
+use logdb_compute::tcp_proxy::Proxy;
+use logdb_storage::testkit::StorageProcess;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(about = "logdb writer benchmark against stock SQLite (JSON lines on stdout)")]
+struct Args {
+    /// pgbench scale (100,000 accounts per unit).
+    #[arg(long, default_value_t = 10)]
+    scale: u64,
+    /// Seconds per throughput measurement.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    /// Client counts.
+    #[arg(long, default_value = "1,16", value_delimiter = ',')]
+    clients: Vec<usize>,
+    /// Work directory (default: a temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+const PAGE: u32 = 8192;
+const PASSWORD: &str = "bench";
+
+fn schema(scale: u64) -> Vec<String> {
+    let accounts = 100_000 * scale;
+    vec![
+        "CREATE TABLE pgbench_branches (bid INTEGER PRIMARY KEY, bbalance INTEGER NOT NULL, filler TEXT)".into(),
+        "CREATE TABLE pgbench_tellers (tid INTEGER PRIMARY KEY, bid INTEGER NOT NULL, tbalance INTEGER NOT NULL, filler TEXT)".into(),
+        "CREATE TABLE pgbench_accounts (aid INTEGER PRIMARY KEY, bid INTEGER NOT NULL, abalance INTEGER NOT NULL, filler TEXT)".into(),
+        "CREATE TABLE pgbench_history (tid INTEGER, bid INTEGER, aid INTEGER, delta INTEGER, mtime TEXT, filler TEXT)".into(),
+        format!("INSERT INTO pgbench_branches SELECT value, 0, NULL FROM (WITH RECURSIVE c(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM c WHERE value < {scale}) SELECT value FROM c)"),
+        format!("INSERT INTO pgbench_tellers SELECT value, (value - 1) / 10 + 1, 0, NULL FROM (WITH RECURSIVE c(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM c WHERE value < {}) SELECT value FROM c)", 10 * scale),
+    ]
+    .into_iter()
+    .chain((0..scale).map(|k| {
+        // 100,000 accounts per statement (one transaction each), 84-character filler like pgbench.
+        let (lo, hi) = (k * 100_000 + 1, (k + 1) * 100_000);
+        format!("INSERT INTO pgbench_accounts SELECT value, (value - 1) / 100000 + 1, 0, substr(hex(zeroblob(42)), 1, 84) FROM (WITH RECURSIVE c(value) AS (SELECT {lo} UNION ALL SELECT value + 1 FROM c WHERE value < {hi}) SELECT value FROM c)")
+    }))
+    .chain(std::iter::once(format!("SELECT count(*) FROM pgbench_accounts WHERE aid <= {accounts}")))
+    .collect()
+}
+
+/// The TPC-B-like transaction with concrete values.
+fn tpcb(aid: u64, bid: u64, tid: u64, delta: i64) -> [String; 5] {
+    [
+        format!("UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid}"),
+        format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid}"),
+        format!("UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = {tid}"),
+        format!("UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = {bid}"),
+        format!("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({tid}, {bid}, {aid}, {delta}, CURRENT_TIMESTAMP)"),
+    ]
+}
+
+const PGBENCH_SCRIPT: &str = r"\set aid random(1, 100000 * :scale)
+\set bid random(1, 1 * :scale)
+\set tid random(1, 10 * :scale)
+\set delta random(-5000, 5000)
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
+";
+
+/// A small deterministic generator (xorshift): the same transactions for every run.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn wchar() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("wchar: ")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+struct WriterProc {
+    child: Child,
+    port: u16,
+    metrics: String,
+}
+
+/// Sum of the writer's metric lines starting with `prefix`.
+async fn scrape_sum(addr: &str, prefix: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return 0.0;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+impl Drop for WriterProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_writer(bin_dir: &Path, layout: &Path) -> anyhow::Result<WriterProc> {
+    let exe = bin_dir.join("logdb-compute");
+    let mut child = Command::new(&exe)
+        .arg("--layout")
+        .arg(layout)
+        .args(["--listen", "127.0.0.1:0", "--password", PASSWORD])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let v: serde_json::Value =
+        serde_json::from_str(line.trim()).with_context(|| format!("writer said {line:?}"))?;
+    let pg = v["pg"].as_str().context("pg address")?;
+    let port = pg.rsplit(':').next().context("port")?.parse()?;
+    let metrics = v["metrics"]
+        .as_str()
+        .context("metrics address")?
+        .to_string();
+    Ok(WriterProc {
+        child,
+        port,
+        metrics,
+    })
+}
+
+/// Runs pgbench against the writer; returns (transactions, tps, latencies in ms).
+fn pgbench(
+    port: u16,
+    clients: usize,
+    seconds: u64,
+    scale: u64,
+    dir: &Path,
+) -> anyhow::Result<(u64, f64, Vec<f64>)> {
+    let script = dir.join("tpcb.sql");
+    std::fs::write(&script, PGBENCH_SCRIPT)?;
+    let logs = dir.join(format!("pgbench-{clients}"));
+    std::fs::create_dir_all(&logs)?;
+    let out = Command::new("pgbench")
+        .args([
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "logdb",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+            "-T",
+            &seconds.to_string(),
+            "-D",
+            &format!("scale={scale}"),
+            "-l",
+        ])
+        .arg(format!("--log-prefix={}", logs.join("tx").display()))
+        .arg("-f")
+        .arg(&script)
+        .arg("vol1")
+        .env("PGPASSWORD", PASSWORD)
+        .current_dir(&logs)
+        .output()
+        .context("running pgbench")?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("pgbench failed: {text}");
+    }
+    let tx: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split(['/', ' ']).next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("pgbench output: {text}"))?;
+    let tps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|v| v.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let mut lat = Vec::new();
+    for f in std::fs::read_dir(&logs)? {
+        let f = f?.path();
+        for line in std::fs::read_to_string(&f)?.lines() {
+            if let Some(us) = line
+                .split_whitespace()
+                .nth(2)
+                .and_then(|v| v.parse::<f64>().ok())
+            {
+                lat.push(us / 1000.0);
+            }
+        }
+        std::fs::remove_file(f)?;
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    Ok((tx, tps, lat))
+}
+
+fn sqlite_open(path: &Path, journal: &str) -> anyhow::Result<rusqlite::Connection> {
+    let c = rusqlite::Connection::open(path)?;
+    c.execute_batch(&format!(
+        "PRAGMA page_size = {PAGE}; PRAGMA journal_mode = {journal}; PRAGMA synchronous = FULL;"
+    ))?;
+    c.busy_timeout(Duration::from_secs(30))?;
+    Ok(c)
+}
+
+fn sqlite_tx(c: &rusqlite::Connection, rng: &mut Rng, scale: u64) -> anyhow::Result<()> {
+    let (aid, bid, tid) = (
+        rng.range(1, 100_000 * scale),
+        rng.range(1, scale),
+        rng.range(1, 10 * scale),
+    );
+    let delta = rng.range(0, 10_000) as i64 - 5000;
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    for (i, s) in tpcb(aid, bid, tid, delta).iter().enumerate() {
+        if i == 1 {
+            let _: i64 = c.query_row(s, [], |r| r.get(0))?;
+        } else {
+            c.execute(s, [])?;
+        }
+    }
+    c.execute_batch("COMMIT")?;
+    Ok(())
+}
+
+/// Stock SQLite on a local file: bytes written per transaction, then throughput and latency.
+fn sqlite_peer(dir: &Path, journal: &str, args: &Args) -> anyhow::Result<()> {
+    let path = dir.join(format!("stock-{journal}.db"));
+    let c = sqlite_open(&path, journal)?;
+    for s in schema(args.scale) {
+        c.execute_batch(&s)?;
+    }
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for _ in 0..200 {
+        sqlite_tx(&c, &mut rng, args.scale)?;
+    }
+    let n = 2000u64;
+    let before = wchar();
+    for _ in 0..n {
+        sqlite_tx(&c, &mut rng, args.scale)?;
+    }
+    if journal == "WAL" {
+        // WAL pages are written again into the database at checkpoint: count that too.
+        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+    }
+    let bytes = (wchar() - before) as f64 / n as f64;
+    println!(
+        "{}",
+        json!({"bench": "egress_per_txn", "system": format!("sqlite-local-{}", journal.to_lowercase()), "model": "traditional: (db file + journal/WAL bytes written) x 2 for mirroring", "page_size": PAGE, "transactions": n, "bytes_written_per_txn": bytes.round(), "bytes_per_txn": (bytes * 2.0).round()})
+    );
+    drop(c);
+    for &clients in &args.clients {
+        let stop = Arc::new(AtomicBool::new(false));
+        let lat = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let mut threads = Vec::new();
+        for t in 0..clients {
+            let (stop, lat, path) = (Arc::clone(&stop), Arc::clone(&lat), path.clone());
+            let (journal, scale) = (journal.to_string(), args.scale);
+            threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+                let c = sqlite_open(&path, &journal)?;
+                let mut rng = Rng(0x1234_5678 + t as u64 * 7919);
+                let mut mine = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    sqlite_tx(&c, &mut rng, scale)?;
+                    mine.push(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+                lat.lock().expect("lat").extend(mine);
+                Ok(())
+            }));
+        }
+        std::thread::sleep(Duration::from_secs(args.seconds));
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().expect("thread")?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let mut lat = lat.lock().expect("lat").clone();
+        lat.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        println!(
+            "{}",
+            json!({"bench": "commit_throughput", "system": format!("sqlite-local-{}", journal.to_lowercase()), "synchronous": "FULL", "clients": clients, "seconds": args.seconds, "transactions": lat.len(), "tps": (lat.len() as f64 / secs).round(), "p50_ms": (percentile(&lat, 0.5) * 1000.0).round() / 1000.0, "p99_ms": (percentile(&lat, 0.99) * 1000.0).round() / 1000.0})
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let tmp = tempfile_dir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.0.clone());
+    std::fs::create_dir_all(&dir)?;
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("bench dir")?
+        .to_path_buf();
+    println!(
+        "{}",
+        json!({"bench": "machine", "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "dir": dir.display().to_string(), "scale": args.scale})
+    );
+
+    // Six storage nodes, each behind a counting proxy.
+    let storage_bin = bin_dir.join("logdb-storage");
+    let mut nodes = Vec::new();
+    let mut proxies = Vec::new();
+    for zone in ["zone-a", "zone-b", "zone-c"] {
+        for n in 1..=2 {
+            let id = format!("{}{n}", &zone[5..]);
+            let node = StorageProcess::start(&storage_bin, &dir.join(&id), &id, zone, &[]);
+            proxies.push(Proxy::start(node.grpc.parse()?).await?);
+            nodes.push(node);
+        }
+    }
+    let pages_per_pg = 8192u64;
+    let pgs = ((args.scale * 2600 + 20_000) / pages_per_pg + 1) as usize;
+    let layout = Layout {
+        volume: "vol1".into(),
+        page_size: PAGE,
+        pages_per_pg,
+        retention_seconds: 3600,
+        pgs: (0..pgs)
+            .map(|k| ProtectionGroup {
+                members: nodes
+                    .iter()
+                    .zip(&proxies)
+                    .map(|(n, p)| Member {
+                        segment: format!("pg{k}-{}", n.node_id),
+                        address: p.addr.to_string(),
+                        zone: n.zone.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let layout_path = dir.join("layout.json");
+    std::fs::write(&layout_path, serde_json::to_vec_pretty(&layout)?)?;
+    let writer = start_writer(&bin_dir, &layout_path)?;
+
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=logdb password={PASSWORD} dbname=vol1",
+            writer.port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    let load = Instant::now();
+    for s in schema(args.scale) {
+        client
+            .batch_execute(&s)
+            .await
+            .with_context(|| format!("loading: {s}"))?;
+    }
+    let shipped = |p: &[Proxy]| p.iter().map(Proxy::upstream_bytes).sum::<u64>();
+    println!(
+        "{}",
+        json!({"bench": "load", "system": "logdb", "seconds": load.elapsed().as_secs_f64().round(), "bytes_shipped": shipped(&proxies)})
+    );
+
+    for (i, &clients) in args.clients.iter().enumerate() {
+        let before = shipped(&proxies);
+        let m = &writer.metrics;
+        let kinds = ["delta", "image"];
+        let mut redo_before = Vec::new();
+        for k in kinds {
+            redo_before.push((
+                scrape_sum(
+                    m,
+                    &format!("logdb_compute_redo_records_total{{kind=\"{k}\"}}"),
+                )
+                .await,
+                scrape_sum(
+                    m,
+                    &format!("logdb_compute_redo_bytes_total{{kind=\"{k}\"}}"),
+                )
+                .await,
+            ));
+        }
+        let (tx, tps, lat) = pgbench(writer.port, clients, args.seconds, args.scale, &dir)?;
+        let bytes = (shipped(&proxies) - before) as f64 / tx.max(1) as f64;
+        if i == 0 {
+            let mut redo = serde_json::Map::new();
+            for (k, (r0, b0)) in kinds.iter().zip(redo_before) {
+                let r = scrape_sum(
+                    m,
+                    &format!("logdb_compute_redo_records_total{{kind=\"{k}\"}}"),
+                )
+                .await
+                    - r0;
+                let b = scrape_sum(
+                    m,
+                    &format!("logdb_compute_redo_bytes_total{{kind=\"{k}\"}}"),
+                )
+                .await
+                    - b0;
+                redo.insert(
+                    format!("{k}_records_per_txn"),
+                    json!((r / tx.max(1) as f64 * 100.0).round() / 100.0),
+                );
+                redo.insert(
+                    format!("{k}_payload_bytes_per_txn"),
+                    json!((b / tx.max(1) as f64).round()),
+                );
+            }
+            println!(
+                "{}",
+                json!({"bench": "egress_per_txn", "system": "logdb", "model": "redo records to 6 segments, counted on the wire (TCP payload, all six streams)", "page_size": PAGE, "clients": clients, "transactions": tx, "bytes_per_txn": bytes.round(), "bytes_per_txn_per_segment": (bytes / 6.0).round(), "redo": redo})
+            );
+        }
+        println!(
+            "{}",
+            json!({"bench": "commit_throughput", "system": "logdb", "clients": clients, "seconds": args.seconds, "transactions": tx, "tps": tps.round(), "p50_ms": (percentile(&lat, 0.5) * 1000.0).round() / 1000.0, "p99_ms": (percentile(&lat, 0.99) * 1000.0).round() / 1000.0, "bytes_per_txn": bytes.round()})
+        );
+    }
+    drop(client);
+    drop(writer);
+    drop(nodes);
+
+    for journal in ["DELETE", "WAL"] {
+        sqlite_peer(&dir, journal, &args)?;
+    }
+    Ok(())
+}
+
+/// A temp dir removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<TempDir> {
+    let p = std::env::temp_dir().join(format!("logdb-compute-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&p)?;
+    Ok(TempDir(p))
+}
