@@ -21,18 +21,12 @@ struct Workload {
 impl Workload {
     async fn start(writer: &Writer) -> Workload {
         let client = writer.client().await;
-        let (acked, errors, count, stop) = (
-            Arc::default(),
-            Arc::default(),
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (a, e, n, s): (Arc<Mutex<Vec<i64>>>, Arc<Mutex<Vec<String>>>, _, _) = (
-            Arc::clone(&acked),
-            Arc::clone(&errors),
-            Arc::clone(&count),
-            Arc::clone(&stop),
-        );
+        let acked: Arc<Mutex<Vec<i64>>> = Arc::default();
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let count = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, e) = (Arc::clone(&acked), Arc::clone(&errors));
+        let (n, s) = (Arc::clone(&count), Arc::clone(&stop));
         let task = tokio::spawn(async move {
             let stmt = client
                 .prepare_typed(
