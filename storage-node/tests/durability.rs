@@ -18,7 +18,7 @@ fn workload_record(lsn: u64) -> RedoRecord {
     let page = (lsn * 7) % 40;
     if lsn % 50 == 1 {
         image(lsn, lsn - 1, page, lsn as u8)
-    } else if lsn % 7 == 0 {
+    } else if lsn.is_multiple_of(7) {
         let (src, dst, len) = ((lsn * 31) % 4000, (lsn * 17) % 4000, lsn % 300 + 1);
         RedoRecord::new(
             logdb_storage::types::Lsn(lsn),
