@@ -103,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         db_name,
         password: args.password,
         cache_pages: args.cache_pages,
+        write_turn: Arc::default(),
     });
     tokio::select! {
         _ = pg_server::serve(pg, ctx) => {}

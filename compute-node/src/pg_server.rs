@@ -37,12 +37,16 @@ pub struct ServerContext {
     pub db_name: String,
     pub password: Option<String>,
     pub cache_pages: i64,
+    /// One writing transaction at a time, first come first served.
+    pub write_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One client session: its own SQLite connection.
 pub struct Session {
     ctx: Arc<ServerContext>,
     conn: Arc<Mutex<Connection>>,
+    /// Held from the first statement that may write until the transaction ends.
+    write_turn: tokio::sync::Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
     parser: Arc<NoopQueryParser>,
 }
 
@@ -69,13 +73,24 @@ impl Session {
         let conn = Arc::clone(&self.conn);
         let engine = Arc::clone(&self.ctx.engine);
         let started = Instant::now();
-        let (out, lsn) = tokio::task::spawn_blocking(move || {
+        // Writers queue here, in order and without holding a thread, instead of spinning on
+        // SQLite's lock; the turn ends when the transaction does (before the durability wait,
+        // so commits pipeline).
+        let mut turn = self.write_turn.lock().await;
+        if turn.is_none() && sql::may_write(&sql_text) {
+            *turn = Some(Arc::clone(&self.ctx.write_turn).lock_owned().await);
+        }
+        let (out, lsn, in_tx) = tokio::task::spawn_blocking(move || {
             let c = conn.lock().expect("session connection");
             let out = sql::execute(&c, &engine, &sql_text, &params);
-            (out, vfs::take_commit_lsn())
+            (out, vfs::take_commit_lsn(), !c.is_autocommit())
         })
         .await
         .map_err(|e| SqlError::new("XX000", format!("statement task failed: {e}")))?;
+        if !in_tx {
+            *turn = None;
+        }
+        drop(turn);
         if lsn.0 > 0 {
             let engine = &self.ctx.engine;
             engine.shipper.wait_durable(lsn).await.map_err(|e| {
@@ -422,6 +437,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
             let session = Arc::new(Session {
                 ctx,
                 conn: Arc::new(Mutex::new(conn)),
+                write_turn: tokio::sync::Mutex::new(None),
                 parser: Arc::new(NoopQueryParser::new()),
             });
             let handlers = Arc::new(Handlers { session });

@@ -101,6 +101,14 @@ pub fn rewrite_params(sql: &str) -> String {
     out
 }
 
+/// Whether `sql` may write or open a transaction (anything but a plain read).
+pub fn may_write(sql: &str) -> bool {
+    !matches!(
+        first_word(sql).as_str(),
+        "SELECT" | "VALUES" | "EXPLAIN" | "SHOW" | ""
+    )
+}
+
 fn first_word(sql: &str) -> String {
     sql.trim_start()
         .split(|c: char| !c.is_ascii_alphabetic())

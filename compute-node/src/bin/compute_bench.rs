@@ -416,62 +416,95 @@ async fn main() -> anyhow::Result<()> {
         json!({"bench": "load", "system": "logdb", "seconds": load.elapsed().as_secs_f64().round(), "bytes_shipped": shipped(&proxies)})
     );
 
-    for (i, &clients) in args.clients.iter().enumerate() {
+    // Egress: one pgbench run through the counting proxies.
+    {
+        let clients = args.clients[0];
         let before = shipped(&proxies);
         let m = &writer.metrics;
         let kinds = ["delta", "image"];
+        let redo_counts = |k: &str| {
+            (
+                format!("logdb_compute_redo_records_total{{kind=\"{k}\"}}"),
+                format!("logdb_compute_redo_bytes_total{{kind=\"{k}\"}}"),
+            )
+        };
         let mut redo_before = Vec::new();
         for k in kinds {
-            redo_before.push((
-                scrape_sum(
-                    m,
-                    &format!("logdb_compute_redo_records_total{{kind=\"{k}\"}}"),
-                )
-                .await,
-                scrape_sum(
-                    m,
-                    &format!("logdb_compute_redo_bytes_total{{kind=\"{k}\"}}"),
-                )
-                .await,
-            ));
+            let (r, b) = redo_counts(k);
+            redo_before.push((scrape_sum(m, &r).await, scrape_sum(m, &b).await));
         }
-        let (tx, tps, lat) = pgbench(writer.port, clients, args.seconds, args.scale, &dir)?;
+        let (tx, _, _) = pgbench(writer.port, clients, args.seconds, args.scale, &dir)?;
         let bytes = (shipped(&proxies) - before) as f64 / tx.max(1) as f64;
-        if i == 0 {
-            let mut redo = serde_json::Map::new();
-            for (k, (r0, b0)) in kinds.iter().zip(redo_before) {
-                let r = scrape_sum(
-                    m,
-                    &format!("logdb_compute_redo_records_total{{kind=\"{k}\"}}"),
-                )
-                .await
-                    - r0;
-                let b = scrape_sum(
-                    m,
-                    &format!("logdb_compute_redo_bytes_total{{kind=\"{k}\"}}"),
-                )
-                .await
-                    - b0;
-                redo.insert(
-                    format!("{k}_records_per_txn"),
-                    json!((r / tx.max(1) as f64 * 100.0).round() / 100.0),
-                );
-                redo.insert(
-                    format!("{k}_payload_bytes_per_txn"),
-                    json!((b / tx.max(1) as f64).round()),
-                );
-            }
-            println!(
-                "{}",
-                json!({"bench": "egress_per_txn", "system": "logdb", "model": "redo records to 6 segments, counted on the wire (TCP payload, all six streams)", "page_size": PAGE, "clients": clients, "transactions": tx, "bytes_per_txn": bytes.round(), "bytes_per_txn_per_segment": (bytes / 6.0).round(), "redo": redo})
+        let mut redo = serde_json::Map::new();
+        for (k, (r0, b0)) in kinds.iter().zip(redo_before) {
+            let (r, b) = redo_counts(k);
+            let per_tx = |v: f64| (v / tx.max(1) as f64 * 100.0).round() / 100.0;
+            redo.insert(
+                format!("{k}_records_per_txn"),
+                json!(per_tx(scrape_sum(m, &r).await - r0)),
+            );
+            redo.insert(
+                format!("{k}_payload_bytes_per_txn"),
+                json!(per_tx(scrape_sum(m, &b).await - b0).round()),
             );
         }
         println!(
             "{}",
-            json!({"bench": "commit_throughput", "system": "logdb", "clients": clients, "seconds": args.seconds, "transactions": tx, "tps": tps.round(), "p50_ms": (percentile(&lat, 0.5) * 1000.0).round() / 1000.0, "p99_ms": (percentile(&lat, 0.99) * 1000.0).round() / 1000.0, "bytes_per_txn": bytes.round()})
+            json!({"bench": "egress_per_txn", "system": "logdb", "model": "redo records to 6 segments, counted on the wire (TCP payload, all six streams)", "page_size": PAGE, "clients": clients, "transactions": tx, "bytes_per_txn": bytes.round(), "bytes_per_txn_per_segment": (bytes / 6.0).round(), "redo": redo})
         );
     }
+    // Throughput: the writer again, straight to the storage nodes (no proxy hop).
     drop(client);
+    drop(writer);
+    let direct = Layout {
+        pgs: layout
+            .pgs
+            .iter()
+            .map(|pg| ProtectionGroup {
+                members: pg
+                    .members
+                    .iter()
+                    .zip(&nodes)
+                    .map(|(m, n)| Member {
+                        address: n.grpc.clone(),
+                        ..m.clone()
+                    })
+                    .collect(),
+            })
+            .collect(),
+        ..layout.clone()
+    };
+    std::fs::write(&layout_path, serde_json::to_vec_pretty(&direct)?)?;
+    let writer = start_writer(&bin_dir, &layout_path)?;
+    // A restarted writer starts with a cold buffer pool: read every table once, as a running
+    // database would have.
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=logdb password={PASSWORD} dbname=vol1",
+            writer.port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    for t in [
+        "pgbench_accounts",
+        "pgbench_tellers",
+        "pgbench_branches",
+        "pgbench_history",
+    ] {
+        client
+            .batch_execute(&format!("SELECT count(*), sum(length(filler)) FROM {t}"))
+            .await?;
+    }
+    drop(client);
+    for &clients in &args.clients {
+        let (tx, tps, lat) = pgbench(writer.port, clients, args.seconds, args.scale, &dir)?;
+        println!(
+            "{}",
+            json!({"bench": "commit_throughput", "system": "logdb", "clients": clients, "seconds": args.seconds, "transactions": tx, "tps": tps.round(), "p50_ms": (percentile(&lat, 0.5) * 1000.0).round() / 1000.0, "p99_ms": (percentile(&lat, 0.99) * 1000.0).round() / 1000.0})
+        );
+    }
     drop(writer);
     drop(nodes);
 
