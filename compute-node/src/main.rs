@@ -84,9 +84,9 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.metrics_listen))?;
     let pg_addr = pg.local_addr()?;
     let metrics_addr = metrics_listener.local_addr()?;
-    let scraped = Arc::clone(&metrics);
+    let (scraped, shipper) = (Arc::clone(&metrics), Arc::clone(&engine.shipper));
     tokio::spawn(logdb_storage::metrics::serve(metrics_listener, move || {
-        scraped.render()
+        scraped.render_with(&shipper.segment_status())
     }));
     let psql = format!(
         "postgresql://logdb@{}:{}/{volume}",

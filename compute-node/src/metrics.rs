@@ -30,6 +30,9 @@ pub struct ComputeMetrics {
     pub pool_hits: Counter,
     pub pool_misses: Counter,
     pub storage_reads: Counter,
+    segment_up: Family<NodeLabels, Gauge>,
+    segment_scl: Family<NodeLabels, Gauge>,
+    segment_queued: Family<NodeLabels, Gauge>,
 }
 
 impl Default for ComputeMetrics {
@@ -54,6 +57,9 @@ impl ComputeMetrics {
             pool_hits: Counter::default(),
             pool_misses: Counter::default(),
             storage_reads: Counter::default(),
+            segment_up: Family::default(),
+            segment_scl: Family::default(),
+            segment_queued: Family::default(),
         };
         registry.register(
             "commits",
@@ -101,7 +107,35 @@ impl ComputeMetrics {
             "Redo payload bytes made, by kind (before sixfold shipping)",
             m.redo_bytes.clone(),
         );
+        registry.register(
+            "segment_up",
+            "1 when the segment's last request succeeded, 0 while it is unreachable",
+            m.segment_up.clone(),
+        );
+        registry.register(
+            "segment_acked_scl",
+            "SCL the segment last acknowledged",
+            m.segment_scl.clone(),
+        );
+        registry.register(
+            "segment_queued_records",
+            "Records waiting for the segment's acknowledgement",
+            m.segment_queued.clone(),
+        );
         ComputeMetrics { registry, ..m }
+    }
+
+    /// The text exposition, with the per-segment shipping state read now.
+    pub fn render_with(&self, segments: &[crate::shipper::SegmentStatus]) -> String {
+        for s in segments {
+            let l = NodeLabels {
+                segment: s.segment.clone(),
+            };
+            self.segment_up.get_or_create(&l).set(s.up as i64);
+            self.segment_scl.get_or_create(&l).set(s.scl.0 as i64);
+            self.segment_queued.get_or_create(&l).set(s.queued as i64);
+        }
+        self.render()
     }
 
     pub fn render(&self) -> String {

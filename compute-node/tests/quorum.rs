@@ -110,6 +110,30 @@ async fn two_dead_nodes_never_stop_commits_a_third_makes_them_wait() {
         w.errors.lock().unwrap()
     );
 
+    // The writer says which segments it cannot reach.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = writer.scrape().await;
+        let up = |seg: &str| {
+            m.lines()
+                .any(|l| l == format!("logdb_compute_segment_up{{segment=\"{seg}\"}} 1"))
+        };
+        let down = |seg: &str| {
+            m.lines()
+                .any(|l| l == format!("logdb_compute_segment_up{{segment=\"{seg}\"}} 0"))
+        };
+        if ["pg0-a1", "pg0-b1", "pg0-c1"].iter().all(|s| down(s))
+            && ["pg0-a2", "pg0-b2", "pg0-c2"].iter().all(|s| up(s))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "segment status never showed a1, b1, c1 down:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // c1 returns (same address): it receives what it missed and commits resume.
     cluster.nodes[4].restart_same_port();
     w.wait_for(stalled_at + 50, "third node back").await;
