@@ -1,6 +1,7 @@
-//! Test support shared by every crate's integration tests: runs the real `logdb-storage` binary
-//! on a free loopback port, reads the address it announces, and kills it when dropped (also when
-//! a test fails).
+//! Test and benchmark support shared by every crate: runs the real `logdb-storage` binary on a
+//! free loopback port, reads the address it announces, and kills it when dropped (also when a
+//! test fails); scrapes Prometheus endpoints; percentiles and a self-removing temp dir for the
+//! benchmark programs.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -178,21 +179,54 @@ impl StorageProcess {
 
     /// The Prometheus text from /metrics.
     pub async fn scrape(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&self.metrics)
-            .await
-            .expect("metrics connect");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("metrics request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("metrics response");
-        out
+        scrape(&self.metrics).await
     }
 }
 
 impl Drop for StorageProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// The body of `GET /metrics` at `addr` (empty when the endpoint cannot be reached).
+pub async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
+
+/// The `p` quantile (0..=1) of sorted samples; 0 for none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> std::io::Result<TempDir> {
+        let p = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

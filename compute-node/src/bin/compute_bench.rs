@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use logdb_compute::layout::{Layout, Member, ProtectionGroup};
 use logdb_compute::tcp_proxy::Proxy;
-use logdb_storage::testkit::StorageProcess;
+use logdb_storage::testkit::{percentile, scrape, StorageProcess, TempDir};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -103,13 +103,6 @@ impl Rng {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn wchar() -> u64 {
     std::fs::read_to_string("/proc/self/io")
         .ok()
@@ -130,14 +123,9 @@ struct WriterProc {
 
 /// Sum of the writer's metric lines starting with `prefix`.
 async fn scrape_sum(addr: &str, prefix: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return 0.0;
-    };
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out.lines()
+    scrape(addr)
+        .await
+        .lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -148,6 +136,16 @@ impl Drop for WriterProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=logdb password={PASSWORD} dbname=vol1"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    Ok(client)
 }
 
 fn start_writer(bin_dir: &Path, layout: &Path) -> anyhow::Result<WriterProc> {
@@ -345,7 +343,7 @@ fn sqlite_peer(dir: &Path, journal: &str, args: &Args) -> anyhow::Result<()> {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let tmp = tempfile_dir()?;
+    let tmp = TempDir::new("logdb-compute-bench")?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.0.clone());
     std::fs::create_dir_all(&dir)?;
     let bin_dir = std::env::current_exe()?
@@ -394,15 +392,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&layout_path, serde_json::to_vec_pretty(&layout)?)?;
     let writer = start_writer(&bin_dir, &layout_path)?;
 
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=logdb password={PASSWORD} dbname=vol1",
-            writer.port
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(conn);
+    let client = connect(writer.port).await?;
     let load = Instant::now();
     for s in schema(args.scale) {
         client
@@ -478,15 +468,7 @@ async fn main() -> anyhow::Result<()> {
     let writer = start_writer(&bin_dir, &layout_path)?;
     // A restarted writer starts with a cold buffer pool: read every table once, as a running
     // database would have.
-    let (client, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=logdb password={PASSWORD} dbname=vol1",
-            writer.port
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(conn);
+    let client = connect(writer.port).await?;
     for t in [
         "pgbench_accounts",
         "pgbench_tellers",
@@ -512,19 +494,4 @@ async fn main() -> anyhow::Result<()> {
         sqlite_peer(&dir, journal, &args)?;
     }
     Ok(())
-}
-
-/// A temp dir removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir() -> anyhow::Result<TempDir> {
-    let p = std::env::temp_dir().join(format!("logdb-compute-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&p)?;
-    Ok(TempDir(p))
 }

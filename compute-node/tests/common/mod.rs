@@ -176,16 +176,7 @@ impl Writer {
 
     /// The writer's Prometheus text.
     pub async fn scrape(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&self.metrics)
-            .await
-            .expect("metrics connect");
-        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
-            .await
-            .expect("metrics request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("metrics response");
-        out
+        logdb_storage::testkit::scrape(&self.metrics).await
     }
 }
 

@@ -19,6 +19,7 @@ use logdb_storage::proto::{
     CreateSegmentRequest, ReadPageRequest, SegmentRef, WriteRecordsRequest,
 };
 use logdb_storage::record::{RecordKind, RedoRecord};
+use logdb_storage::testkit::{percentile, TempDir};
 use logdb_storage::types::{Lsn, PageId};
 use serde_json::json;
 use tonic::transport::Channel;
@@ -129,13 +130,6 @@ fn delta(lsn: u64, page: u64, len: usize) -> RedoRecord {
         0,
         data,
     )
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// Sequential 190-byte appends, each followed by fdatasync: what one durable log can do at most
@@ -314,7 +308,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = match &args.dir {
         Some(d) => d.clone(),
         None => {
-            tmp = tempdir()?;
+            tmp = TempDir::new("logdb-storage-bench")?;
             tmp.0.clone()
         }
     };
@@ -354,19 +348,4 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(node);
     Ok(())
-}
-
-/// A temp dir removed on drop (the bench has no tempfile dependency outside tests).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir() -> anyhow::Result<TempDir> {
-    let p = std::env::temp_dir().join(format!("logdb-storage-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&p)?;
-    Ok(TempDir(p))
 }
