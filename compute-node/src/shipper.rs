@@ -126,6 +126,10 @@ impl Default for ShipperConfig {
     }
 }
 
+/// A WriteRecords that has no answer by then counts as failed (a hung or partitioned node);
+/// its records are sent again.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often a segment that receives no records is told the new VDL.
 const VDL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -626,7 +630,11 @@ impl Shipper {
                 epoch: self.epoch.0,
             };
             let size = prost::Message::encoded_len(&req) as u64;
-            match client(&link.channel).write_records(req).await {
+            let sent =
+                tokio::time::timeout(WRITE_TIMEOUT, client(&link.channel).write_records(req))
+                    .await
+                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")));
+            match sent {
                 Ok(ack) => {
                     let ack = ack.into_inner();
                     link.bytes_sent.fetch_add(size, Ordering::Relaxed);
@@ -644,11 +652,15 @@ impl Shipper {
                     }
                     link.up.store(true, Ordering::Relaxed);
                     {
+                        // Pop exactly what was sent (the queue may have been dropped and
+                        // refilled meanwhile, see `append`).
                         let mut q = link.queue.lock().expect("queue");
-                        for _ in 0..batch.len() {
-                            if let Some(r) = q.records.pop_front() {
-                                q.bytes -= r.data.len() + 64;
+                        for sent in &batch {
+                            if !q.records.front().is_some_and(|r| Arc::ptr_eq(r, sent)) {
+                                break;
                             }
+                            q.records.pop_front();
+                            q.bytes -= sent.data.len() + 64;
                         }
                     }
                     self.on_ack(link.pg, link.idx, Lsn(ack.acknowledged_lsn));

@@ -134,3 +134,54 @@ async fn sql_round_trip_and_writer_restart_reads_back_from_storage() {
         "pages were read from storage"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_kib_pages_work_end_to_end() {
+    let cluster = Cluster::start_with_page_size(1, 256, 16384);
+    let name = "/logdb/vol1-16k";
+    let engine = open_writer(&cluster, name).await;
+    assert_eq!(engine.page_size, 16384);
+    run(
+        &engine,
+        name,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+    )
+    .await;
+    let mut tx = String::from("BEGIN;");
+    for i in 0..300 {
+        tx.push_str(&format!(
+            "INSERT INTO t VALUES ({i}, '{}');",
+            "y".repeat(100 + i % 50)
+        ));
+    }
+    tx.push_str("COMMIT");
+    run(&engine, name, &tx).await;
+    run(&engine, name, "UPDATE t SET v = 'changed' WHERE id % 7 = 0").await;
+    drop(engine);
+    let name2 = "/logdb/vol1-16k-b";
+    let engine2 = open_writer(&cluster, name2).await;
+    let out = run(
+        &engine2,
+        name2,
+        "SELECT count(*), sum(v = 'changed') FROM t",
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![Outcome::Rows {
+            columns: vec![
+                ("count(*)".into(), sql::ColType::Int),
+                ("sum(v = 'changed')".into(), sql::ColType::Int)
+            ],
+            rows: vec![vec![Value::Integer(300), Value::Integer(43)]]
+        }]
+    );
+    let out = run(&engine2, name2, "PRAGMA page_size").await;
+    assert_eq!(
+        out,
+        vec![Outcome::Rows {
+            columns: vec![("page_size".into(), sql::ColType::Int)],
+            rows: vec![vec![Value::Integer(16384)]]
+        }]
+    );
+}

@@ -160,3 +160,57 @@ async fn two_dead_nodes_never_stop_commits_a_third_makes_them_wait() {
     assert!(missing.is_empty(), "acknowledged commits lost: {missing:?}");
     assert!(acked.len() >= 130, "{} commits", acked.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_paused_nodes_do_not_slow_commits_and_catch_up_when_resumed() {
+    let cluster = Cluster::start(1, 512);
+    let writer = Writer::start(&cluster.layout_path);
+    writer
+        .psql("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        .unwrap();
+    let w = Workload::start(&writer).await;
+    w.wait_for(20, "healthy").await;
+
+    // SIGSTOP: alive, connected, silent — the slowest two of six.
+    cluster.nodes[1].signal("STOP"); // a2
+    cluster.nodes[5].signal("STOP"); // c2
+    let n = w.count.load(Ordering::SeqCst);
+    w.wait_for(n + 100, "two nodes paused").await;
+
+    cluster.nodes[1].signal("CONT");
+    cluster.nodes[5].signal("CONT");
+    let n = w.count.load(Ordering::SeqCst);
+    w.wait_for(n + 20, "nodes resumed").await;
+    w.stop.store(true, Ordering::SeqCst);
+    w.task.await.unwrap();
+
+    // The paused segments received everything they missed: their SCL reaches the others'.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = writer.scrape().await;
+        let scl = |seg: &str| -> u64 {
+            m.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "logdb_compute_segment_acked_scl{{segment=\"{seg}\"}} "
+                    ))
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let top = scl("pg0-a1");
+        if top > 0 && scl("pg0-a2") == top && scl("pg0-c2") == top {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "paused segments did not catch up:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        w.errors.lock().unwrap().is_empty(),
+        "{:?}",
+        w.errors.lock().unwrap()
+    );
+}

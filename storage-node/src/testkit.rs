@@ -155,6 +155,17 @@ impl StorageProcess {
         self.spawn(Some(addr));
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to the process: a paused node models a slow or hung one.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("the node is running").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} {pid} failed");
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

@@ -14,11 +14,16 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<StorageProcess>,
     pub layout_path: PathBuf,
+    pub page_size: u32,
 }
 
 impl Cluster {
     /// Six storage nodes named a1 a2 b1 b2 c1 c2, and a layout of `pgs` PGs over them.
     pub fn start(pgs: usize, pages_per_pg: u64) -> Cluster {
+        Self::start_with_page_size(pgs, pages_per_pg, 8192)
+    }
+
+    pub fn start_with_page_size(pgs: usize, pages_per_pg: u64, page_size: u32) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let bin = storage_binary();
         let mut nodes = Vec::new();
@@ -39,6 +44,7 @@ impl Cluster {
             dir,
             nodes,
             layout_path,
+            page_size,
         };
         c.write_layout(pgs, pages_per_pg);
         c
@@ -47,7 +53,7 @@ impl Cluster {
     pub fn layout(&self, pgs: usize, pages_per_pg: u64) -> Layout {
         Layout {
             volume: "vol1".into(),
-            page_size: 8192,
+            page_size: self.page_size,
             pages_per_pg,
             retention_seconds: 3600,
             pgs: (0..pgs)
