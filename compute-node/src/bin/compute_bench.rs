@@ -37,6 +37,9 @@ struct Args {
     /// Client counts.
     #[arg(long, default_value = "1,16", value_delimiter = ',')]
     clients: Vec<usize>,
+    /// Segment (protection group) size in MiB.
+    #[arg(long, default_value_t = 10 * 1024)]
+    segment_mib: u64,
     /// Work directory (default: a temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -352,7 +355,7 @@ async fn main() -> anyhow::Result<()> {
         .to_path_buf();
     println!(
         "{}",
-        json!({"bench": "machine", "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "dir": dir.display().to_string(), "scale": args.scale})
+        json!({"bench": "machine", "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "dir": dir.display().to_string(), "scale": args.scale, "segment_mib": args.segment_mib})
     );
 
     // Six storage nodes, each behind a counting proxy.
@@ -367,7 +370,9 @@ async fn main() -> anyhow::Result<()> {
             nodes.push(node);
         }
     }
-    let pages_per_pg = 8192u64;
+    // Protection groups of the default segment size (10 GiB); --segment-mib makes them smaller,
+    // so one transaction touches several.
+    let pages_per_pg = args.segment_mib * (1 << 20) / PAGE as u64;
     let pgs = ((args.scale * 2600 + 20_000) / pages_per_pg + 1) as usize;
     let layout = Layout {
         volume: "vol1".into(),
