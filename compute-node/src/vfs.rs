@@ -154,7 +154,7 @@ impl Engine {
 struct Conn {
     engine: Arc<Engine>,
     lock: c_int,
-    overlay: BTreeMap<u64, Vec<u8>>,
+    overlay: BTreeMap<u64, Arc<Vec<u8>>>,
     /// Size set by this transaction (writes past the end, truncation), in pages.
     size: Option<u64>,
     in_batch: bool,
@@ -175,7 +175,7 @@ impl Conn {
     /// The page as this connection sees it: its own uncommitted write, else the committed one.
     fn page(&self, page: u64) -> Result<Arc<Vec<u8>>, ShipError> {
         if let Some(p) = self.overlay.get(&page) {
-            return Ok(Arc::new(p.clone()));
+            return Ok(Arc::clone(p));
         }
         self.engine.read_committed(page)
     }
@@ -206,21 +206,17 @@ impl Conn {
         }
         let lsn = self.engine.shipper.append(changes)?;
         for (page, new) in overlay {
-            self.engine.pool.put(PageId(page), Arc::new(new));
+            self.engine.pool.put(PageId(page), new);
         }
-        let max_page = self.overlay_max_after(size);
-        *self.engine.db_pages.lock().expect("size") = max_page;
+        let new_size = size.unwrap_or_else(|| *self.engine.db_pages.lock().expect("size"));
+        *self.engine.db_pages.lock().expect("size") = new_size;
         let mut h = self.engine.high_water.lock().expect("hwm");
-        *h = (*h).max(max_page);
+        *h = (*h).max(new_size);
         drop(h);
         if lsn > Lsn::ZERO {
             COMMIT_LSN.with(|c| c.set(c.get().max(lsn.0)));
         }
         Ok(())
-    }
-
-    fn overlay_max_after(&self, size: Option<u64>) -> u64 {
-        size.unwrap_or_else(|| *self.engine.db_pages.lock().expect("size"))
     }
 }
 
@@ -402,24 +398,27 @@ unsafe extern "C" fn x_write(
         let page = pos / ps as u64;
         let within = (pos % ps as u64) as usize;
         let n = (ps - within).min(data.len() - done);
-        let mut image = if within == 0 && n == ps {
-            Vec::new()
-        } else if page < c.size_pages() {
-            match c.page(page) {
-                Ok(p) => (*p).clone(),
+        let image = if within == 0 && n == ps {
+            Arc::new(data[done..done + n].to_vec())
+        } else {
+            // A partial write patches the page as this connection sees it (copy on write).
+            let current = if let Some(own) = c.overlay.remove(&page) {
+                Ok(own)
+            } else if page < c.size_pages() {
+                c.engine.read_committed(page)
+            } else {
+                Ok(Arc::new(vec![0; ps]))
+            };
+            let mut image = match current {
+                Ok(p) => p,
                 Err(e) => {
                     c.engine.set_error(&e);
                     return ffi::SQLITE_IOERR_WRITE;
                 }
-            }
-        } else {
-            vec![0; ps]
+            };
+            Arc::make_mut(&mut image)[within..within + n].copy_from_slice(&data[done..done + n]);
+            image
         };
-        if image.is_empty() {
-            image = data[done..done + n].to_vec();
-        } else {
-            image[within..within + n].copy_from_slice(&data[done..done + n]);
-        }
         c.overlay.insert(page, image);
         if page + 1 > c.size_pages() {
             c.size = Some(page + 1);
