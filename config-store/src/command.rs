@@ -1,0 +1,64 @@
+//! The operations of the config store, as replicated commands. Time comes in the command (the
+//! leader stamps it), so applying the log on any member gives the same state.
+
+use crate::model::{ProtectionGroup, Volume, VolumeSpec};
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Command {
+    RegisterNode {
+        id: String,
+        zone: String,
+        address: String,
+        capacity_bytes: u64,
+        now_ms: u64,
+    },
+    Heartbeat {
+        id: String,
+        now_ms: u64,
+    },
+    CreateVolume {
+        name: String,
+        spec: VolumeSpec,
+        now_ms: u64,
+    },
+    DeleteVolume {
+        name: String,
+    },
+    /// Bumps the epoch; refused unless `known_epoch` is the volume's current one.
+    AcquireTicket {
+        volume: String,
+        writer: String,
+        known_epoch: u64,
+    },
+    /// The writer's view of used bytes; may add a PG (growth).
+    ReportUsage {
+        volume: String,
+        used_bytes: u64,
+        now_ms: u64,
+    },
+    /// Replaces `old_node` in PG `pg` by `new_node`, or by a healthy node of the same zone.
+    ReplaceMember {
+        volume: String,
+        pg: u32,
+        old_node: String,
+        new_node: Option<String>,
+        now_ms: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Response {
+    Done,
+    Volume(Volume),
+    /// A writer ticket: the new epoch and the layout to write to.
+    Ticket {
+        epoch: u64,
+        volume: Volume,
+    },
+    /// Usage recorded; `grown` is the PG added, if any.
+    Usage {
+        allocated_bytes: u64,
+        grown: Option<ProtectionGroup>,
+    },
+    Replaced(ProtectionGroup),
+}

@@ -1,0 +1,120 @@
+//! What the config store knows: volumes (spec, epoch, writer, protection groups and their six
+//! members) and the storage node registry.
+
+use std::collections::BTreeSet;
+
+/// A volume as a user asks for it (the `LogVolume` spec's storage part).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VolumeSpec {
+    pub page_size: u32,
+    /// Bytes per protection group (segment).
+    pub segment_size: u64,
+    /// The volume never grows past this many bytes.
+    pub max_size: u64,
+    pub replicas: u32,
+    pub retention_secs: u64,
+    /// Exactly three distinct availability zones; each PG gets two members in each.
+    pub zones: Vec<String>,
+}
+
+pub const DEFAULT_SEGMENT_SIZE: u64 = 10 << 30;
+pub const DEFAULT_MAX_SIZE: u64 = 128 << 40;
+pub const MAX_REPLICAS: u32 = 15;
+
+impl VolumeSpec {
+    /// Checks every field; the message names the field and why.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(4096..=65536).contains(&self.page_size) || !self.page_size.is_power_of_two() {
+            return Err(format!(
+                "spec.pageSize: {} is not a power of two between 4096 and 65536",
+                self.page_size
+            ));
+        }
+        if self.segment_size < self.page_size as u64 {
+            return Err(format!(
+                "spec.segmentSize: {} bytes is smaller than one {}-byte page",
+                self.segment_size, self.page_size
+            ));
+        }
+        if !self.segment_size.is_multiple_of(self.page_size as u64) {
+            return Err(format!(
+                "spec.segmentSize: {} bytes is not a whole number of {}-byte pages",
+                self.segment_size, self.page_size
+            ));
+        }
+        if self.max_size < self.segment_size {
+            return Err(format!(
+                "spec.maxSize: {} bytes is below one segment of {} bytes",
+                self.max_size, self.segment_size
+            ));
+        }
+        if self.replicas > MAX_REPLICAS {
+            return Err(format!(
+                "spec.replicas: {} is above the maximum of {MAX_REPLICAS}",
+                self.replicas
+            ));
+        }
+        let distinct: BTreeSet<&str> = self.zones.iter().map(String::as_str).collect();
+        if self.zones.len() != 3 || distinct.len() != 3 || distinct.contains("") {
+            return Err(format!(
+                "spec.zones: {:?} must be exactly three distinct, non-empty zone names",
+                self.zones
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn pages_per_pg(&self) -> u64 {
+        self.segment_size / self.page_size as u64
+    }
+}
+
+/// One segment of a PG: which node holds it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    pub node_id: String,
+    pub zone: String,
+    pub address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProtectionGroup {
+    pub index: u32,
+    pub members: Vec<Member>,
+    /// Bumped by every member replacement (the membership epoch of DESIGN.md §5).
+    pub membership_epoch: u64,
+}
+
+impl ProtectionGroup {
+    /// The segment name a member holds this PG under.
+    pub fn segment_name(&self, member: &Member) -> String {
+        format!("pg{}-{}", self.index, member.node_id)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Volume {
+    pub name: String,
+    pub spec: VolumeSpec,
+    /// The last writer ticket handed out (0: none yet).
+    pub epoch: u64,
+    pub writer: Option<String>,
+    pub pgs: Vec<ProtectionGroup>,
+    pub used_bytes: u64,
+}
+
+impl Volume {
+    pub fn allocated_bytes(&self) -> u64 {
+        self.pgs.len() as u64 * self.spec.segment_size
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub zone: String,
+    pub address: String,
+    pub capacity_bytes: u64,
+    /// Leader time (ms since the Unix epoch) of the last registration or heartbeat.
+    pub last_heartbeat_ms: u64,
+}

@@ -1,0 +1,551 @@
+//! The state machine: every command applied in one place, every refusal a clear error.
+
+use std::collections::BTreeMap;
+
+use crate::command::{Command, Response};
+use crate::model::{NodeInfo, ProtectionGroup, Volume};
+use crate::placement;
+
+/// Growth starts when used bytes pass this share of allocated bytes.
+pub const GROWTH_THRESHOLD: f64 = 0.8;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Bad input: the message names the field and why (gRPC INVALID_ARGUMENT).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("unknown volume {0}")]
+    UnknownVolume(String),
+    #[error("volume {0} already exists")]
+    VolumeExists(String),
+    #[error("unknown storage node {0}")]
+    UnknownNode(String),
+    /// The caller's view is out of date (gRPC FAILED_PRECONDITION).
+    #[error("ticket refused for volume {volume}: the caller knew epoch {known}, the volume is at epoch {current}")]
+    StaleEpoch {
+        volume: String,
+        known: u64,
+        current: u64,
+    },
+    /// Not enough healthy nodes for a placement (gRPC FAILED_PRECONDITION).
+    #[error("cannot place volume {volume}: {reason}")]
+    Placement { volume: String, reason: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    pub volumes: BTreeMap<String, Volume>,
+    pub nodes: BTreeMap<String, NodeInfo>,
+}
+
+fn valid_name(what: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{what} {name:?}: use 1-63 lowercase letters, digits and '-', not starting or ending with '-'"
+        )))
+    }
+}
+
+impl State {
+    /// Segments each node holds (placement spreads load by it).
+    fn load(&self) -> BTreeMap<String, usize> {
+        let mut load = BTreeMap::new();
+        for v in self.volumes.values() {
+            for pg in &v.pgs {
+                for m in &pg.members {
+                    *load.entry(m.node_id.clone()).or_default() += 1;
+                }
+            }
+        }
+        load
+    }
+
+    fn volume_mut(&mut self, name: &str) -> Result<&mut Volume, ConfigError> {
+        self.volumes
+            .get_mut(name)
+            .ok_or_else(|| ConfigError::UnknownVolume(name.to_string()))
+    }
+
+    fn new_pg(&self, volume: &Volume, now_ms: u64) -> Result<ProtectionGroup, ConfigError> {
+        let members = placement::place(
+            &volume.spec.zones,
+            2,
+            &self.nodes,
+            &self.load(),
+            &[],
+            now_ms,
+        )
+        .map_err(|reason| ConfigError::Placement {
+            volume: volume.name.clone(),
+            reason,
+        })?;
+        Ok(ProtectionGroup {
+            index: volume.pgs.len() as u32,
+            members,
+            membership_epoch: 1,
+        })
+    }
+
+    /// Applies one command. A refused command changes nothing.
+    pub fn apply(&mut self, cmd: Command) -> Result<Response, ConfigError> {
+        match cmd {
+            Command::RegisterNode {
+                id,
+                zone,
+                address,
+                capacity_bytes,
+                now_ms,
+            } => {
+                valid_name("node id", &id)?;
+                if zone.is_empty() || address.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "node {id}: zone and address must not be empty"
+                    )));
+                }
+                self.nodes.insert(
+                    id.clone(),
+                    NodeInfo {
+                        id,
+                        zone,
+                        address,
+                        capacity_bytes,
+                        last_heartbeat_ms: now_ms,
+                    },
+                );
+                Ok(Response::Done)
+            }
+            Command::Heartbeat { id, now_ms } => {
+                let node = self
+                    .nodes
+                    .get_mut(&id)
+                    .ok_or(ConfigError::UnknownNode(id))?;
+                node.last_heartbeat_ms = node.last_heartbeat_ms.max(now_ms);
+                Ok(Response::Done)
+            }
+            Command::CreateVolume { name, spec, now_ms } => {
+                valid_name("volume name", &name)?;
+                spec.validate().map_err(ConfigError::Invalid)?;
+                if self.volumes.contains_key(&name) {
+                    return Err(ConfigError::VolumeExists(name));
+                }
+                let mut volume = Volume {
+                    name: name.clone(),
+                    spec,
+                    epoch: 0,
+                    writer: None,
+                    pgs: Vec::new(),
+                    used_bytes: 0,
+                };
+                let pg = self.new_pg(&volume, now_ms)?;
+                volume.pgs.push(pg);
+                self.volumes.insert(name, volume.clone());
+                Ok(Response::Volume(volume))
+            }
+            Command::DeleteVolume { name } => {
+                self.volumes
+                    .remove(&name)
+                    .ok_or(ConfigError::UnknownVolume(name))?;
+                Ok(Response::Done)
+            }
+            Command::AcquireTicket {
+                volume,
+                writer,
+                known_epoch,
+            } => {
+                let v = self.volume_mut(&volume)?;
+                if known_epoch != v.epoch {
+                    return Err(ConfigError::StaleEpoch {
+                        volume,
+                        known: known_epoch,
+                        current: v.epoch,
+                    });
+                }
+                v.epoch += 1;
+                v.writer = Some(writer);
+                Ok(Response::Ticket {
+                    epoch: v.epoch,
+                    volume: v.clone(),
+                })
+            }
+            Command::ReportUsage {
+                volume,
+                used_bytes,
+                now_ms,
+            } => {
+                let v = self
+                    .volumes
+                    .get(&volume)
+                    .ok_or_else(|| ConfigError::UnknownVolume(volume.clone()))?;
+                let allocated = v.allocated_bytes();
+                let wants_growth = used_bytes as f64 > GROWTH_THRESHOLD * allocated as f64
+                    && allocated + v.spec.segment_size <= v.spec.max_size;
+                let grown = if wants_growth {
+                    Some(self.new_pg(v, now_ms)?)
+                } else {
+                    None
+                };
+                let v = self.volume_mut(&volume)?;
+                v.used_bytes = used_bytes;
+                if let Some(pg) = &grown {
+                    v.pgs.push(pg.clone());
+                }
+                Ok(Response::Usage {
+                    allocated_bytes: v.allocated_bytes(),
+                    grown,
+                })
+            }
+            Command::ReplaceMember {
+                volume,
+                pg,
+                old_node,
+                new_node,
+                now_ms,
+            } => {
+                let v = self
+                    .volumes
+                    .get(&volume)
+                    .ok_or_else(|| ConfigError::UnknownVolume(volume.clone()))?;
+                let group = v.pgs.get(pg as usize).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "volume {volume} has no PG {pg} (it has {})",
+                        v.pgs.len()
+                    ))
+                })?;
+                let at = group
+                    .members
+                    .iter()
+                    .position(|m| m.node_id == old_node)
+                    .ok_or_else(|| {
+                        ConfigError::Invalid(format!(
+                            "node {old_node} is not a member of PG {pg} of volume {volume}"
+                        ))
+                    })?;
+                let zone = group.members[at].zone.clone();
+                let current: Vec<String> =
+                    group.members.iter().map(|m| m.node_id.clone()).collect();
+                let member = match new_node {
+                    Some(id) => {
+                        let n = self
+                            .nodes
+                            .get(&id)
+                            .ok_or_else(|| ConfigError::UnknownNode(id.clone()))?;
+                        if n.zone != zone {
+                            return Err(ConfigError::Invalid(format!(
+                                "node {id} is in zone {}, but the member it replaces is in zone {zone}",
+                                n.zone
+                            )));
+                        }
+                        if current.contains(&id) {
+                            return Err(ConfigError::Invalid(format!(
+                                "node {id} already holds PG {pg}"
+                            )));
+                        }
+                        crate::model::Member {
+                            node_id: n.id.clone(),
+                            zone: n.zone.clone(),
+                            address: n.address.clone(),
+                        }
+                    }
+                    None => {
+                        placement::place(&[zone], 1, &self.nodes, &self.load(), &current, now_ms)
+                            .map_err(|reason| ConfigError::Placement {
+                                volume: volume.clone(),
+                                reason,
+                            })?
+                            .remove(0)
+                    }
+                };
+                let v = self.volume_mut(&volume)?;
+                let group = &mut v.pgs[pg as usize];
+                group.members[at] = member;
+                group.membership_epoch += 1;
+                Ok(Response::Replaced(group.clone()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::VolumeSpec;
+
+    const GIB: u64 = 1 << 30;
+
+    fn spec() -> VolumeSpec {
+        VolumeSpec {
+            page_size: 8192,
+            segment_size: 10 * GIB,
+            max_size: 40 * GIB,
+            replicas: 2,
+            retention_secs: 86_400,
+            zones: vec!["a".into(), "b".into(), "c".into()],
+        }
+    }
+
+    fn with_nodes(per_zone: usize) -> State {
+        let mut s = State::default();
+        for zone in ["a", "b", "c"] {
+            for n in 1..=per_zone {
+                s.apply(Command::RegisterNode {
+                    id: format!("{zone}{n}"),
+                    zone: zone.into(),
+                    address: format!("10.0.0.{n}:7600"),
+                    capacity_bytes: 1 << 40,
+                    now_ms: 1_000,
+                })
+                .unwrap();
+            }
+        }
+        s
+    }
+
+    fn create(s: &mut State, name: &str) -> Volume {
+        match s
+            .apply(Command::CreateVolume {
+                name: name.into(),
+                spec: spec(),
+                now_ms: 2_000,
+            })
+            .unwrap()
+        {
+            Response::Volume(v) => v,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn placement_puts_two_members_in_each_zone_on_six_distinct_nodes() {
+        let mut s = with_nodes(3);
+        let v = create(&mut s, "v1");
+        let pg = &v.pgs[0];
+        assert_eq!(pg.members.len(), 6);
+        let mut ids: Vec<&str> = pg.members.iter().map(|m| m.node_id.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 6);
+        for zone in ["a", "b", "c"] {
+            assert_eq!(pg.members.iter().filter(|m| m.zone == zone).count(), 2);
+        }
+        // The next volume prefers the nodes left out.
+        let v2 = create(&mut s, "v2");
+        assert!(v2.pgs[0].members.iter().any(|m| m.node_id.ends_with('3')));
+    }
+
+    #[test]
+    fn too_few_healthy_nodes_is_a_clear_error() {
+        let mut s = with_nodes(2);
+        // c2 stops heartbeating; 20 s later it is unhealthy.
+        for id in ["a1", "a2", "b1", "b2", "c1"] {
+            s.apply(Command::Heartbeat {
+                id: id.into(),
+                now_ms: 21_000,
+            })
+            .unwrap();
+        }
+        let e = s
+            .apply(Command::CreateVolume {
+                name: "v1".into(),
+                spec: spec(),
+                now_ms: 21_000,
+            })
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot place volume v1: zone c has 1 healthy storage node(s) available, 2 needed"
+        );
+        assert!(s.volumes.is_empty(), "nothing applied");
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let mut s = with_nodes(2);
+        let cases: Vec<(VolumeSpec, &str)> = vec![
+            (
+                VolumeSpec {
+                    page_size: 5000,
+                    ..spec()
+                },
+                "spec.pageSize: 5000 is not a power of two between 4096 and 65536",
+            ),
+            (
+                VolumeSpec {
+                    page_size: 131072,
+                    ..spec()
+                },
+                "spec.pageSize: 131072",
+            ),
+            (
+                VolumeSpec {
+                    segment_size: 4096,
+                    ..spec()
+                },
+                "spec.segmentSize: 4096 bytes is smaller than one 8192-byte page",
+            ),
+            (
+                VolumeSpec {
+                    replicas: 16,
+                    ..spec()
+                },
+                "spec.replicas: 16 is above the maximum of 15",
+            ),
+            (
+                VolumeSpec {
+                    zones: vec!["a".into(), "a".into(), "b".into()],
+                    ..spec()
+                },
+                "spec.zones",
+            ),
+            (
+                VolumeSpec {
+                    zones: vec!["a".into(), "b".into()],
+                    ..spec()
+                },
+                "spec.zones",
+            ),
+        ];
+        for (bad, needle) in cases {
+            let e = s
+                .apply(Command::CreateVolume {
+                    name: "v1".into(),
+                    spec: bad,
+                    now_ms: 2_000,
+                })
+                .unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid(_)), "{e:?}");
+            assert!(e.to_string().contains(needle), "{e} lacks {needle}");
+        }
+        let e = s
+            .apply(Command::AcquireTicket {
+                volume: "nope".into(),
+                writer: "w".into(),
+                known_epoch: 0,
+            })
+            .unwrap_err();
+        assert_eq!(e, ConfigError::UnknownVolume("nope".into()));
+    }
+
+    #[test]
+    fn tickets_strictly_increase_and_stale_callers_are_refused() {
+        let mut s = with_nodes(2);
+        create(&mut s, "v1");
+        let ticket = |s: &mut State, known| {
+            s.apply(Command::AcquireTicket {
+                volume: "v1".into(),
+                writer: "w".into(),
+                known_epoch: known,
+            })
+        };
+        let Response::Ticket { epoch, .. } = ticket(&mut s, 0).unwrap() else {
+            panic!()
+        };
+        assert_eq!(epoch, 1);
+        let Response::Ticket { epoch, volume } = ticket(&mut s, 1).unwrap() else {
+            panic!()
+        };
+        assert_eq!((epoch, volume.writer.as_deref()), (2, Some("w")));
+        // Two callers who both knew epoch 1: the second loses.
+        let e = ticket(&mut s, 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ticket refused for volume v1: the caller knew epoch 1, the volume is at epoch 2"
+        );
+    }
+
+    #[test]
+    fn growth_adds_one_pg_past_eighty_percent_up_to_the_maximum() {
+        let mut s = with_nodes(2);
+        create(&mut s, "v1");
+        let usage = |s: &mut State, used| {
+            s.apply(Command::ReportUsage {
+                volume: "v1".into(),
+                used_bytes: used,
+                now_ms: 3_000,
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            usage(&mut s, 8 * GIB),
+            Response::Usage {
+                allocated_bytes: 10 * GIB,
+                grown: None
+            }
+        );
+        let Response::Usage {
+            allocated_bytes,
+            grown,
+        } = usage(&mut s, 8 * GIB + 1)
+        else {
+            panic!()
+        };
+        assert_eq!(allocated_bytes, 20 * GIB);
+        assert_eq!(grown.unwrap().index, 1);
+        usage(&mut s, 17 * GIB);
+        usage(&mut s, 25 * GIB);
+        assert_eq!(s.volumes["v1"].pgs.len(), 4);
+        // 40 GiB maximum reached: no fifth PG.
+        let Response::Usage {
+            allocated_bytes,
+            grown,
+        } = usage(&mut s, 39 * GIB)
+        else {
+            panic!()
+        };
+        assert_eq!((allocated_bytes, grown), (40 * GIB, None));
+    }
+
+    #[test]
+    fn replacing_a_member_stays_in_its_zone_and_bumps_the_membership_epoch() {
+        let mut s = with_nodes(3);
+        let v = create(&mut s, "v1");
+        let old = v.pgs[0]
+            .members
+            .iter()
+            .find(|m| m.zone == "b")
+            .unwrap()
+            .node_id
+            .clone();
+        let Response::Replaced(pg) = s
+            .apply(Command::ReplaceMember {
+                volume: "v1".into(),
+                pg: 0,
+                old_node: old.clone(),
+                new_node: None,
+                now_ms: 3_000,
+            })
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(pg.membership_epoch, 2);
+        assert!(!pg.members.iter().any(|m| m.node_id == old));
+        assert_eq!(pg.members.iter().filter(|m| m.zone == "b").count(), 2);
+        let e = s
+            .apply(Command::ReplaceMember {
+                volume: "v1".into(),
+                pg: 0,
+                old_node: pg.members[0].node_id.clone(),
+                new_node: Some("b1".into()),
+                now_ms: 3_000,
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("zone"), "{e}");
+    }
+
+    #[test]
+    fn the_state_round_trips_through_json_for_snapshots() {
+        let mut s = with_nodes(2);
+        create(&mut s, "v1");
+        let raw = serde_json::to_vec(&s).unwrap();
+        assert_eq!(serde_json::from_slice::<State>(&raw).unwrap(), s);
+    }
+}
