@@ -16,6 +16,8 @@ pub const RECORD_OVERHEAD: usize = 40;
 const MIN_MOVE: usize = 48;
 /// Shifts tried, in bytes either way.
 const MAX_SHIFT: usize = 2048;
+/// Redo at or below this many bytes is not worth searching moves for.
+const WORTH_A_MOVE: usize = 3 * RECORD_OVERHEAD;
 /// Moves tried per page.
 const MAX_MOVES: usize = 6;
 /// Bytes that must match before a shift is considered.
@@ -28,6 +30,10 @@ pub fn diff(page: PageId, old: Option<&[u8]>, new: &[u8]) -> Vec<PageChange> {
     };
     debug_assert_eq!(old.len(), new.len());
     let mut best = deltas(page, old, new);
+    if cost(&best) <= WORTH_A_MOVE {
+        // Already about as small as a move record: skip the search (it is on the commit path).
+        return best;
+    }
     // Greedily add moves (each applied on top of the previous ones, as storage will) while
     // they make the redo smaller: a defragmented page has a few blocks, each shifted its way.
     let mut moves = Vec::new();
