@@ -185,3 +185,79 @@ async fn sixteen_kib_pages_work_end_to_end() {
         }]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocation_stops_lal_records_above_vdl_while_storage_is_gone() {
+    let mut cluster = Cluster::start(1, 256);
+    let layout = logdb_compute::layout::Layout::load(&cluster.layout_path).unwrap();
+    let metrics = Arc::new(ComputeMetrics::new());
+    let cfg = ShipperConfig {
+        lal: 40,
+        ..ShipperConfig::default()
+    };
+    let shipper = Shipper::open(layout, cfg, Arc::clone(&metrics))
+        .await
+        .unwrap();
+    let name = "/logdb/vol1-lal";
+    let rt = tokio::runtime::Handle::current();
+    let (n, s, m) = (name.to_string(), Arc::clone(&shipper), Arc::clone(&metrics));
+    let engine = tokio::task::spawn_blocking(move || Engine::register(&n, s, 1000, m, rt).unwrap())
+        .await
+        .unwrap();
+    run(
+        &engine,
+        name,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",
+    )
+    .await;
+
+    // No write quorum: VDL cannot move.
+    for i in [0, 2, 4] {
+        cluster.nodes[i].kill9();
+    }
+    let vdl = engine.shipper.vdl();
+    // Commits whose durability nobody waits for: allocation must stop near VDL + LAL.
+    let (e, n) = (Arc::clone(&engine), name.to_string());
+    let writer = tokio::task::spawn_blocking(move || {
+        let conn = sql::open(&n, &e, -4096).unwrap();
+        for i in 0..200 {
+            sql::execute(&conn, &e, &format!("INSERT INTO t VALUES ({i}, 'x')"), &[]).unwrap();
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let allocated = |m: &ComputeMetrics| m.records_shipped.get();
+    let before = allocated(&metrics);
+    // Wait until allocation stalls (the writer thread is blocked in back-pressure) ...
+    let mut last = before;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let now = allocated(&metrics);
+        if now == last && now > before {
+            break;
+        }
+        last = now;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "allocation never stalled"
+        );
+    }
+    // ... no further than LAL records above VDL (plus the one transaction that waits for room).
+    assert!(!writer.is_finished(), "the writer must be held back");
+    let outstanding = allocated(&metrics) - before;
+    assert!(
+        outstanding <= 40 + 10,
+        "{outstanding} records allocated above VDL {vdl} with LAL 40"
+    );
+
+    // A node returns: VDL moves, the writer proceeds and finishes.
+    cluster.nodes[0].restart_same_port();
+    writer.await.unwrap();
+    let out = run(&engine, name, "SELECT count(*) FROM t").await;
+    assert_eq!(
+        out,
+        vec![Outcome::Rows {
+            columns: vec![("count(*)".into(), sql::ColType::Int)],
+            rows: vec![vec![Value::Integer(200)]]
+        }]
+    );
+}
