@@ -69,7 +69,12 @@ fn pg_type(t: ColType) -> Type {
 
 impl Session {
     /// Runs SQL on the session's connection; waits for durability when it committed.
-    async fn run(&self, sql_text: String, params: Vec<Value>) -> Result<Vec<Outcome>, SqlError> {
+    async fn run(
+        &self,
+        sql_text: String,
+        params: Vec<Value>,
+        typing: sql::Typing,
+    ) -> Result<Vec<Outcome>, SqlError> {
         let conn = Arc::clone(&self.conn);
         let engine = Arc::clone(&self.ctx.engine);
         let started = Instant::now();
@@ -82,7 +87,7 @@ impl Session {
         }
         let (out, lsn, in_tx) = tokio::task::spawn_blocking(move || {
             let c = conn.lock().expect("session connection");
-            let out = sql::execute(&c, &engine, &sql_text, &params);
+            let out = sql::execute(&c, &engine, typing, &sql_text, &params);
             (out, vfs::take_commit_lsn(), !c.is_autocommit())
         })
         .await
@@ -105,33 +110,39 @@ impl Session {
         out
     }
 
-    fn columns(&self, sql_text: &str, format: &Format) -> Result<Vec<FieldInfo>, SqlError> {
-        let c = self.conn.lock().expect("session connection");
-        let stmt = c
-            .prepare(&sql::rewrite_params(sql_text))
-            .map_err(|e| sql::map_error(e, &self.ctx.engine))?;
-        Ok(stmt
-            .columns()
-            .enumerate()
-            .map(|(i, col)| {
-                let t = sql::col_type(col.name(), col.decl_type(), None);
-                FieldInfo::new(
-                    col.name().to_string(),
-                    None,
-                    None,
-                    pg_type(t),
-                    format.format_for(i),
-                )
-            })
-            .collect())
-    }
-
-    fn param_count(&self, sql_text: &str) -> Result<usize, SqlError> {
-        let c = self.conn.lock().expect("session connection");
-        let stmt = c
-            .prepare(&sql::rewrite_params(sql_text))
-            .map_err(|e| sql::map_error(e, &self.ctx.engine))?;
-        Ok(stmt.parameter_count())
+    /// Parameter count and result columns of a statement, without running it. Preparing may read
+    /// pages (the schema) from storage, so it runs on a blocking thread like statements do.
+    async fn describe(
+        &self,
+        sql_text: &str,
+        format: &Format,
+    ) -> Result<(usize, Vec<FieldInfo>), SqlError> {
+        let conn = Arc::clone(&self.conn);
+        let engine = Arc::clone(&self.ctx.engine);
+        let (sql_text, format) = (sql::rewrite_params(sql_text), format.clone());
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().expect("session connection");
+            let stmt = c
+                .prepare(&sql_text)
+                .map_err(|e| sql::map_error(e, &engine))?;
+            let fields = stmt
+                .columns()
+                .enumerate()
+                .map(|(i, col)| {
+                    let t = sql::col_type(col.name(), col.decl_type(), None);
+                    FieldInfo::new(
+                        col.name().to_string(),
+                        None,
+                        None,
+                        pg_type(t),
+                        format.format_for(i),
+                    )
+                })
+                .collect();
+            Ok((stmt.parameter_count(), fields))
+        })
+        .await
+        .map_err(|e| SqlError::new("XX000", format!("describe task failed: {e}")))?
     }
 }
 
@@ -202,7 +213,7 @@ impl SimpleQueryHandler for Session {
             return Ok(vec![Response::EmptyQuery]);
         }
         let outcomes = self
-            .run(query.to_string(), Vec::new())
+            .run(query.to_string(), Vec::new(), sql::Typing::Sampled)
             .await
             .map_err(user_error)?;
         outcomes.into_iter().map(|o| encode(o, None)).collect()
@@ -265,13 +276,25 @@ impl ExtendedQueryHandler for Session {
             return Ok(Response::EmptyQuery);
         }
         let values = params(portal)?;
-        let fields = self
-            .columns(&sql_text, &portal.result_column_format)
+        let mut outcomes = self
+            .run(sql_text, values, sql::Typing::Declared)
+            .await
             .map_err(user_error)?;
-        let mut outcomes = self.run(sql_text, values).await.map_err(user_error)?;
         let last = outcomes.pop().unwrap_or(Outcome::Done {
             tag: "SELECT 0".into(),
         });
+        // Declared typing: the same columns Describe announced, in the portal's formats.
+        let fields = match &last {
+            Outcome::Rows { columns, .. } => columns
+                .iter()
+                .enumerate()
+                .map(|(i, (name, t))| {
+                    let format = portal.result_column_format.format_for(i);
+                    FieldInfo::new(name.clone(), None, None, pg_type(*t), format)
+                })
+                .collect(),
+            Outcome::Done { .. } => Vec::new(),
+        };
         encode(last, (!fields.is_empty()).then(|| Arc::new(fields)))
     }
 
@@ -283,7 +306,10 @@ impl ExtendedQueryHandler for Session {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let n = self.param_count(&stmt.statement).map_err(user_error)?;
+        let (n, fields) = self
+            .describe(&stmt.statement, &Format::UnifiedBinary)
+            .await
+            .map_err(user_error)?;
         let types = (0..n)
             .map(|i| {
                 stmt.parameter_types
@@ -293,9 +319,6 @@ impl ExtendedQueryHandler for Session {
                     .unwrap_or(Type::TEXT)
             })
             .collect();
-        let fields = self
-            .columns(&stmt.statement, &Format::UnifiedBinary)
-            .map_err(user_error)?;
         Ok(DescribeStatementResponse::new(types, fields))
     }
 
@@ -307,8 +330,9 @@ impl ExtendedQueryHandler for Session {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let fields = self
-            .columns(&portal.statement.statement, &portal.result_column_format)
+        let (_, fields) = self
+            .describe(&portal.statement.statement, &portal.result_column_format)
+            .await
             .map_err(user_error)?;
         Ok(DescribePortalResponse::new(fields))
     }

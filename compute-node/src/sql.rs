@@ -167,9 +167,19 @@ pub fn col_type(name: &str, decl: Option<&str>, sample: Option<&Value>) -> ColTy
 }
 
 /// Runs every statement of `sql` (several may be separated by `;` when `params` is empty).
+/// How result columns without a declared type are typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Typing {
+    /// From the first non-null value (text-format results: what psql shows).
+    Sampled,
+    /// From declarations only, so the types match what Describe announced before execution.
+    Declared,
+}
+
 pub fn execute(
     conn: &Connection,
     engine: &Engine,
+    typing: Typing,
     sql: &str,
     params: &[Value],
 ) -> Result<Vec<Outcome>, SqlError> {
@@ -227,7 +237,7 @@ pub fn execute(
                     let sample = rows
                         .iter()
                         .map(|r: &Vec<Value>| &r[i])
-                        .find(|v| **v != Value::Null);
+                        .find(|v| typing == Typing::Sampled && **v != Value::Null);
                     let t = col_type(&name, decl.as_deref(), sample);
                     (name, t)
                 })

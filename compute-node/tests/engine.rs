@@ -33,7 +33,7 @@ async fn run(engine: &Arc<Engine>, name: &str, sql_text: &str) -> Vec<Outcome> {
     let (e, n, s) = (Arc::clone(engine), name.to_string(), sql_text.to_string());
     let (out, lsn) = tokio::task::spawn_blocking(move || {
         let conn = sql::open(&n, &e, -4096).unwrap();
-        let out = sql::execute(&conn, &e, &s, &[])
+        let out = sql::execute(&conn, &e, sql::Typing::Sampled, &s, &[])
             .unwrap_or_else(|err| panic!("{s}: {err} ({})", err.code));
         (out, vfs::take_commit_lsn())
     })
@@ -221,7 +221,14 @@ async fn allocation_stops_lal_records_above_vdl_while_storage_is_gone() {
     let writer = tokio::task::spawn_blocking(move || {
         let conn = sql::open(&n, &e, -4096).unwrap();
         for i in 0..200 {
-            sql::execute(&conn, &e, &format!("INSERT INTO t VALUES ({i}, 'x')"), &[]).unwrap();
+            sql::execute(
+                &conn,
+                &e,
+                sql::Typing::Sampled,
+                &format!("INSERT INTO t VALUES ({i}, 'x')"),
+                &[],
+            )
+            .unwrap();
         }
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
