@@ -299,6 +299,8 @@ impl Shipper {
         let mut seg_scl = Vec::new();
         let mut next_lsn = 1u64;
         let mut vdl = Lsn::ZERO;
+        // Commit timestamps keep increasing across writers, even if this clock is behind.
+        let mut last_commit_ts = 0u64;
         for (k, row) in links.iter().enumerate() {
             let answered: Vec<(usize, &logdb_storage::proto::SegmentState)> = states[k]
                 .iter()
@@ -328,6 +330,10 @@ impl Shipper {
             if best_state.highest_commit_lsn <= tail.0 {
                 vdl = vdl.max(Lsn(best_state.highest_commit_lsn));
             }
+            last_commit_ts = answered
+                .iter()
+                .map(|(_, s)| s.highest_commit_timestamp_us)
+                .fold(last_commit_ts, u64::max);
             let mut scls = [Lsn::ZERO; SEGMENTS_PER_PG];
             for (i, s) in &answered {
                 let mut scl = Lsn(s.scl);
@@ -373,7 +379,7 @@ impl Shipper {
             state: Mutex::new(ShipState {
                 next_lsn,
                 next_tx: 1,
-                last_commit_ts: 0,
+                last_commit_ts,
                 pg_tail,
                 pg_outstanding: vec![VecDeque::new(); pgs],
                 seg_scl,
