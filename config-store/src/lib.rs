@@ -1,15 +1,20 @@
 //! logdb config store (DESIGN.md §8): the small, strongly consistent brain that hands out writer
 //! epochs and decides where segments live.
 //!
-//! This crate holds the replicated state machine — every operation is one [`Command`] applied in
-//! one place ([`State::apply`]), deterministic (time comes in the command, stamped by the leader),
-//! so raft can replay it on every member. Raft itself (openraft), persistence and the gRPC API
-//! wrap this state machine (issue 4, in progress).
+//! Every operation is one [`Command`] applied in one place ([`State::apply`]), deterministic
+//! (time comes in the command, stamped by the leader), so raft (openraft: `raft_types`,
+//! `log_store` on redb, `state_machine`, `network` over gRPC, `member`) replays it identically on
+//! every member. The client-facing gRPC API comes next (issue 4, in progress).
 
 pub mod command;
+pub mod log_store;
+pub mod member;
 pub mod model;
+pub mod network;
 pub mod placement;
+pub mod raft_types;
 pub mod state;
+pub mod state_machine;
 
 pub use command::{Command, Response};
 pub use model::{Member, NodeInfo, ProtectionGroup, Volume, VolumeSpec};

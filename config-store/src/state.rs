@@ -9,7 +9,7 @@ use crate::placement;
 /// Growth starts when used bytes pass this share of allocated bytes.
 pub const GROWTH_THRESHOLD: f64 = 0.8;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ConfigError {
     /// Bad input: the message names the field and why (gRPC INVALID_ARGUMENT).
     #[error("{0}")]
