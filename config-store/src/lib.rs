@@ -4,8 +4,10 @@
 //! Every operation is one [`Command`] applied in one place ([`State::apply`]), deterministic
 //! (time comes in the command, stamped by the leader), so raft (openraft: `raft_types`,
 //! `log_store` on redb, `state_machine`, `network` over gRPC, `member`) replays it identically on
-//! every member. The client-facing gRPC API comes next (issue 4, in progress).
+//! every member; `api` is the client-facing gRPC service (`logdb.config.v1`).
 
+pub mod api;
+pub mod client;
 pub mod command;
 pub mod log_store;
 pub mod member;

@@ -12,6 +12,7 @@ use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::api::{proto::config_service_server::ConfigServiceServer, ConfigSvc};
 use crate::command::{Command, Response};
 use crate::log_store::LogStore;
 use crate::network::{proto::raft_service_server::RaftServiceServer, Network, RaftSvc};
@@ -29,6 +30,27 @@ pub enum MemberError {
     Raft(String),
     #[error(transparent)]
     Refused(#[from] ConfigError),
+}
+
+/// Proposes `cmd` through `raft`; answers once it is committed and applied. On a follower it is
+/// refused with the leader's id and address.
+pub async fn propose(raft: &Raft, cmd: Command) -> Result<Response, MemberError> {
+    match raft.client_write(cmd).await {
+        Ok(r) => Ok(r.data.0?),
+        Err(e) => match e.forward_to_leader() {
+            Some(f) => Err(MemberError::NotLeader {
+                leader: f.leader_id.map(|id| {
+                    let addr = f
+                        .leader_node
+                        .as_ref()
+                        .map(|n| n.addr.clone())
+                        .unwrap_or_default();
+                    (id, addr)
+                }),
+            }),
+            None => Err(MemberError::Raft(e.to_string())),
+        },
+    }
 }
 
 pub struct Member {
@@ -65,11 +87,16 @@ impl Member {
         let raft = Raft::new(id, config, Network, log, sm.clone())
             .await
             .map_err(|e| setup(e.to_string()))?;
-        let svc = RaftServiceServer::new(RaftSvc { raft: raft.clone() });
+        let raft_svc = RaftServiceServer::new(RaftSvc { raft: raft.clone() });
+        let api = ConfigServiceServer::new(ConfigSvc {
+            raft: raft.clone(),
+            sm: sm.clone(),
+        });
         let server = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _ = tonic::transport::Server::builder()
-                .add_service(svc)
+                .add_service(raft_svc)
+                .add_service(api)
                 .serve_with_incoming(incoming)
                 .await;
         });
@@ -96,23 +123,7 @@ impl Member {
 
     /// Proposes a command; answers once it is committed and applied.
     pub async fn write(&self, cmd: Command) -> Result<Response, MemberError> {
-        match self.raft.client_write(cmd).await {
-            Ok(r) => Ok(r.data.0?),
-            Err(e) => match e.forward_to_leader() {
-                Some(f) => Err(MemberError::NotLeader {
-                    leader: f.leader_id.map(|id| {
-                        (
-                            id,
-                            f.leader_node
-                                .as_ref()
-                                .map(|n| n.addr.clone())
-                                .unwrap_or_default(),
-                        )
-                    }),
-                }),
-                None => Err(MemberError::Raft(e.to_string())),
-            },
-        }
+        propose(&self.raft, cmd).await
     }
 
     /// This member's applied state (may lag the leader's by a heartbeat).

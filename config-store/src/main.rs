@@ -1,0 +1,41 @@
+//! `logdb-config`: one config store member, standalone (the operator and `logdb up` embed the
+//! same member). Prints one JSON line with its address; form a group with the Initialize call.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use logdb_config_store::member::Member;
+
+#[derive(Parser, Debug)]
+#[command(name = "logdb-config", about = "logdb config store member (raft)")]
+struct Args {
+    /// This member's raft id (1, 2, 3, ...).
+    #[arg(long)]
+    id: u64,
+    /// Address for raft traffic and the client API (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Directory of the raft log.
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    logdb_storage::logging::init();
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let member = Member::start(args.id, &args.data_dir, listener).await?;
+    println!(
+        "{}",
+        serde_json::json!({"event": "listening", "id": args.id, "addr": member.addr})
+    );
+    tracing::info!(id = args.id, addr = %member.addr, "config store member serving");
+    tokio::signal::ctrl_c().await?;
+    member.stop().await;
+    Ok(())
+}

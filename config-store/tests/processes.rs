@@ -1,0 +1,252 @@
+//! The config store as real `logdb-config` processes: a three-member group on loopback, a client
+//! that follows the leader, kill -9 of the leader in the middle of ticket traffic (epochs stay
+//! strictly increasing, no two callers share one), restart from disk, and bad input refused with
+//! the field and the reason.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use logdb_config_store::api::proto;
+use logdb_config_store::client::ConfigClient;
+use tonic::Code;
+
+struct Proc {
+    child: Option<Child>,
+    id: u64,
+    dir: PathBuf,
+    addr: String,
+}
+
+impl Proc {
+    fn start(id: u64, dir: &Path, listen: &str) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_logdb-config"))
+            .args(["--id", &id.to_string(), "--listen", listen])
+            .arg("--data-dir")
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start logdb-config");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        Proc {
+            child: Some(child),
+            id,
+            dir: dir.to_path_buf(),
+            addr: v["addr"].as_str().unwrap().to_string(),
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again from its directory on the same address (the group knows it by it).
+    fn restart(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpListener::bind(&self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "port of member {} stays taken",
+                self.id
+            );
+            std::thread::yield_now();
+        }
+        let addr = self.addr.clone();
+        *self = Proc::start(self.id, &self.dir.clone(), &addr);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spec(page_size: u32) -> proto::VolumeSpec {
+    proto::VolumeSpec {
+        page_size,
+        segment_size: 10 << 30,
+        max_size: 0,
+        replicas: 1,
+        retention_seconds: 3600,
+        zones: vec!["a".into(), "b".into(), "c".into()],
+    }
+}
+
+async fn leader(client: &ConfigClient) -> (u64, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client
+            .call(|mut c| async move { c.leader(proto::Empty {}).await })
+            .await
+        {
+            if r.id != 0 {
+                return (r.id, r.address);
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_process_group_survives_kill9_of_its_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs: Vec<Proc> = (1..=3)
+        .map(|id| Proc::start(id, &dir.path().join(format!("m{id}")), "127.0.0.1:0"))
+        .collect();
+    let addrs: Vec<String> = procs.iter().map(|p| p.addr.clone()).collect();
+    let members: std::collections::HashMap<u64, String> =
+        procs.iter().map(|p| (p.id, p.addr.clone())).collect();
+    let first = ConfigClient::new(vec![addrs[0].clone()]);
+    first
+        .call(|mut c| {
+            let members = members.clone();
+            async move { c.initialize(proto::InitializeRequest { members }).await }
+        })
+        .await
+        .unwrap();
+    let client = ConfigClient::new(addrs.clone());
+    leader(&client).await;
+
+    for zone in ["a", "b", "c"] {
+        for n in 1..=2 {
+            let req = proto::RegisterNodeRequest {
+                id: format!("{zone}{n}"),
+                zone: zone.into(),
+                address: format!("127.0.0.1:{}", 7600 + n),
+                capacity_bytes: 1 << 40,
+            };
+            client
+                .call(|mut c| {
+                    let r = req.clone();
+                    async move { c.register_node(r).await }
+                })
+                .await
+                .unwrap();
+        }
+    }
+    // Bad input names the field; an unknown volume is named.
+    let err = client
+        .call(|mut c| async move {
+            c.create_volume(proto::CreateVolumeRequest {
+                name: "v1".into(),
+                spec: Some(spec(5000)),
+            })
+            .await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("spec.pageSize: 5000"),
+        "{}",
+        err.message()
+    );
+    let err = client.acquire_ticket("nope", "w", 0).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "unknown volume nope")
+    );
+
+    let v = client
+        .call(|mut c| async move {
+            c.create_volume(proto::CreateVolumeRequest {
+                name: "v1".into(),
+                spec: Some(spec(8192)),
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(v.pgs.len(), 1);
+    assert_eq!(v.pgs[0].members.len(), 6);
+    assert!(v.pgs[0]
+        .members
+        .iter()
+        .all(|m| m.segment == format!("pg0-{}", m.node_id)));
+
+    // Three writers race for tickets while the leader is killed: every granted epoch is unique
+    // and the granted epochs are exactly 1..=n.
+    let granted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in 0..3 {
+        let (granted, addrs) = (std::sync::Arc::clone(&granted), addrs.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = ConfigClient::new(addrs);
+            let mut known = 0;
+            let mut mine = 0;
+            while mine < 15 {
+                match c.acquire_ticket("v1", &format!("w{w}"), known).await {
+                    Ok(t) => {
+                        granted.lock().unwrap().push(t.epoch);
+                        known = t.epoch;
+                        mine += 1;
+                    }
+                    Err(e) if e.code() == Code::FailedPrecondition => {
+                        // Someone else got it: learn the current epoch and try again.
+                        let v = c
+                            .call(|mut cl| async move {
+                                cl.get_volume(proto::VolumeRef { name: "v1".into() }).await
+                            })
+                            .await
+                            .unwrap();
+                        known = v.epoch;
+                    }
+                    Err(e) => panic!("ticket error: {e:?}"),
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while granted.lock().unwrap().len() < 10 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (leader_id, _) = leader(&client).await;
+    let victim = procs.iter_mut().find(|p| p.id == leader_id).unwrap();
+    victim.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let granted = granted.lock().unwrap().clone();
+    let unique: BTreeSet<u64> = granted.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        granted.len(),
+        "two callers shared an epoch: {granted:?}"
+    );
+    assert_eq!(unique, (1..=45).collect::<BTreeSet<u64>>());
+    let (new_leader, _) = leader(&client).await;
+    assert_ne!(new_leader, leader_id);
+
+    // The killed member comes back from its log and catches up.
+    let victim = procs.iter_mut().find(|p| p.id == leader_id).unwrap();
+    victim.restart();
+    let back = ConfigClient::new(vec![victim.addr.clone()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = back
+            .call(|mut c| async move { c.get_volume(proto::VolumeRef { name: "v1".into() }).await })
+            .await;
+        if v.as_ref().map(|v| v.epoch).ok() == Some(45) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted member never caught up: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
