@@ -1,6 +1,6 @@
 //! The config store as real `logdb-config` processes: a three-member group on loopback, a client
-//! that follows the leader, kill -9 of the leader in the middle of ticket traffic (epochs stay
-//! strictly increasing, no two callers share one), restart from disk, and bad input refused with
+//! that follows the leader, kill -9 of the leader in the middle of ticket traffic (no two callers
+//! ever share an epoch), restart from disk, and bad input refused with
 //! the field and the reason.
 
 use std::collections::BTreeSet;
@@ -227,20 +227,28 @@ async fn a_three_process_group_survives_kill9_of_its_leader() {
         granted.len(),
         "two callers shared an epoch: {granted:?}"
     );
-    assert_eq!(unique, (1..=45).collect::<BTreeSet<u64>>());
+    // A ticket whose reply died with the leader is committed but reaches nobody: epochs may
+    // skip, never repeat.
+    assert_eq!(granted.len(), 45);
     let (new_leader, _) = leader(&client).await;
     assert_ne!(new_leader, leader_id);
 
     // The killed member comes back from its log and catches up.
     let victim = procs.iter_mut().find(|p| p.id == leader_id).unwrap();
     victim.restart();
+    let current = client
+        .call(|mut c| async move { c.get_volume(proto::VolumeRef { name: "v1".into() }).await })
+        .await
+        .unwrap()
+        .epoch;
+    assert!(current >= 45);
     let back = ConfigClient::new(vec![victim.addr.clone()]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let v = back
             .call(|mut c| async move { c.get_volume(proto::VolumeRef { name: "v1".into() }).await })
             .await;
-        if v.as_ref().map(|v| v.epoch).ok() == Some(45) {
+        if v.as_ref().map(|v| v.epoch).ok() == Some(current) {
             break;
         }
         assert!(
