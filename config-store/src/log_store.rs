@@ -29,6 +29,11 @@ fn io_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
+    /// Handles to the store besides this one (raft's own, its log readers).
+    pub fn other_handles(&self) -> usize {
+        Arc::strong_count(&self.db) - 1
+    }
+
     pub fn open(path: &Path) -> Result<Self, StorageError> {
         let db = Database::create(path).map_err(io_err)?;
         let tx = db.begin_write().map_err(io_err)?;

@@ -53,12 +53,18 @@ pub async fn propose(raft: &Raft, cmd: Command) -> Result<Response, MemberError>
     }
 }
 
+/// Log entries between snapshots.
+pub const SNAPSHOT_EVERY: u64 = 5000;
+
 pub struct Member {
     pub id: NodeId,
     pub addr: String,
     pub raft: Raft,
     sm: StateMachine,
     server: JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// Kept to know when raft has let go of the log (so the directory can be opened again).
+    log: LogStore,
 }
 
 impl Member {
@@ -68,6 +74,16 @@ impl Member {
         dir: &Path,
         listener: TcpListener,
     ) -> Result<Member, MemberError> {
+        Self::start_with(id, dir, listener, SNAPSHOT_EVERY).await
+    }
+
+    /// Like `start`, snapshotting (and purging the log behind) every `snapshot_every` entries.
+    pub async fn start_with(
+        id: NodeId,
+        dir: &Path,
+        listener: TcpListener,
+        snapshot_every: u64,
+    ) -> Result<Member, MemberError> {
         let setup = |e: String| MemberError::Setup(e);
         std::fs::create_dir_all(dir).map_err(|e| setup(e.to_string()))?;
         let addr = listener
@@ -76,6 +92,8 @@ impl Member {
             .to_string();
         let config = openraft::Config {
             cluster_name: "logdb-config".into(),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+            max_in_snapshot_log_to_keep: snapshot_every / 5,
             heartbeat_interval: 100,
             election_timeout_min: 400,
             election_timeout_max: 800,
@@ -83,7 +101,9 @@ impl Member {
         };
         let config = Arc::new(config.validate().map_err(|e| setup(e.to_string()))?);
         let log = LogStore::open(&dir.join("raft.redb")).map_err(|e| setup(e.to_string()))?;
-        let sm = StateMachine::default();
+        let sm =
+            StateMachine::open(&dir.join("snapshot.json")).map_err(|e| setup(e.to_string()))?;
+        let log_handle = log.clone();
         let raft = Raft::new(id, config, Network, log, sm.clone())
             .await
             .map_err(|e| setup(e.to_string()))?;
@@ -92,12 +112,15 @@ impl Member {
             raft: raft.clone(),
             sm: sm.clone(),
         });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _ = tonic::transport::Server::builder()
                 .add_service(raft_svc)
                 .add_service(api)
-                .serve_with_incoming(incoming)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                })
                 .await;
         });
         Ok(Member {
@@ -106,6 +129,8 @@ impl Member {
             raft,
             sm,
             server,
+            stop: stop_tx,
+            log: log_handle,
         })
     }
 
@@ -136,9 +161,23 @@ impl Member {
     }
 
     /// Stops raft and the server (a crash, as far as the peers can tell).
+    /// Stops raft, then the server — connections included, so peers reconnect to whatever
+    /// serves this address next.
     pub async fn stop(self) {
         let _ = self.raft.shutdown().await;
-        self.server.abort();
-        let _ = self.server.await;
+        let _ = self.stop.send(());
+        let mut server = self.server;
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
+        // Raft's workers drop their handles to the log shortly after shutdown; the directory can
+        // be opened again once they have.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.log.other_handles() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }

@@ -1,11 +1,14 @@
 //! The raft state machine: applies committed [`Command`]s to the config [`State`] in log order,
-//! and snapshots it as JSON. It lives in memory; after a restart openraft re-applies the
-//! committed log (kept on disk by the log store), so it comes back exactly.
+//! and snapshots it as JSON. It lives in memory; every snapshot (built here or received from the
+//! leader) is also written to disk before openraft may purge the log it covers, and a restart
+//! starts from that snapshot and re-applies the committed log after it — so it comes back
+//! exactly.
 
 // openraft's error types are large and fixed by its traits.
 #![allow(clippy::result_large_err)]
 
 use std::io::Cursor;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -27,12 +30,78 @@ struct Inner {
     snapshots_built: u64,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct StateMachine {
     inner: Arc<RwLock<Inner>>,
+    /// Where the last snapshot is kept.
+    path: Arc<PathBuf>,
+    /// Bumped after every apply and snapshot install: watchers wake on it.
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 impl StateMachine {
+    /// Opens the state machine whose snapshot lives at `path` (none yet: an empty state).
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let mut inner = Inner::default();
+        match std::fs::read(path) {
+            Ok(raw) => {
+                let file: SnapshotFile = serde_json::from_slice(&raw)
+                    .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+                inner.state = serde_json::from_slice(&file.data)
+                    .map_err(|e| StorageIOError::read_snapshot(Some(file.meta.signature()), &e))?;
+                inner.last_applied = file.meta.last_log_id;
+                inner.membership = file.meta.last_membership.clone();
+                inner.snapshot = Some((file.meta, file.data));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
+        }
+        Ok(StateMachine {
+            inner: Arc::new(RwLock::new(inner)),
+            path: Arc::new(path.to_path_buf()),
+            changed: Arc::new(tokio::sync::watch::Sender::new(0)),
+        })
+    }
+
+    fn persist(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: data.to_vec(),
+        };
+        let raw = serde_json::to_vec(&file)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        write_durably(&self.path, &raw)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+    }
+
+    /// Resolves at the next change of the state (for watch streams).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// A copy of the current state (reads on this member).
     pub async fn state(&self) -> State {
         self.inner.read().await.state.clone()
@@ -54,6 +123,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: inner.membership.clone(),
             snapshot_id,
         };
+        self.persist(&meta, &data)?;
         inner.snapshot = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
@@ -89,6 +159,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
+        drop(inner);
+        self.changed.send_modify(|v| *v += 1);
         Ok(replies)
     }
 
@@ -104,11 +176,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let state: State = serde_json::from_slice(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        self.persist(meta, &data)?;
         let mut inner = self.inner.write().await;
         inner.state = state;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.snapshot = Some((meta.clone(), data));
+        drop(inner);
+        self.changed.send_modify(|v| *v += 1);
         Ok(())
     }
 

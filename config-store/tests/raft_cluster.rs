@@ -191,3 +191,81 @@ async fn a_single_member_restarted_from_disk_has_lost_nothing() {
     assert_eq!(state.nodes.len(), 6);
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_survive_restarts_and_bring_a_lagging_member_back() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let start_small = |id: u64, addr: String| {
+        let dir = dir.path().join(format!("m{id}"));
+        async move {
+            Member::start_with(id, &dir, listener(&addr).await, 10)
+                .await
+                .unwrap()
+        }
+    };
+    let mut members = Vec::new();
+    let mut addrs = BTreeMap::new();
+    for id in 1..=3u64 {
+        let m = start_small(id, "127.0.0.1:0".into()).await;
+        addrs.insert(id, m.addr.clone());
+        members.push(m);
+    }
+    members[0].initialize(&addrs).await.unwrap();
+    let leader = leader_of(&members.iter().collect::<Vec<_>>()).await;
+    let l = members.iter().find(|m| m.id == leader).unwrap();
+    setup_volume(l).await;
+
+    // A follower goes away while the log moves on far past several snapshots (and purges).
+    let pos = members.iter().position(|m| m.id != leader).unwrap();
+    let gone = members.remove(pos);
+    let (gone_id, gone_addr) = (gone.id, gone.addr.clone());
+    gone.stop().await;
+    let l = members.iter().find(|m| m.id == leader).unwrap();
+    for known in 0..60 {
+        assert_eq!(ticket(l, known).await.unwrap(), known + 1);
+    }
+    // Snapshots are built in the background.
+    let snap = dir.path().join(format!("m{leader}/snapshot.json"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !snap.exists() {
+        assert!(Instant::now() < deadline, "no snapshot written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // It returns and is brought up to date (by a snapshot: the log it missed is purged).
+    let back = start_small(gone_id, gone_addr).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while back.state().await.volumes.get("v1").map(|v| v.epoch) != Some(60) {
+        assert!(
+            Instant::now() < deadline,
+            "lagging member not brought up to date"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    back.stop().await;
+
+    // Every member restarted from its snapshot and log has the same state.
+    let mut restarted = Vec::new();
+    for m in members {
+        let (id, addr) = (m.id, m.addr.clone());
+        m.stop().await;
+        restarted.push(start_small(id, addr).await);
+    }
+    for m in &restarted {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while m.state().await.volumes.get("v1").map(|v| v.epoch) != Some(60) {
+            assert!(
+                Instant::now() < deadline,
+                "member {} lost state across a restart",
+                m.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for m in restarted {
+        m.stop().await;
+    }
+}
