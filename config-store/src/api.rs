@@ -289,6 +289,45 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         }
     }
 
+    type WatchVolumeStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<proto::Volume, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_volume(
+        &self,
+        r: Request<proto::VolumeRef>,
+    ) -> Result<Response<Self::WatchVolumeStream>, Status> {
+        let name = r.into_inner().name;
+        let sm = self.sm.clone();
+        let mut changes = sm.subscribe();
+        let first = sm.state().await.volumes.get(&name).cloned();
+        let Some(first) = first else {
+            return Err(Status::invalid_argument(format!("unknown volume {name}")));
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut last = first;
+            if tx.send(Ok(volume_to_proto(&last))).await.is_err() {
+                return;
+            }
+            while changes.changed().await.is_ok() {
+                match sm.state().await.volumes.get(&name) {
+                    None => return,
+                    Some(v) if *v != last => {
+                        last = v.clone();
+                        if tx.send(Ok(volume_to_proto(&last))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn get_volume(
         &self,
         r: Request<proto::VolumeRef>,

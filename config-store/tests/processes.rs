@@ -177,6 +177,33 @@ async fn a_three_process_group_survives_kill9_of_its_leader() {
         .iter()
         .all(|m| m.segment == format!("pg0-{}", m.node_id)));
 
+    // A watcher on a follower sees every change of the volume.
+    let (leader_now, _) = leader(&client).await;
+    let follower_addr = procs
+        .iter()
+        .find(|p| p.id != leader_now)
+        .unwrap()
+        .addr
+        .clone();
+    let mut watch = proto::config_service_client::ConfigServiceClient::connect(format!(
+        "http://{follower_addr}"
+    ))
+    .await
+    .unwrap()
+    .watch_volume(proto::VolumeRef { name: "v1".into() })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().epoch, 0);
+    let t = client.acquire_ticket("v1", "watch-test", 0).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((seen.epoch, seen.writer.as_str()), (t.epoch, "watch-test"));
+    let first_epoch = t.epoch;
+
     // Three writers race for tickets while the leader is killed: every granted epoch is unique
     // and the granted epochs are exactly 1..=n.
     let granted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -185,7 +212,7 @@ async fn a_three_process_group_survives_kill9_of_its_leader() {
         let (granted, addrs) = (std::sync::Arc::clone(&granted), addrs.clone());
         tasks.push(tokio::spawn(async move {
             let c = ConfigClient::new(addrs);
-            let mut known = 0;
+            let mut known = first_epoch;
             let mut mine = 0;
             while mine < 15 {
                 match c.acquire_ticket("v1", &format!("w{w}"), known).await {
@@ -230,6 +257,7 @@ async fn a_three_process_group_survives_kill9_of_its_leader() {
     // A ticket whose reply died with the leader is committed but reaches nobody: epochs may
     // skip, never repeat.
     assert_eq!(granted.len(), 45);
+    assert!(granted.iter().all(|e| *e > first_epoch));
     let (new_leader, _) = leader(&client).await;
     assert_ne!(new_leader, leader_id);
 
@@ -241,7 +269,7 @@ async fn a_three_process_group_survives_kill9_of_its_leader() {
         .await
         .unwrap()
         .epoch;
-    assert!(current >= 45);
+    assert!(current >= first_epoch + 45);
     let back = ConfigClient::new(vec![victim.addr.clone()]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
