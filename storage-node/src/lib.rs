@@ -8,6 +8,7 @@
 pub mod chain;
 pub mod fencing;
 pub mod frame;
+pub mod grpc_listener;
 pub mod logging;
 pub mod materializer;
 pub mod metrics;

@@ -13,7 +13,6 @@ use logdb_storage::node::{Node, NodeConfig};
 use logdb_storage::proto::storage_service_server::StorageServiceServer;
 use logdb_storage::service::{StorageSvc, RECORD_OVERHEAD};
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -114,13 +113,7 @@ async fn main() -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    // Pages are 8-64 KiB responses: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms.
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc).map(|sock| {
-        if let Ok(s) = &sock {
-            let _ = s.set_nodelay(true);
-        }
-        sock
-    });
+    let incoming = logdb_storage::grpc_listener::incoming(grpc);
     tonic::transport::Server::builder()
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
