@@ -88,3 +88,36 @@ impl Layout {
         self.pages_per_pg * self.pgs.len() as u64
     }
 }
+
+impl Layout {
+    /// The layout of a volume as the config store describes it.
+    pub fn from_config(v: &logdb_config_store::api::proto::Volume) -> Result<Layout, LayoutError> {
+        let spec = v
+            .spec
+            .as_ref()
+            .ok_or_else(|| LayoutError::Invalid(format!("volume {} has no spec", v.name)))?;
+        let layout = Layout {
+            volume: v.name.clone(),
+            page_size: spec.page_size,
+            pages_per_pg: spec.segment_size / spec.page_size.max(1) as u64,
+            retention_seconds: spec.retention_seconds,
+            pgs: v
+                .pgs
+                .iter()
+                .map(|pg| ProtectionGroup {
+                    members: pg
+                        .members
+                        .iter()
+                        .map(|m| Member {
+                            segment: m.segment.clone(),
+                            address: m.address.clone(),
+                            zone: m.zone.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        layout.validate()?;
+        Ok(layout)
+    }
+}

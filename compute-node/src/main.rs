@@ -22,9 +22,20 @@ use tokio::net::TcpListener;
     about = "logdb writer: SQLite on a quorum-replicated redo log, spoken to over the PostgreSQL protocol"
 )]
 struct Args {
-    /// Volume layout (JSON): page size, pages per PG, each PG's six segments.
-    #[arg(long)]
-    layout: PathBuf,
+    /// Volume layout (JSON): page size, pages per PG, each PG's six segments. Not needed with
+    /// --config-store.
+    #[arg(long, required_unless_present = "config_store")]
+    layout: Option<PathBuf>,
+    /// Config store members (comma-separated addresses): take a writer ticket (epoch) and the
+    /// layout of --volume from there.
+    #[arg(long, value_delimiter = ',')]
+    config_store: Vec<String>,
+    /// The volume to write (with --config-store).
+    #[arg(long, requires = "config_store")]
+    volume: Option<String>,
+    /// This writer's name in the config store.
+    #[arg(long, default_value = "writer")]
+    writer_id: String,
     /// PostgreSQL protocol listen address (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:5433")]
     listen: SocketAddr,
@@ -52,11 +63,44 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     logdb_storage::logging::init();
     let args = Args::parse();
-    let layout = Layout::load(&args.layout)?;
+    let (layout, min_epoch) = if args.config_store.is_empty() {
+        let path = args
+            .layout
+            .as_ref()
+            .context("--layout or --config-store is needed")?;
+        (Layout::load(path)?, Epoch(args.epoch))
+    } else {
+        let name = args
+            .volume
+            .clone()
+            .context("--volume is needed with --config-store")?;
+        let client = logdb_config_store::client::ConfigClient::new(args.config_store.clone());
+        let current = client
+            .call(|mut c| {
+                let name = name.clone();
+                async move {
+                    c.get_volume(logdb_config_store::api::proto::VolumeRef { name })
+                        .await
+                }
+            })
+            .await
+            .with_context(|| format!("volume {name} in the config store"))?;
+        let ticket = client
+            .acquire_ticket(&name, &args.writer_id, current.epoch)
+            .await
+            .with_context(|| format!("writer ticket for volume {name}"))?;
+        let volume = ticket.volume.context("ticket without a volume")?;
+        tracing::info!(volume = %name, epoch = ticket.epoch, "writer ticket from the config store");
+        (
+            Layout::from_config(&volume)?,
+            Epoch(ticket.epoch.max(args.epoch)),
+        )
+    };
     let volume = layout.volume.clone();
     let metrics = Arc::new(ComputeMetrics::new());
     let cfg = ShipperConfig {
-        min_epoch: Epoch(args.epoch),
+        min_epoch,
+        ticket: !args.config_store.is_empty(),
         lal: args.lal,
         ..ShipperConfig::default()
     };

@@ -101,9 +101,11 @@ pub struct Shipper {
 /// Tunables of the shipper.
 #[derive(Clone, Debug)]
 pub struct ShipperConfig {
-    /// Epoch to use at least (the config store's ticket); the writer goes above every epoch it
-    /// finds installed.
+    /// Epoch to use at least; without a ticket the writer goes above every epoch it finds
+    /// installed.
     pub min_epoch: Epoch,
+    /// `min_epoch` is a config store ticket: use exactly it, refuse if storage saw it already.
+    pub ticket: bool,
     /// LSN allocation stops this many records above VDL.
     pub lal: u64,
     /// Largest WriteRecords batch sent to a segment.
@@ -118,6 +120,7 @@ impl Default for ShipperConfig {
     fn default() -> Self {
         ShipperConfig {
             min_epoch: Epoch(1),
+            ticket: false,
             lal: 200_000,
             max_batch_bytes: 4 << 20,
             queue_limit_bytes: 256 << 20,
@@ -263,7 +266,18 @@ impl Shipper {
             .map(|s| s.epoch)
             .max()
             .unwrap_or(0);
-        let epoch = Epoch(cfg.min_epoch.0.max(seen + 1));
+        let epoch = if cfg.ticket {
+            // A config store ticket is used as is: two writers never share an epoch.
+            if seen >= cfg.min_epoch.0 {
+                return Err(rec_err(format!(
+                    "writer ticket epoch {} is not above epoch {seen} already installed on storage: a newer writer holds the volume",
+                    cfg.min_epoch
+                )));
+            }
+            cfg.min_epoch
+        } else {
+            Epoch(cfg.min_epoch.0.max(seen + 1))
+        };
         for (k, row) in links.iter().enumerate() {
             let mut ok = 0;
             for (i, link) in row.iter().enumerate() {

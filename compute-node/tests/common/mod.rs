@@ -93,16 +93,21 @@ pub struct Writer {
     pub pg: String,
     pub metrics: String,
     pub port: u16,
+    pub epoch: u64,
 }
 
 pub const PASSWORD: &str = "s3cret";
 
 impl Writer {
     pub fn start(layout: &Path) -> Writer {
+        Self::start_with(&["--layout", layout.to_str().expect("utf-8 path")])
+    }
+
+    /// Starts a writer with these volume arguments (`--layout F`, or `--config-store A --volume V`).
+    pub fn start_with(volume_args: &[&str]) -> Writer {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_logdb-compute"))
-            .arg("--layout")
-            .arg(layout)
+            .args(volume_args)
             .args(["--listen", "127.0.0.1:0", "--password", PASSWORD])
             .env(
                 "RUST_LOG",
@@ -125,6 +130,7 @@ impl Writer {
             pg,
             metrics: v["metrics"].as_str().unwrap().to_string(),
             port,
+            epoch: v["epoch"].as_u64().unwrap(),
         }
     }
 
