@@ -61,7 +61,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    logdb_storage::logging::init();
+    logdb_common::logging::init();
     let args = Args::parse();
     let (layout, min_epoch) = if args.config_store.is_empty() {
         let path = args
@@ -123,9 +123,10 @@ async fn main() -> anyhow::Result<()> {
     let pg_addr = pg.local_addr()?;
     let metrics_addr = metrics_listener.local_addr()?;
     let (scraped, shipper) = (Arc::clone(&metrics), Arc::clone(&engine.shipper));
-    tokio::spawn(logdb_storage::metrics::serve(metrics_listener, move || {
-        scraped.render_with(&shipper.segment_status())
-    }));
+    tokio::spawn(logdb_common::metrics_http::serve(
+        metrics_listener,
+        move || scraped.render_with(&shipper.segment_status()),
+    ));
     let psql = format!(
         "postgresql://logdb@{}:{}/{volume}",
         pg_addr.ip(),

@@ -1,6 +1,7 @@
 //! The writer taking its epoch and layout from the config store (a real raft member on
-//! loopback) instead of a layout file: the volume is placed on the six registered storage nodes,
-//! the writer's epoch is its ticket, and a second writer's newer ticket fences the first.
+//! loopback) instead of a layout file: storage nodes register themselves and heartbeat, the
+//! volume is placed on them, the writer's epoch is its ticket, and a second writer's newer ticket
+//! fences the first.
 
 mod common;
 
@@ -13,7 +14,6 @@ use logdb_config_store::member::Member;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_takes_its_ticket_and_layout_from_the_config_store() {
-    let cluster = Cluster::start(1, 64);
     let dir = tempfile::tempdir().unwrap();
     let member = Member::start(
         1,
@@ -27,21 +27,8 @@ async fn the_writer_takes_its_ticket_and_layout_from_the_config_store() {
         .await
         .unwrap();
     let client = ConfigClient::new(vec![member.addr.clone()]);
-    for node in &cluster.nodes {
-        let req = proto::RegisterNodeRequest {
-            id: node.node_id.clone(),
-            zone: node.zone.clone(),
-            address: node.grpc.clone(),
-            capacity_bytes: 1 << 40,
-        };
-        client
-            .call(|mut c| {
-                let r = req.clone();
-                async move { c.register_node(r).await }
-            })
-            .await
-            .unwrap();
-    }
+    // The storage nodes register themselves and heartbeat.
+    let cluster = Cluster::start_opts(1, 64, 8192, &["--config-store", member.addr.as_str()]);
     let spec = proto::VolumeSpec {
         page_size: 8192,
         segment_size: 8 << 20,
@@ -50,19 +37,43 @@ async fn the_writer_takes_its_ticket_and_layout_from_the_config_store() {
         retention_seconds: 3600,
         zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
     };
-    let v = client
-        .call(|mut c| {
-            let s = spec.clone();
-            async move {
-                c.create_volume(proto::CreateVolumeRequest {
-                    name: "vol1".into(),
-                    spec: Some(s),
-                })
-                .await
+    // Placement succeeds once all six have registered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let v = loop {
+        let r = client
+            .call(|mut c| {
+                let s = spec.clone();
+                async move {
+                    c.create_volume(proto::CreateVolumeRequest {
+                        name: "vol1".into(),
+                        spec: Some(s),
+                    })
+                    .await
+                }
+            })
+            .await;
+        match r {
+            Ok(v) => break v,
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "storage nodes never registered: {}",
+                    e.message()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-        })
-        .await
-        .unwrap();
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    let addrs: std::collections::BTreeSet<&str> =
+        cluster.nodes.iter().map(|n| n.grpc.as_str()).collect();
+    assert!(
+        v.pgs[0]
+            .members
+            .iter()
+            .all(|m| addrs.contains(m.address.as_str())),
+        "placed on the registered nodes"
+    );
     assert_eq!(v.pgs[0].members.len(), 6);
 
     let args = [

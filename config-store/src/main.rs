@@ -24,7 +24,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    logdb_storage::logging::init();
+    logdb_common::logging::init();
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

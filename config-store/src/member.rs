@@ -114,7 +114,7 @@ impl Member {
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            let incoming = logdb_storage::grpc_listener::incoming(listener);
+            let incoming = logdb_common::grpc_listener::incoming(listener);
             let _ = tonic::transport::Server::builder()
                 .add_service(raft_svc)
                 .add_service(api)

@@ -8,14 +8,13 @@
 pub mod chain;
 pub mod fencing;
 pub mod frame;
-pub mod grpc_listener;
-pub mod logging;
 pub mod materializer;
 pub mod metrics;
 pub mod node;
 pub mod page_apply;
 pub mod page_store;
 pub mod record;
+pub mod registration;
 pub mod segment;
 pub mod segment_log;
 pub mod service;

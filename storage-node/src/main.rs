@@ -47,6 +47,15 @@ struct Args {
     /// How often the coalescer runs, in milliseconds.
     #[arg(long, default_value_t = 100)]
     coalesce_interval_ms: u64,
+    /// Config store members (comma-separated): register there and heartbeat.
+    #[arg(long, value_delimiter = ',')]
+    config_store: Vec<String>,
+    /// Address others reach this node on (default: the bound gRPC address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Capacity reported to the config store, in bytes.
+    #[arg(long, default_value_t = 1 << 40)]
+    capacity_bytes: u64,
     /// How often retention is applied, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     gc_interval_ms: u64,
@@ -54,7 +63,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    logdb_storage::logging::init();
+    logdb_common::logging::init();
     let args = Args::parse();
     let node = Node::open(NodeConfig {
         data_dir: args.data_dir.clone(),
@@ -85,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
         stop_rx,
     ));
     let scraped = Arc::clone(&node);
-    tokio::spawn(logdb_storage::metrics::serve(metrics, move || {
+    tokio::spawn(logdb_common::metrics_http::serve(metrics, move || {
         scraped.metrics.render(&scraped)
     }));
 
@@ -98,6 +107,20 @@ async fn main() -> anyhow::Result<()> {
     let svc = StorageServiceServer::new(StorageSvc::new(Arc::clone(&node)))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(64 << 20);
+    if !args.config_store.is_empty() {
+        let me = logdb_storage::registration::Registration {
+            node_id: args.node_id.clone(),
+            zone: args.zone.clone(),
+            address: args
+                .advertise
+                .clone()
+                .unwrap_or_else(|| grpc_addr.to_string()),
+            capacity_bytes: args.capacity_bytes,
+            interval: Duration::from_secs(2),
+        };
+        let client = logdb_config_store::client::ConfigClient::new(args.config_store.clone());
+        tokio::spawn(logdb_storage::registration::run(client, me));
+    }
     println!(
         "{}",
         serde_json::json!({"event": "listening", "grpc": grpc_addr.to_string(), "metrics": metrics_addr.to_string(), "node_id": args.node_id, "zone": args.zone})
@@ -113,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    let incoming = logdb_storage::grpc_listener::incoming(grpc);
+    let incoming = logdb_common::grpc_listener::incoming(grpc);
     tonic::transport::Server::builder()
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -24,6 +24,11 @@ impl Cluster {
     }
 
     pub fn start_with_page_size(pgs: usize, pages_per_pg: u64, page_size: u32) -> Cluster {
+        Self::start_opts(pgs, pages_per_pg, page_size, &[])
+    }
+
+    /// Storage nodes started with `extra` arguments too (e.g. `--config-store ADDR`).
+    pub fn start_opts(pgs: usize, pages_per_pg: u64, page_size: u32, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let bin = storage_binary();
         let mut nodes = Vec::new();
@@ -35,7 +40,7 @@ impl Cluster {
                     &dir.path().join(&id),
                     &id,
                     zone,
-                    &["--coalesce-interval-ms", "50"],
+                    &[&["--coalesce-interval-ms", "50"], extra].concat(),
                 ));
             }
         }

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use logdb_common::stats::{percentile, TempDir};
 use logdb_config_store::api::proto;
 use logdb_config_store::client::ConfigClient;
-use logdb_storage::testkit::{percentile, TempDir};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 use tokio::net::TcpStream;
