@@ -20,6 +20,10 @@ struct Args {
     /// Directory of the raft log.
     #[arg(long)]
     data_dir: PathBuf,
+    /// Form a new group of these members (`1=host:port,2=host:port,...`; this member included).
+    /// Ignored when the group already exists.
+    #[arg(long, value_delimiter = ',')]
+    init: Vec<String>,
 }
 
 #[tokio::main]
@@ -30,6 +34,21 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let member = Member::start(args.id, &args.data_dir, listener).await?;
+    if !args.init.is_empty() {
+        let mut members = std::collections::BTreeMap::new();
+        for m in &args.init {
+            let (id, addr) = m
+                .split_once('=')
+                .with_context(|| format!("--init {m:?}: expected id=host:port"))?;
+            let id: u64 = id
+                .parse()
+                .with_context(|| format!("--init {m:?}: id is not a number"))?;
+            members.insert(id, addr.to_string());
+        }
+        if let Err(e) = member.initialize(&members).await {
+            tracing::info!(error = %e, "not initializing (the group exists already)");
+        }
+    }
     println!(
         "{}",
         serde_json::json!({"event": "listening", "id": args.id, "addr": member.addr})
