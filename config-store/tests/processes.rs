@@ -26,7 +26,7 @@ impl Proc {
             .args(["--id", &id.to_string(), "--listen", listen])
             .arg("--data-dir")
             .arg(dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .spawn()
             .expect("start logdb-config");

@@ -194,9 +194,6 @@ async fn a_single_member_restarted_from_disk_has_lost_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_survive_restarts_and_bring_a_lagging_member_back() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let start_small = |id: u64, addr: String| {
         let dir = dir.path().join(format!("m{id}"));
