@@ -45,19 +45,6 @@ struct SnapshotFile {
     data: Vec<u8>,
 }
 
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 impl StateMachine {
     /// Opens the state machine whose snapshot lives at `path` (none yet: an empty state).
     pub fn open(path: &Path) -> Result<Self, StorageError> {
@@ -93,7 +80,7 @@ impl StateMachine {
         };
         let raw = serde_json::to_vec(&file)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        write_durably(&self.path, &raw)
+        logdb_common::durable_file::write(&self.path, &raw)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
     }
 

@@ -107,7 +107,7 @@ impl Node {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                write_durably(
+                logdb_common::durable_file::write(
                     &identity_path,
                     &serde_json::to_vec_pretty(&mine).expect("json"),
                 )
@@ -326,18 +326,4 @@ fn segment_dirs(data_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Writes a small file so that it is either wholly there or not at all after a crash.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
