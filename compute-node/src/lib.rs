@@ -7,6 +7,7 @@
 //! COMMIT once VDL passed the transaction's commit LSN.
 
 pub mod buffer_pool;
+pub mod growth;
 pub mod layout;
 pub mod metrics;
 pub mod page_diff;

@@ -33,6 +33,9 @@ struct Args {
     /// The volume to write (with --config-store).
     #[arg(long, requires = "config_store")]
     volume: Option<String>,
+    /// How often used bytes are reported to the config store, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    usage_report_ms: u64,
     /// This writer's name in the config store.
     #[arg(long, default_value = "writer")]
     writer_id: String,
@@ -114,6 +117,27 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .context("reading the database header from storage")?;
 
+    if let Some(volume) = args
+        .volume
+        .clone()
+        .filter(|_| !args.config_store.is_empty())
+    {
+        let client = Arc::new(logdb_config_store::client::ConfigClient::new(
+            args.config_store.clone(),
+        ));
+        let every = std::time::Duration::from_millis(args.usage_report_ms);
+        tokio::spawn(logdb_compute::growth::report_usage(
+            Arc::clone(&client),
+            Arc::clone(&engine),
+            volume.clone(),
+            every,
+        ));
+        tokio::spawn(logdb_compute::growth::follow_volume(
+            client,
+            Arc::clone(&engine),
+            volume,
+        ));
+    }
     let pg = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -91,7 +91,10 @@ pub struct Shipper {
     state: Mutex<ShipState>,
     vdl_tx: watch::Sender<Lsn>,
     acks_tx: watch::Sender<u64>,
-    links: Vec<Vec<Arc<Link>>>,
+    /// Per PG, its six segments. Grows when the volume grows.
+    links: std::sync::RwLock<Vec<Vec<Arc<Link>>>>,
+    /// PGs the writer ships to now (`layout.pgs` is the set it opened with).
+    pg_count: std::sync::atomic::AtomicUsize,
     lal: u64,
     max_batch_bytes: usize,
     queue_limit_bytes: usize,
@@ -403,7 +406,8 @@ impl Shipper {
             }),
             vdl_tx: watch::Sender::new(vdl),
             acks_tx: watch::Sender::new(0),
-            links,
+            pg_count: std::sync::atomic::AtomicUsize::new(links.len()),
+            links: std::sync::RwLock::new(links),
             lal: cfg.lal,
             max_batch_bytes: cfg.max_batch_bytes,
             queue_limit_bytes: cfg.queue_limit_bytes,
@@ -411,7 +415,7 @@ impl Shipper {
             layout,
         });
         shipper.metrics.vdl.set(vdl.0 as i64);
-        for row in &shipper.links {
+        for row in shipper.links.read().expect("links").iter() {
             for link in row {
                 tokio::spawn(Arc::clone(&shipper).send_loop(Arc::clone(link)));
             }
@@ -439,8 +443,8 @@ impl Shipper {
             return Ok(Lsn::ZERO);
         }
         for c in &changes {
-            if self.layout.pg_of(c.page).is_none() {
-                return Err(ShipError::VolumeFull(c.page, self.layout.capacity_pages()));
+            if self.pg_of(c.page).is_none() {
+                return Err(ShipError::VolumeFull(c.page, self.capacity_pages()));
             }
         }
         self.wait_for_room(changes.len() as u64)?;
@@ -453,7 +457,7 @@ impl Shipper {
         let tx = s.next_tx;
         s.next_tx += 1;
         let n = changes.len();
-        let mut per_pg: Vec<Vec<Arc<RedoRecord>>> = vec![Vec::new(); self.layout.pgs.len()];
+        let mut per_pg: Vec<Vec<Arc<RedoRecord>>> = vec![Vec::new(); s.pg_tail.len()];
         let mut commit = Lsn::ZERO;
         for c in &changes {
             let kind = crate::metrics::KindLabels {
@@ -470,7 +474,7 @@ impl Shipper {
                 .inc_by(c.data.len() as u64);
         }
         for (i, c) in changes.into_iter().enumerate() {
-            let pg = self.layout.pg_of(c.page).expect("checked above").0 as usize;
+            let pg = self.pg_of(c.page).expect("checked above").0 as usize;
             let lsn = Lsn(s.next_lsn);
             s.next_lsn += 1;
             let prev = s.pg_tail[pg];
@@ -488,7 +492,8 @@ impl Shipper {
                 continue;
             }
             let bytes: usize = recs.iter().map(|r| r.data.len() + 64).sum();
-            for link in &self.links[pg] {
+            let links = self.links.read().expect("links");
+            for link in &links[pg] {
                 let mut q = link.queue.lock().expect("queue");
                 if q.bytes + bytes > self.queue_limit_bytes {
                     if !q.records.is_empty() {
@@ -719,6 +724,8 @@ impl Shipper {
     pub fn segment_status(&self) -> Vec<SegmentStatus> {
         let s = self.state.lock().expect("ship state");
         self.links
+            .read()
+            .expect("links")
             .iter()
             .flatten()
             .map(|l| SegmentStatus {
@@ -739,7 +746,7 @@ impl Shipper {
         let pg = self
             .layout
             .pg_of(page)
-            .ok_or(ShipError::VolumeFull(page, self.layout.capacity_pages()))?;
+            .ok_or(ShipError::VolumeFull(page, self.capacity_pages()))?;
         let k = pg.0 as usize;
         let needed = self.state.lock().expect("ship state").pg_tail[k];
         if needed == Lsn::ZERO {
@@ -751,7 +758,8 @@ impl Shipper {
         loop {
             let candidates: Vec<Arc<Link>> = {
                 let s = self.state.lock().expect("ship state");
-                let mut c: Vec<(Lsn, Arc<Link>)> = self.links[k]
+                let links = self.links.read().expect("links");
+                let mut c: Vec<(Lsn, Arc<Link>)> = links[k]
                     .iter()
                     .filter(|l| s.seg_scl[k][l.idx] >= needed)
                     .map(|l| (s.seg_scl[k][l.idx], Arc::clone(l)))
@@ -799,7 +807,84 @@ impl Shipper {
 
     /// Per-PG index of a page (for callers that group by PG).
     pub fn pg_of(&self, page: PageId) -> Option<PgIndex> {
-        self.layout.pg_of(page)
+        let k = page.0 / self.layout.pages_per_pg;
+        (k < self.pg_count.load(Ordering::Acquire) as u64).then_some(PgIndex(k as u32))
+    }
+
+    /// Pages the volume holds now.
+    pub fn capacity_pages(&self) -> u64 {
+        self.layout.pages_per_pg * self.pg_count.load(Ordering::Acquire) as u64
+    }
+
+    /// PGs shipped to now.
+    pub fn pg_count(&self) -> usize {
+        self.pg_count.load(Ordering::Acquire)
+    }
+
+    /// The volume grew: creates the new PG's segments (a write quorum must answer), starts
+    /// shipping to them and only then lets LSNs be allocated for its pages.
+    pub async fn add_pg(
+        self: &Arc<Self>,
+        pg: &crate::layout::ProtectionGroup,
+    ) -> Result<(), ShipError> {
+        let k = self.pg_count();
+        let mut row = Vec::new();
+        let mut created = 0;
+        for (i, m) in pg.members.iter().enumerate() {
+            let channel = Endpoint::from_shared(format!("http://{}", m.address))
+                .map_err(|e| ShipError::Recovery(format!("address {}: {e}", m.address)))?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            let req = CreateSegmentRequest {
+                volume_id: self.layout.volume.clone(),
+                segment_id: m.segment.clone(),
+                pg_index: k as u32,
+                first_page: k as u64 * self.layout.pages_per_pg,
+                page_count: self.layout.pages_per_pg,
+                page_size: self.layout.page_size,
+                retention_seconds: self.layout.retention_seconds,
+                epoch: self.epoch.0,
+            };
+            let ok =
+                tokio::time::timeout(Duration::from_secs(3), client(&channel).create_segment(req))
+                    .await;
+            if matches!(ok, Ok(Ok(_))) {
+                created += 1;
+            }
+            row.push(Arc::new(Link {
+                pg: k,
+                idx: i,
+                member: m.clone(),
+                channel,
+                queue: Mutex::new(LinkQueue {
+                    records: VecDeque::new(),
+                    bytes: 0,
+                }),
+                wake: Notify::new(),
+                truncate_above: Mutex::new(None),
+                up: std::sync::atomic::AtomicBool::new(false),
+                bytes_sent: AtomicU64::new(0),
+            }));
+        }
+        if created < WRITE_QUORUM {
+            return Err(ShipError::Recovery(format!(
+                "new PG {k}: only {created}/6 segments created"
+            )));
+        }
+        {
+            let mut s = self.state.lock().expect("ship state");
+            s.pg_tail.push(Lsn::ZERO);
+            s.pg_outstanding.push(VecDeque::new());
+            s.seg_scl.push([Lsn::ZERO; SEGMENTS_PER_PG]);
+        }
+        self.links.write().expect("links").push(row.clone());
+        for link in row {
+            tokio::spawn(Arc::clone(self).send_loop(link));
+        }
+        self.pg_count.store(k + 1, Ordering::Release);
+        tracing::info!(pg = k, "volume grew: shipping to a new protection group");
+        Ok(())
     }
 }
 

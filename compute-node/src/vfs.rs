@@ -139,6 +139,11 @@ impl Engine {
         Ok(data)
     }
 
+    /// Bytes of the database file as committed (what the volume uses).
+    pub fn used_bytes(&self) -> u64 {
+        *self.db_pages.lock().expect("size") * self.page_size as u64
+    }
+
     /// The last storage-side error a VFS call hit (for the SQL error message).
     pub fn take_last_error(&self) -> Option<String> {
         self.last_error.lock().expect("last error").take()

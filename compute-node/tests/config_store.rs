@@ -132,3 +132,127 @@ async fn the_writer_takes_its_ticket_and_layout_from_the_config_store() {
     drop(second);
     member.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_volume_grows_and_the_writer_ships_to_the_new_protection_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = Member::start(
+        1,
+        dir.path(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await
+    .unwrap();
+    member
+        .initialize(&BTreeMap::from([(1, member.addr.clone())]))
+        .await
+        .unwrap();
+    let client = ConfigClient::new(vec![member.addr.clone()]);
+    let cluster = Cluster::start_opts(1, 64, 8192, &["--config-store", member.addr.as_str()]);
+    // 1 MiB segments (128 pages), at most 8 MiB.
+    let spec = proto::VolumeSpec {
+        page_size: 8192,
+        segment_size: 1 << 20,
+        max_size: 8 << 20,
+        replicas: 0,
+        retention_seconds: 3600,
+        zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = client
+            .call(|mut c| {
+                let s = spec.clone();
+                async move {
+                    c.create_volume(proto::CreateVolumeRequest {
+                        name: "big".into(),
+                        spec: Some(s),
+                    })
+                    .await
+                }
+            })
+            .await;
+        match r {
+            Ok(_) => break,
+            Err(e)
+                if e.code() == tonic::Code::FailedPrecondition
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let args = [
+        "--config-store",
+        member.addr.as_str(),
+        "--volume",
+        "big",
+        "--usage-report-ms",
+        "100",
+    ];
+    let writer = Writer::start_with(&args);
+    let w = std::sync::Arc::new(writer);
+    let psql = |sql: String| {
+        let w = std::sync::Arc::clone(&w);
+        async move {
+            tokio::task::spawn_blocking(move || w.psql(&sql))
+                .await
+                .unwrap()
+        }
+    };
+    psql("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)".into())
+        .await
+        .unwrap();
+    // ~3 MiB of rows, in 50 KiB transactions: the volume must grow past its first 1 MiB PG.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut next = 0;
+    while next < 3000 {
+        let mut tx = String::from("BEGIN;");
+        for id in next..next + 50 {
+            tx.push_str(&format!(
+                "INSERT INTO t VALUES ({id}, '{}');",
+                "x".repeat(1000)
+            ));
+        }
+        tx.push_str("COMMIT;");
+        match psql(tx).await {
+            Ok(_) => next += 50,
+            Err(e) if e.contains("volume is full") => {
+                // Growth is on its way (usage report → new PG → the writer ships to it).
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the volume never grew"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        psql("SELECT count(*), sum(length(v)) FROM t".into())
+            .await
+            .unwrap(),
+        "3000|3000000\n"
+    );
+    let v = client
+        .call(|mut c| async move { c.get_volume(proto::VolumeRef { name: "big".into() }).await })
+        .await
+        .unwrap();
+    assert!(v.pgs.len() >= 4, "grew to {} PGs", v.pgs.len());
+    // The new PGs' segments hold records on the storage nodes.
+    let mut storage = cluster.nodes[0].client().await;
+    let segs = storage
+        .list_segments(logdb_storage::proto::ListSegmentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .segments;
+    let grown = segs
+        .iter()
+        .filter(|s| s.volume_id == "big" && s.pg_index >= 1 && s.highest_lsn > 0)
+        .count();
+    assert!(grown >= 2, "segments of new PGs with records: {segs:?}");
+    drop(w);
+    member.stop().await;
+}

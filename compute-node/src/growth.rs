@@ -1,0 +1,91 @@
+//! Growth (DESIGN.md §8): the writer tells the config store how much of the volume it uses; past
+//! 80% of allocated the store adds a protection group, and the writer — watching its volume —
+//! starts shipping to the new PG's six segments. Until then a write beyond the volume's pages is
+//! refused with a clear "volume is full" error and retried by the client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use logdb_config_store::api::proto;
+use logdb_config_store::client::ConfigClient;
+
+use crate::layout::Layout;
+use crate::vfs::Engine;
+
+/// Reports used bytes every `interval`.
+pub async fn report_usage(
+    client: Arc<ConfigClient>,
+    engine: Arc<Engine>,
+    volume: String,
+    interval: Duration,
+) {
+    let mut last = u64::MAX;
+    loop {
+        let used = engine.used_bytes();
+        if used != last {
+            let req = proto::ReportUsageRequest {
+                volume: volume.clone(),
+                used_bytes: used,
+            };
+            match client
+                .call(|mut c| {
+                    let r = req.clone();
+                    async move { c.report_usage(r).await }
+                })
+                .await
+            {
+                Ok(r) => {
+                    last = used;
+                    if r.grown {
+                        tracing::info!(
+                            used,
+                            allocated = r.allocated_bytes,
+                            "config store grew the volume"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message(), "reporting usage to the config store failed")
+                }
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Follows the volume in the config store and ships to every PG it gains.
+pub async fn follow_volume(client: Arc<ConfigClient>, engine: Arc<Engine>, volume: String) {
+    loop {
+        let stream = client
+            .call(|mut c| {
+                let name = volume.clone();
+                async move { c.watch_volume(proto::VolumeRef { name }).await }
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "watching the volume failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Ok(Some(v)) = stream.message().await {
+            let layout = match Layout::from_config(&v) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "config store sent an unusable layout");
+                    continue;
+                }
+            };
+            while engine.shipper.pg_count() < layout.pgs.len() {
+                let k = engine.shipper.pg_count();
+                if let Err(e) = engine.shipper.add_pg(&layout.pgs[k]).await {
+                    tracing::warn!(pg = k, error = %e, "cannot ship to the new PG yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
