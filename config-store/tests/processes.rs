@@ -217,6 +217,11 @@ async fn a_three_process_group_survives_kill9_of_its_leader() {
             while mine < 15 {
                 match c.acquire_ticket("v1", &format!("w{w}"), known).await {
                     Ok(t) => {
+                        assert!(
+                            t.epoch > known,
+                            "writer {w}: epoch {} after {known}",
+                            t.epoch
+                        );
                         granted.lock().unwrap().push(t.epoch);
                         known = t.epoch;
                         mine += 1;
