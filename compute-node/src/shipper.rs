@@ -85,6 +85,30 @@ struct Link {
     bytes_sent: AtomicU64,
 }
 
+impl Link {
+    fn new(pg: usize, idx: usize, member: &Member) -> Result<Arc<Link>, ShipError> {
+        let channel = Endpoint::from_shared(format!("http://{}", member.address))
+            .map_err(|e| ShipError::Recovery(format!("address {}: {e}", member.address)))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Arc::new(Link {
+            pg,
+            idx,
+            member: member.clone(),
+            channel,
+            queue: Mutex::new(LinkQueue {
+                records: VecDeque::new(),
+                bytes: 0,
+            }),
+            wake: Notify::new(),
+            truncate_above: Mutex::new(None),
+            up: std::sync::atomic::AtomicBool::new(false),
+            bytes_sent: AtomicU64::new(0),
+        }))
+    }
+}
+
 pub struct Shipper {
     layout: Layout,
     epoch: Epoch,
@@ -174,25 +198,7 @@ impl Shipper {
         for (k, pg) in layout.pgs.iter().enumerate() {
             let mut row = Vec::new();
             for (i, m) in pg.members.iter().enumerate() {
-                let channel = Endpoint::from_shared(format!("http://{}", m.address))
-                    .map_err(|e| rec_err(format!("address {}: {e}", m.address)))?
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                row.push(Arc::new(Link {
-                    pg: k,
-                    idx: i,
-                    member: m.clone(),
-                    channel,
-                    queue: Mutex::new(LinkQueue {
-                        records: VecDeque::new(),
-                        bytes: 0,
-                    }),
-                    wake: Notify::new(),
-                    truncate_above: Mutex::new(None),
-                    up: std::sync::atomic::AtomicBool::new(false),
-                    bytes_sent: AtomicU64::new(0),
-                }));
+                row.push(Link::new(k, i, m)?);
             }
             links.push(row);
         }
@@ -831,11 +837,7 @@ impl Shipper {
         let mut row = Vec::new();
         let mut created = 0;
         for (i, m) in pg.members.iter().enumerate() {
-            let channel = Endpoint::from_shared(format!("http://{}", m.address))
-                .map_err(|e| ShipError::Recovery(format!("address {}: {e}", m.address)))?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .connect_lazy();
+            let link = Link::new(k, i, m)?;
             let req = CreateSegmentRequest {
                 volume_id: self.layout.volume.clone(),
                 segment_id: m.segment.clone(),
@@ -846,26 +848,15 @@ impl Shipper {
                 retention_seconds: self.layout.retention_seconds,
                 epoch: self.epoch.0,
             };
-            let ok =
-                tokio::time::timeout(Duration::from_secs(3), client(&channel).create_segment(req))
-                    .await;
+            let ok = tokio::time::timeout(
+                Duration::from_secs(3),
+                client(&link.channel).create_segment(req),
+            )
+            .await;
             if matches!(ok, Ok(Ok(_))) {
                 created += 1;
             }
-            row.push(Arc::new(Link {
-                pg: k,
-                idx: i,
-                member: m.clone(),
-                channel,
-                queue: Mutex::new(LinkQueue {
-                    records: VecDeque::new(),
-                    bytes: 0,
-                }),
-                wake: Notify::new(),
-                truncate_above: Mutex::new(None),
-                up: std::sync::atomic::AtomicBool::new(false),
-                bytes_sent: AtomicU64::new(0),
-            }));
+            row.push(link);
         }
         if created < WRITE_QUORUM {
             return Err(ShipError::Recovery(format!(

@@ -12,47 +12,47 @@ use logdb_config_store::api::proto;
 use logdb_config_store::client::ConfigClient;
 use logdb_config_store::member::Member;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_writer_takes_its_ticket_and_layout_from_the_config_store() {
+/// A one-member config store, six storage nodes that register with it, and a volume `name`
+/// placed on them (placement succeeds once all six have registered).
+struct Setup {
+    _dir: tempfile::TempDir,
+    member: Member,
+    client: ConfigClient,
+    cluster: Cluster,
+    volume: proto::Volume,
+}
+
+async fn setup(name: &str, segment_size: u64, max_size: u64) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let member = Member::start(
-        1,
-        dir.path(),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await
-    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let member = Member::start(1, dir.path(), listener).await.unwrap();
     member
         .initialize(&BTreeMap::from([(1, member.addr.clone())]))
         .await
         .unwrap();
     let client = ConfigClient::new(vec![member.addr.clone()]);
-    // The storage nodes register themselves and heartbeat.
     let cluster = Cluster::start_opts(1, 64, 8192, &["--config-store", member.addr.as_str()]);
     let spec = proto::VolumeSpec {
         page_size: 8192,
-        segment_size: 8 << 20,
-        max_size: 64 << 20,
+        segment_size,
+        max_size,
         replicas: 0,
         retention_seconds: 3600,
         zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
     };
-    // Placement succeeds once all six have registered.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let v = loop {
-        let r = client
+    let volume = loop {
+        let req = proto::CreateVolumeRequest {
+            name: name.into(),
+            spec: Some(spec.clone()),
+        };
+        match client
             .call(|mut c| {
-                let s = spec.clone();
-                async move {
-                    c.create_volume(proto::CreateVolumeRequest {
-                        name: "vol1".into(),
-                        spec: Some(s),
-                    })
-                    .await
-                }
+                let r = req.clone();
+                async move { c.create_volume(r).await }
             })
-            .await;
-        match r {
+            .await
+        {
             Ok(v) => break v,
             Err(e) if e.code() == tonic::Code::FailedPrecondition => {
                 assert!(
@@ -65,6 +65,24 @@ async fn the_writer_takes_its_ticket_and_layout_from_the_config_store() {
             Err(e) => panic!("{e:?}"),
         }
     };
+    Setup {
+        _dir: dir,
+        member,
+        client,
+        cluster,
+        volume,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_takes_its_ticket_and_layout_from_the_config_store() {
+    let Setup {
+        member,
+        client,
+        cluster,
+        volume: v,
+        ..
+    } = setup("vol1", 8 << 20, 64 << 20).await;
     let addrs: std::collections::BTreeSet<&str> =
         cluster.nodes.iter().map(|n| n.grpc.as_str()).collect();
     assert!(
@@ -135,54 +153,13 @@ async fn the_writer_takes_its_ticket_and_layout_from_the_config_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_volume_grows_and_the_writer_ships_to_the_new_protection_groups() {
-    let dir = tempfile::tempdir().unwrap();
-    let member = Member::start(
-        1,
-        dir.path(),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await
-    .unwrap();
-    member
-        .initialize(&BTreeMap::from([(1, member.addr.clone())]))
-        .await
-        .unwrap();
-    let client = ConfigClient::new(vec![member.addr.clone()]);
-    let cluster = Cluster::start_opts(1, 64, 8192, &["--config-store", member.addr.as_str()]);
     // 1 MiB segments (128 pages), at most 8 MiB.
-    let spec = proto::VolumeSpec {
-        page_size: 8192,
-        segment_size: 1 << 20,
-        max_size: 8 << 20,
-        replicas: 0,
-        retention_seconds: 3600,
-        zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let r = client
-            .call(|mut c| {
-                let s = spec.clone();
-                async move {
-                    c.create_volume(proto::CreateVolumeRequest {
-                        name: "big".into(),
-                        spec: Some(s),
-                    })
-                    .await
-                }
-            })
-            .await;
-        match r {
-            Ok(_) => break,
-            Err(e)
-                if e.code() == tonic::Code::FailedPrecondition
-                    && std::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    }
+    let Setup {
+        member,
+        client,
+        cluster,
+        ..
+    } = setup("big", 1 << 20, 8 << 20).await;
     let args = [
         "--config-store",
         member.addr.as_str(),
