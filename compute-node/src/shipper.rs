@@ -465,19 +465,29 @@ impl Shipper {
         let n = changes.len();
         let mut per_pg: Vec<Vec<Arc<RedoRecord>>> = vec![Vec::new(); s.pg_tail.len()];
         let mut commit = Lsn::ZERO;
+        // One metrics update per kind and transaction (not per record): this is the commit path.
+        let (mut images, mut image_bytes, mut deltas, mut delta_bytes) = (0u64, 0u64, 0u64, 0u64);
         for c in &changes {
-            let kind = crate::metrics::KindLabels {
-                kind: if c.kind == RecordKind::Image {
-                    "image"
-                } else {
-                    "delta"
-                },
-            };
-            self.metrics.redo_records.get_or_create(&kind).inc();
-            self.metrics
-                .redo_bytes
-                .get_or_create(&kind)
-                .inc_by(c.data.len() as u64);
+            if c.kind == RecordKind::Image {
+                images += 1;
+                image_bytes += c.data.len() as u64;
+            } else {
+                deltas += 1;
+                delta_bytes += c.data.len() as u64;
+            }
+        }
+        for (kind, records, bytes) in [
+            ("image", images, image_bytes),
+            ("delta", deltas, delta_bytes),
+        ] {
+            if records > 0 {
+                let kind = crate::metrics::KindLabels { kind };
+                self.metrics
+                    .redo_records
+                    .get_or_create(&kind)
+                    .inc_by(records);
+                self.metrics.redo_bytes.get_or_create(&kind).inc_by(bytes);
+            }
         }
         for (i, c) in changes.into_iter().enumerate() {
             let pg = self.pg_of(c.page).expect("checked above").0 as usize;

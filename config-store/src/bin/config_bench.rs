@@ -45,6 +45,21 @@ impl Drop for Procs {
     }
 }
 
+/// Runs `clients` concurrent loops (each returns how many writes it did) and gives writes/s.
+async fn writes_per_second<F, Fut>(clients: usize, client_loop: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>> + Send + 'static,
+{
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients).map(|w| tokio::spawn(client_loop(w))).collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -141,10 +156,9 @@ async fn logdb(bin_dir: &Path, dir: &Path, args: &Args) -> anyhow::Result<()> {
     );
 
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let mut tasks = Vec::new();
-    for w in 0..args.clients {
+    let rate = writes_per_second(args.clients, |w| {
         let client = Arc::clone(&client);
-        tasks.push(tokio::spawn(async move {
+        async move {
             let mut n = 0u64;
             let id = ["a1", "a2", "b1", "b2", "c1", "c2"][w % 6].to_string();
             while Instant::now() < deadline {
@@ -158,16 +172,12 @@ async fn logdb(bin_dir: &Path, dir: &Path, args: &Args) -> anyhow::Result<()> {
                 n += 1;
             }
             anyhow::Ok(n)
-        }));
-    }
-    let start = Instant::now();
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
+        }
+    })
+    .await?;
     println!(
         "{}",
-        json!({"bench": "metadata_writes", "system": "logdb-config (openraft, 3 members)", "clients": args.clients, "writes_per_s": (total as f64 / start.elapsed().as_secs_f64()).round()})
+        json!({"bench": "metadata_writes", "system": "logdb-config (openraft, 3 members)", "clients": args.clients, "writes_per_s": rate.round()})
     );
     Ok(())
 }
@@ -326,10 +336,9 @@ async fn etcd(dir: &Path, args: &Args) -> anyhow::Result<()> {
     );
 
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let mut tasks = Vec::new();
-    for w in 0..args.clients {
+    let rate = writes_per_second(args.clients, |w| {
         let addr = addrs[0].clone();
-        tasks.push(tokio::spawn(async move {
+        async move {
             let mut h = Http::connect(&addr).await?;
             let mut n = 0u64;
             while Instant::now() < deadline {
@@ -337,16 +346,12 @@ async fn etcd(dir: &Path, args: &Args) -> anyhow::Result<()> {
                 n += 1;
             }
             anyhow::Ok(n)
-        }));
-    }
-    let start = Instant::now();
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
+        }
+    })
+    .await?;
     println!(
         "{}",
-        json!({"bench": "metadata_writes", "system": "etcd 3.4 (3 members, put)", "clients": args.clients, "writes_per_s": (total as f64 / start.elapsed().as_secs_f64()).round()})
+        json!({"bench": "metadata_writes", "system": "etcd 3.4 (3 members, put)", "clients": args.clients, "writes_per_s": rate.round()})
     );
     drop(procs);
     Ok(())
