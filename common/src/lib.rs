@@ -5,4 +5,5 @@ pub mod durable_file;
 pub mod grpc_listener;
 pub mod logging;
 pub mod metrics_http;
+pub mod shutdown;
 pub mod stats;

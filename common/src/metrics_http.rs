@@ -47,3 +47,29 @@ where
         });
     }
 }
+
+/// The body of `GET /metrics` at `addr` (empty when the endpoint cannot be reached within two
+/// seconds).
+pub async fn scrape(addr: &str) -> String {
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        std::io::Result::Ok(out)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), get).await {
+        Ok(Ok(text)) => text,
+        _ => String::new(),
+    }
+}
+
+/// The sum of the values of every sample in `text` whose line starts with `prefix` (a metric
+/// name, optionally with the start of its labels).
+pub fn sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -170,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
     });
     tokio::select! {
         _ = pg_server::serve(pg, ctx) => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+        _ = logdb_common::shutdown::signal() => {}
     }
     Ok(())
 }

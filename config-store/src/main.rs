@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
         serde_json::json!({"event": "listening", "id": args.id, "addr": member.addr})
     );
     tracing::info!(id = args.id, addr = %member.addr, "config store member serving");
-    tokio::signal::ctrl_c().await?;
+    logdb_common::shutdown::signal().await;
     member.stop().await;
     Ok(())
 }

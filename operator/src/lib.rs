@@ -1,2 +1,7 @@
-//! The `logdb` command: the Kubernetes controller for `LogVolume` and `logdb up` (DESIGN.md §9,
-//! §10). Built by issues 5 and 7; this crate holds its place in the workspace.
+//! The `logdb` command: the `LogVolume` spec (the CRD's types), the manifest reader, and local
+//! mode (`logdb up`, DESIGN.md §10). The Kubernetes controller (§9) builds on the same spec.
+
+pub mod local;
+pub mod manifest;
+pub mod spec;
+pub mod units;

@@ -127,15 +127,7 @@ async fn main() -> anyhow::Result<()> {
     );
     tracing::info!(%grpc_addr, %metrics_addr, node_id = %args.node_id, zone = %args.zone, "storage node serving");
 
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down");
-    };
+    let shutdown = logdb_common::shutdown::signal();
     let incoming = logdb_common::grpc_listener::incoming(grpc);
     tonic::transport::Server::builder()
         .add_service(svc)

@@ -12,29 +12,35 @@ use tonic::transport::Channel;
 
 use crate::proto::storage_service_client::StorageServiceClient;
 
-/// The `logdb-storage` binary of this workspace's target dir, (re)built once per test process so
-/// that a test of another crate never runs a stale copy.
+/// The `logdb-storage` binary of this build (built on first use).
 pub fn storage_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test binary path");
-            // target/<profile>/deps/<test> -> target/<profile>/logdb-storage
-            let dir = exe.parent().and_then(Path::parent).expect("target dir");
-            let release = dir.file_name().is_some_and(|n| n == "release");
-            let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cmd.args(["build", "-p", "logdb-storage", "--bin", "logdb-storage"]);
-            if release {
-                cmd.arg("--release");
-            }
-            if let Some(target) = dir.parent() {
-                cmd.env("CARGO_TARGET_DIR", target);
-            }
-            let status = cmd.status().expect("cargo build logdb-storage");
-            assert!(status.success(), "building logdb-storage failed");
-            dir.join("logdb-storage")
-        })
+        .get_or_init(|| workspace_binary("logdb-storage", "logdb-storage"))
         .clone()
+}
+
+/// Builds binary `bin` of workspace package `package` in the profile and target dir of the
+/// running test, and returns its path (a test may need another crate's binary, which cargo does
+/// not build for it).
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/<bin>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "-p", package, "--bin", bin]);
+    if release {
+        cmd.arg("--release");
+    }
+    if let Some(target) = dir.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cargo build {bin}: {e}"));
+    assert!(status.success(), "building {bin} failed");
+    dir.join(bin)
 }
 
 pub struct StorageProcess {
@@ -200,21 +206,5 @@ impl Drop for StorageProcess {
     }
 }
 
-/// The body of `GET /metrics` at `addr` (empty when the endpoint cannot be reached).
-pub async fn scrape(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return String::new();
-    };
-    if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .is_err()
-    {
-        return String::new();
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out
-}
-
+pub use logdb_common::metrics_http::scrape;
 pub use logdb_common::stats::{percentile, TempDir};

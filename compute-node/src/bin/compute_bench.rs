@@ -126,12 +126,7 @@ struct WriterProc {
 
 /// Sum of the writer's metric lines starting with `prefix`.
 async fn scrape_sum(addr: &str, prefix: &str) -> f64 {
-    scrape(addr)
-        .await
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    logdb_common::metrics_http::sum(&scrape(addr).await, prefix)
 }
 
 impl Drop for WriterProc {

@@ -1,0 +1,224 @@
+//! `logdb status`: what a local volume looks like right now — the config store's view (epoch,
+//! writer, PGs, sizes), each storage node asked directly for its segments' SCLs, the writer's VDL
+//! from its metrics — as a table for people and JSON for scripts.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use logdb_storage::proto::storage_service_client::StorageServiceClient;
+use logdb_storage::proto::SegmentRef;
+use serde::{Deserialize, Serialize};
+
+use crate::units::human_bytes;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocalStatus {
+    pub volume: String,
+    pub data_dir: String,
+    /// `Ready` (all six copies healthy), `Degraded` (a write quorum in every PG), `Unavailable`.
+    pub phase: String,
+    pub epoch: u64,
+    pub writer: WriterStatus,
+    pub protection_groups: u32,
+    pub used_bytes: u64,
+    pub allocated_bytes: u64,
+    pub healthy_nodes: usize,
+    pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WriterStatus {
+    pub address: String,
+    pub psql: String,
+    /// `running`, or how it ended.
+    pub process: String,
+    pub vdl: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub zone: String,
+    pub address: String,
+    /// `running`, `stopped` (by `logdb node stop`), or how it ended.
+    pub process: String,
+    pub healthy: bool,
+    pub segments: Vec<SegmentStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SegmentStatus {
+    pub pg: u32,
+    pub scl: u64,
+    pub materialized_lsn: u64,
+    pub epoch: u64,
+}
+
+/// Asks the node at `address` for the state of each `(pg, segment)`; `None` if it does not
+/// answer within a second.
+pub async fn segment_states(
+    address: &str,
+    volume: &str,
+    segments: &[(u32, String)],
+) -> Option<Vec<SegmentStatus>> {
+    let ask = async {
+        let mut client = StorageServiceClient::connect(format!("http://{address}"))
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        for (pg, segment) in segments {
+            let s = client
+                .get_segment_state(SegmentRef {
+                    volume_id: volume.to_string(),
+                    segment_id: segment.clone(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            out.push(SegmentStatus {
+                pg: *pg,
+                scl: s.scl,
+                materialized_lsn: s.materialized_lsn,
+                epoch: s.epoch,
+            });
+        }
+        Some(out)
+    };
+    tokio::time::timeout(Duration::from_secs(1), ask)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Ready / Degraded / Unavailable from how many copies answer (every PG has one segment per node
+/// locally, so node counts are PG counts).
+pub fn phase(writer_running: bool, healthy_nodes: usize) -> &'static str {
+    match (writer_running, healthy_nodes) {
+        (true, 6..) => "Ready",
+        (true, 4..) => "Degraded",
+        _ => "Unavailable",
+    }
+}
+
+impl LocalStatus {
+    /// The table `logdb status` prints.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let vdl = self
+            .writer
+            .vdl
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "volume {}  phase {}  epoch {}  PGs {}  used {} of {} allocated",
+            self.volume,
+            self.phase,
+            self.epoch,
+            self.protection_groups,
+            human_bytes(self.used_bytes),
+            human_bytes(self.allocated_bytes)
+        );
+        let _ = writeln!(
+            out,
+            "writer {} ({})  VDL {vdl}  psql {}",
+            self.writer.address, self.writer.process, self.writer.psql
+        );
+        let _ = writeln!(
+            out,
+            "storage nodes: {}/{} healthy",
+            self.healthy_nodes,
+            self.nodes.len()
+        );
+        let _ = writeln!(
+            out,
+            "{:<5} {:<12} {:<22} {:<9} {:<8} SCL",
+            "NODE", "ZONE", "ADDRESS", "PROCESS", "HEALTHY"
+        );
+        for n in &self.nodes {
+            let scl = if n.segments.is_empty() {
+                "-".to_string()
+            } else {
+                n.segments
+                    .iter()
+                    .map(|s| format!("pg{}={}", s.pg, s.scl))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let _ = writeln!(
+                out,
+                "{:<5} {:<12} {:<22} {:<9} {:<8} {scl}",
+                n.id,
+                n.zone,
+                n.address,
+                n.process,
+                if n.healthy { "yes" } else { "no" }
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases() {
+        assert_eq!(phase(true, 6), "Ready");
+        assert_eq!(phase(true, 4), "Degraded");
+        assert_eq!(phase(true, 3), "Unavailable");
+        assert_eq!(phase(false, 6), "Unavailable");
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_node() {
+        let node = |id: &str, healthy| NodeStatus {
+            id: id.into(),
+            zone: "zone-a".into(),
+            address: "127.0.0.1:1".into(),
+            process: if healthy { "running" } else { "stopped" }.into(),
+            healthy,
+            segments: if healthy {
+                vec![SegmentStatus {
+                    pg: 0,
+                    scl: 42,
+                    materialized_lsn: 40,
+                    epoch: 2,
+                }]
+            } else {
+                vec![]
+            },
+        };
+        let s = LocalStatus {
+            volume: "demo".into(),
+            data_dir: "/d".into(),
+            phase: "Degraded".into(),
+            epoch: 2,
+            writer: WriterStatus {
+                address: "127.0.0.1:5433".into(),
+                psql: "postgresql://logdb@127.0.0.1:5433/demo".into(),
+                process: "running".into(),
+                vdl: Some(42),
+            },
+            protection_groups: 1,
+            used_bytes: 1 << 20,
+            allocated_bytes: 64 << 20,
+            healthy_nodes: 1,
+            nodes: vec![node("a1", true), node("a2", false)],
+        };
+        let t = s.table();
+        assert!(
+            t.starts_with(
+                "volume demo  phase Degraded  epoch 2  PGs 1  used 1.0 MiB of 64.0 MiB allocated\n"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("VDL 42"), "{t}");
+        assert!(t.contains("storage nodes: 1/2 healthy"), "{t}");
+        let a1 = t.lines().find(|l| l.starts_with("a1 ")).unwrap();
+        assert!(a1.ends_with("running   yes      pg0=42"), "{a1}");
+        let a2 = t.lines().find(|l| l.starts_with("a2 ")).unwrap();
+        assert!(a2.ends_with("stopped   no       -"), "{a2}");
+    }
+}

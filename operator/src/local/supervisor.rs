@@ -1,0 +1,591 @@
+//! `logdb up`: brings a local volume up (config store in-process, six storage processes, the
+//! writer), answers `status`/`node`/`down` on its control endpoint, restarts a process that
+//! crashed (as Kubernetes would restart its pod) unless the user stopped it, and on Ctrl-C,
+//! SIGTERM or `logdb down` stops everything in order: writer first, then storage, then the config
+//! store. Running it again on the same data dir resumes the same volume.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use logdb_config_store::command::Command;
+use logdb_config_store::member::{Member, MemberError};
+use logdb_config_store::state::ConfigError;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Notify};
+
+use super::binaries::Binaries;
+use super::child::Child;
+use super::control::{self, Reply, Request};
+use super::state::{check_port_free, DirLock, LocalState, Runtime, DEFAULT_PG_PORT};
+use super::status::{self, LocalStatus, NodeStatus, WriterStatus};
+use super::LocalError;
+use crate::manifest;
+use crate::spec::{LogVolume, Target};
+
+/// The config store member id of the in-process member.
+const CONFIG_MEMBER: u64 = 1;
+/// The writer's name in the config store.
+const WRITER: &str = "writer";
+/// How long the storage nodes have to register before the volume is placed on them.
+const PLACEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A crashed process is started again after this pause.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+pub struct UpOptions {
+    pub data_dir: PathBuf,
+    /// The LogVolume manifest; `None`: resume the data dir's volume, or the built-in default.
+    pub manifest: Option<PathBuf>,
+    /// The writer's PostgreSQL port for a new volume (default 5433, 0 = any free port).
+    pub port: Option<u16>,
+    pub bin_dir: Option<PathBuf>,
+    /// Print JSON lines instead of text.
+    pub json: bool,
+}
+
+enum Slot {
+    Running(Box<Child>),
+    /// Being started (by a restart or `node start`).
+    Starting,
+    /// Stopped by `logdb node stop`; stays down.
+    Stopped,
+    /// Ended on its own at this time; restarted after a pause.
+    Exited(String, Instant),
+}
+
+impl Slot {
+    fn describe(&self) -> String {
+        match self {
+            Slot::Running(_) => "running".into(),
+            Slot::Starting => "starting".into(),
+            Slot::Stopped => "stopped".into(),
+            Slot::Exited(how, _) => format!("exited ({how})"),
+        }
+    }
+}
+
+struct Supervisor {
+    dir: PathBuf,
+    state: LocalState,
+    bins: Binaries,
+    member: Member,
+    /// Storage nodes by id, and the writer under [`WRITER`].
+    slots: Mutex<BTreeMap<String, Slot>>,
+    down: Notify,
+    json: bool,
+}
+
+/// Runs `logdb up` until Ctrl-C, SIGTERM or `logdb down`.
+pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
+    let dir = &opts.data_dir;
+    std::fs::create_dir_all(dir.join("logs"))
+        .map_err(LocalError::io(format!("creating {}", dir.display())))?;
+    let _lock = DirLock::acquire(dir)?;
+    let state = prepare_state(&opts)?;
+    let bins = Binaries::find(opts.bin_dir.as_deref())?;
+    for (port, who) in state.ports() {
+        check_port_free(port, &who)?;
+    }
+    let control = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(LocalError::io("binding the control endpoint"))?;
+
+    let member = start_config_store(dir, &state).await?;
+    let config_line = format!(
+        "  config store {} (in-process, raft data in {})",
+        member.addr,
+        dir.join("config").display()
+    );
+    let sup = Arc::new(Supervisor {
+        dir: dir.clone(),
+        state,
+        bins,
+        member,
+        slots: Mutex::new(BTreeMap::new()),
+        down: Notify::new(),
+        json: opts.json,
+    });
+    sup.say(
+        "starting",
+        &format!(
+            "volume {} ({} B pages, {} segments, zones {}), data in {}",
+            sup.state.volume,
+            sup.state.spec.page_size,
+            sup.state.spec.segment_size.0,
+            sup.state.spec.zones.join(" "),
+            dir.display()
+        ),
+    );
+    sup.say("started", &config_line);
+    let result = sup.clone().run(control).await;
+    sup.shutdown().await;
+    let _ = std::fs::remove_file(Runtime::path(dir));
+    let sup = Arc::into_inner(sup).expect("every task holding the supervisor has ended");
+    sup.member.stop().await;
+    result
+}
+
+/// Waits until the `logdb up` on `dir` has ended (its data dir lock is free).
+pub async fn wait_stopped(dir: &Path, timeout: Duration) -> Result<(), LocalError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if DirLock::acquire(dir).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LocalError::Refused(format!(
+                "`logdb up` on {} has not stopped after {timeout:?}",
+                dir.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The state of the data dir's volume: resumed, or created from the manifest (or the default).
+fn prepare_state(opts: &UpOptions) -> Result<LocalState, LocalError> {
+    let dir = &opts.data_dir;
+    let manifest: Option<LogVolume> = match &opts.manifest {
+        Some(path) => Some(
+            manifest::load(path, Target::Local).map_err(|e| LocalError::Refused(e.to_string()))?,
+        ),
+        None => None,
+    };
+    match (LocalState::load(dir)?, manifest) {
+        (Some(mut state), Some(m)) => {
+            let name = m.metadata.name.clone().unwrap_or_default();
+            state.check_same_volume(dir, &name, &m.spec)?;
+            if opts.port.is_some_and(|p| p != state.writer.port) {
+                return Err(LocalError::Refused(format!(
+                    "--port: volume {:?} serves on port {}; the port is chosen on the first run only",
+                    state.volume, state.writer.port
+                )));
+            }
+            state.spec = m.spec;
+            state.save(dir)?;
+            Ok(state)
+        }
+        (Some(state), None) => Ok(state),
+        (None, m) => {
+            let m = match m {
+                Some(m) => m,
+                None => manifest::parse(
+                    manifest::LOCAL_DEFAULT,
+                    "the built-in default",
+                    Target::Local,
+                )
+                .map_err(|e| LocalError::Refused(e.to_string()))?,
+            };
+            let name = m.metadata.name.clone().unwrap_or_default();
+            let state = LocalState::new(&name, &m.spec, opts.port.unwrap_or(DEFAULT_PG_PORT))?;
+            check_port_free(state.writer.port, "the writer's PostgreSQL port")?;
+            state.save(dir)?;
+            Ok(state)
+        }
+    }
+}
+
+async fn start_config_store(dir: &Path, state: &LocalState) -> Result<Member, LocalError> {
+    let addr = format!("127.0.0.1:{}", state.config_port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(LocalError::io(format!(
+            "binding the config store on {addr}"
+        )))?;
+    let member = Member::start(CONFIG_MEMBER, &dir.join("config"), listener)
+        .await
+        .map_err(|e| LocalError::Refused(e.to_string()))?;
+    if !member.raft.is_initialized().await.unwrap_or(false) {
+        member
+            .initialize(&BTreeMap::from([(CONFIG_MEMBER, member.addr.clone())]))
+            .await
+            .map_err(|e| LocalError::Refused(format!("forming the config store: {e}")))?;
+    }
+    Ok(member)
+}
+
+impl Supervisor {
+    async fn run(self: Arc<Self>, control: TcpListener) -> Result<(), LocalError> {
+        for node in &self.state.nodes {
+            self.start(&node.id).await?;
+        }
+        self.ensure_volume().await?;
+        self.start(WRITER).await?;
+        Runtime {
+            pid: std::process::id(),
+            control: control
+                .local_addr()
+                .map_err(LocalError::io("control endpoint"))?,
+        }
+        .save(&self.dir)?;
+        self.ready().await;
+
+        let serve = {
+            let sup = self.clone();
+            tokio::spawn(async move {
+                while let Ok((sock, _)) = control.accept().await {
+                    let sup = sup.clone();
+                    tokio::spawn(async move {
+                        control::serve_one(sock, |req| sup.handle(req)).await;
+                    });
+                }
+            })
+        };
+        let watch = tokio::spawn(self.clone().watch());
+        tokio::select! {
+            _ = logdb_common::shutdown::signal() => {}
+            _ = self.down.notified() => {}
+        }
+        serve.abort();
+        watch.abort();
+        let _ = serve.await;
+        let _ = watch.await;
+        Ok(())
+    }
+
+    /// Prints a line for the user (or a JSON event).
+    fn say(&self, event: &str, text: &str) {
+        if self.json {
+            println!("{}", serde_json::json!({"event": event, "message": text}));
+        } else {
+            println!("{text}");
+        }
+    }
+
+    async fn ready(&self) {
+        let st = self.status().await;
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "ready", "volume": st.volume, "psql": st.writer.psql, "pg": st.writer.address, "epoch": st.epoch, "data_dir": st.data_dir})
+            );
+        } else {
+            println!("ready: psql {}", st.writer.psql);
+            println!("`logdb status` shows the volume; Ctrl-C or `logdb down` stops it.");
+        }
+    }
+
+    fn node_args(&self, id: &str) -> Result<(String, PathBuf, Vec<String>), LocalError> {
+        let s = &self.state;
+        if id == WRITER {
+            let args = [
+                "--config-store",
+                &format!("127.0.0.1:{}", s.config_port),
+                "--volume",
+                &s.volume,
+                "--writer-id",
+                WRITER,
+                "--listen",
+                &format!("127.0.0.1:{}", s.writer.port),
+                "--metrics-listen",
+                &format!("127.0.0.1:{}", s.writer.metrics_port),
+            ];
+            return Ok((
+                "writer".into(),
+                self.bins.compute.clone(),
+                args.map(String::from).to_vec(),
+            ));
+        }
+        let n = s.node(id)?;
+        let retention = s
+            .spec
+            .volume_spec(Target::Local)
+            .map(|v| v.retention_secs)
+            .map_err(LocalError::Refused)?;
+        let data = self.dir.join("storage").join(&n.id);
+        let args = [
+            "--listen",
+            &format!("127.0.0.1:{}", n.port),
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", n.metrics_port),
+            "--data-dir",
+            &data.display().to_string(),
+            "--node-id",
+            &n.id,
+            "--zone",
+            &n.zone,
+            "--config-store",
+            &format!("127.0.0.1:{}", s.config_port),
+            "--default-retention-secs",
+            &retention.to_string(),
+        ];
+        Ok((
+            format!("storage node {id}"),
+            self.bins.storage.clone(),
+            args.map(String::from).to_vec(),
+        ))
+    }
+
+    /// Starts the process `id` (a node id or the writer) and records it; its slot must not be
+    /// running.
+    async fn start(&self, id: &str) -> Result<(), LocalError> {
+        let (name, bin, args) = self.node_args(id)?;
+        {
+            let mut slots = self.slots.lock().await;
+            match slots.get(id) {
+                Some(Slot::Running(_)) | Some(Slot::Starting) => {
+                    return Err(LocalError::Refused(format!("{name} is already running")))
+                }
+                _ => {}
+            }
+            slots.insert(id.to_string(), Slot::Starting);
+        }
+        let log = self.dir.join("logs").join(format!("{id}.log"));
+        match Child::spawn(&name, &bin, &args, &log).await {
+            Ok(child) => {
+                let line = if id == WRITER {
+                    format!(
+                        "  writer      {}  epoch {}  log {}",
+                        child.announce["pg"].as_str().unwrap_or("?"),
+                        child.announce["epoch"],
+                        log.display()
+                    )
+                } else {
+                    let n = self.state.node(id)?;
+                    format!(
+                        "  storage {:<3} {:<8} 127.0.0.1:{}  log {}",
+                        id,
+                        n.zone,
+                        n.port,
+                        log.display()
+                    )
+                };
+                self.say("started", &line);
+                self.slots
+                    .lock()
+                    .await
+                    .insert(id.to_string(), Slot::Running(Box::new(child)));
+                Ok(())
+            }
+            Err(e) => {
+                self.slots
+                    .lock()
+                    .await
+                    .insert(id.to_string(), Slot::Exited(e.to_string(), Instant::now()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the process `id` and keeps it down.
+    async fn stop(&self, id: &str) -> Result<(), LocalError> {
+        let child = {
+            let mut slots = self.slots.lock().await;
+            match slots.insert(id.to_string(), Slot::Stopped) {
+                Some(Slot::Running(c)) => *c,
+                Some(Slot::Starting) => {
+                    slots.insert(id.to_string(), Slot::Starting);
+                    return Err(LocalError::Refused(format!(
+                        "{id} is starting; try again in a moment"
+                    )));
+                }
+                Some(Slot::Stopped) => {
+                    return Err(LocalError::Refused(format!(
+                        "storage node {id} is already stopped"
+                    )))
+                }
+                // Exited on its own: it stays down now instead of being restarted.
+                _ => return Ok(()),
+            }
+        };
+        child.stop().await;
+        self.say("stopped", &format!("  storage {id} stopped"));
+        Ok(())
+    }
+
+    /// Creates the volume in the config store unless it exists, once the storage nodes have
+    /// registered.
+    async fn ensure_volume(&self) -> Result<(), LocalError> {
+        let name = &self.state.volume;
+        if self.member.state().await.volumes.contains_key(name) {
+            return Ok(());
+        }
+        let spec = self
+            .state
+            .spec
+            .volume_spec(Target::Local)
+            .map_err(LocalError::Refused)?;
+        let deadline = Instant::now() + PLACEMENT_TIMEOUT;
+        loop {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let cmd = Command::CreateVolume {
+                name: name.clone(),
+                spec: spec.clone(),
+                now_ms,
+            };
+            let err = match self.member.write(cmd).await {
+                Ok(_) | Err(MemberError::Refused(ConfigError::VolumeExists(_))) => return Ok(()),
+                Err(e @ MemberError::Refused(ConfigError::Invalid(_))) => {
+                    return Err(LocalError::Refused(e.to_string()))
+                }
+                Err(e) => e,
+            };
+            if Instant::now() > deadline {
+                return Err(LocalError::Refused(format!(
+                    "creating volume {name}: {err}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Restarts processes that ended on their own.
+    async fn watch(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let mut restart = Vec::new();
+            {
+                let mut slots = self.slots.lock().await;
+                for (id, slot) in slots.iter_mut() {
+                    if let Slot::Running(child) = slot {
+                        if let Some(how) = child.exited() {
+                            self.say("exited", &format!("  {id} exited ({how}); restarting it"));
+                            *slot = Slot::Exited(how, Instant::now());
+                        }
+                    }
+                    if let Slot::Exited(_, at) = slot {
+                        if at.elapsed() >= RESTART_PAUSE {
+                            restart.push(id.clone());
+                        }
+                    }
+                }
+            }
+            for id in restart {
+                if let Err(e) = self.start(&id).await {
+                    self.say("restart_failed", &format!("  {id}: {e}"));
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, req: Request) -> Reply {
+        let done = |message: String| Reply::Done { message };
+        let result = match req {
+            Request::Status => return Reply::Status(Box::new(self.status().await)),
+            Request::NodeStop { node } => match self.state.node(&node) {
+                Ok(_) => self
+                    .stop(&node)
+                    .await
+                    .map(|()| done(format!("storage node {node} stopped"))),
+                Err(e) => Err(e),
+            },
+            Request::NodeStart { node } => match self.state.node(&node) {
+                Ok(_) => self
+                    .start(&node)
+                    .await
+                    .map(|()| done(format!("storage node {node} started"))),
+                Err(e) => Err(e),
+            },
+            Request::Down => {
+                self.down.notify_one();
+                Ok(done(format!("volume {} is stopping", self.state.volume)))
+            }
+        };
+        result.unwrap_or_else(|e| Reply::Error {
+            message: e.to_string(),
+        })
+    }
+
+    async fn status(&self) -> LocalStatus {
+        let s = &self.state;
+        let volume = self.member.state().await.volumes.get(&s.volume).cloned();
+        let processes: BTreeMap<String, String> = self
+            .slots
+            .lock()
+            .await
+            .iter()
+            .map(|(id, slot)| (id.clone(), slot.describe()))
+            .collect();
+        let asks = s.nodes.iter().map(|n| {
+            let segments: Vec<(u32, String)> = volume
+                .iter()
+                .flat_map(|v| v.pgs.iter())
+                .flat_map(|pg| {
+                    pg.members
+                        .iter()
+                        .filter(|m| m.node_id == n.id)
+                        .map(move |m| (pg.index, pg.segment_name(m)))
+                })
+                .collect();
+            let address = format!("127.0.0.1:{}", n.port);
+            async move {
+                let states = status::segment_states(&address, &s.volume, &segments).await;
+                (address, states)
+            }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let nodes: Vec<NodeStatus> = s
+            .nodes
+            .iter()
+            .zip(answers)
+            .map(|(n, (address, states))| NodeStatus {
+                id: n.id.clone(),
+                zone: n.zone.clone(),
+                address,
+                process: processes
+                    .get(&n.id)
+                    .cloned()
+                    .unwrap_or_else(|| "not started".into()),
+                healthy: states.is_some(),
+                segments: states.unwrap_or_default(),
+            })
+            .collect();
+        let metrics =
+            logdb_common::metrics_http::scrape(&format!("127.0.0.1:{}", s.writer.metrics_port))
+                .await;
+        let vdl = (!metrics.is_empty())
+            .then(|| logdb_common::metrics_http::sum(&metrics, "logdb_compute_vdl ") as u64);
+        let writer_process = processes
+            .get(WRITER)
+            .cloned()
+            .unwrap_or_else(|| "not started".into());
+        let healthy_nodes = nodes.iter().filter(|n| n.healthy).count();
+        let address = format!("127.0.0.1:{}", s.writer.port);
+        LocalStatus {
+            volume: s.volume.clone(),
+            data_dir: self.dir.display().to_string(),
+            phase: status::phase(writer_process == "running", healthy_nodes).into(),
+            epoch: volume.as_ref().map_or(0, |v| v.epoch),
+            writer: WriterStatus {
+                psql: format!("postgresql://logdb@{address}/{}", s.volume),
+                address,
+                process: writer_process,
+                vdl,
+            },
+            protection_groups: volume.as_ref().map_or(0, |v| v.pgs.len() as u32),
+            used_bytes: volume.as_ref().map_or(0, |v| v.used_bytes),
+            allocated_bytes: volume.as_ref().map_or(0, |v| v.allocated_bytes()),
+            healthy_nodes,
+            nodes,
+        }
+    }
+
+    /// Writer first (its clients get a clean end), then every storage node.
+    async fn shutdown(&self) {
+        self.say(
+            "stopping",
+            &format!("stopping volume {}", self.state.volume),
+        );
+        let take = |slot: Option<Slot>| match slot {
+            Some(Slot::Running(c)) => Some(*c),
+            _ => None,
+        };
+        let writer = take(self.slots.lock().await.remove(WRITER));
+        if let Some(w) = writer {
+            w.stop().await;
+        }
+        let nodes: Vec<Child> = {
+            let mut slots = self.slots.lock().await;
+            std::mem::take(&mut *slots)
+                .into_values()
+                .filter_map(|s| take(Some(s)))
+                .collect()
+        };
+        futures::future::join_all(nodes.into_iter().map(Child::stop)).await;
+        self.say("stopped", "stopped");
+    }
+}

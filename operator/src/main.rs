@@ -1,0 +1,137 @@
+//! `logdb`: run a volume on this machine (`up`, `status`, `node`, `down`).
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+use logdb_operator::local::control::{self, Reply, Request};
+use logdb_operator::local::supervisor::{self, UpOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "logdb",
+    about = "logdb: a cloud-native SQL database in which the log is the database",
+    version
+)]
+struct Cli {
+    /// Where the local volume keeps its data, logs and state.
+    #[arg(long, global = true, env = "LOGDB_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a volume on this machine: config store, six storage nodes in three pretend zones and
+    /// the writer, on loopback. Resumes the data dir's volume when there is one.
+    Up {
+        /// A LogVolume manifest (the YAML you would `kubectl apply`); default: examples/local.yaml.
+        file: Option<PathBuf>,
+        /// The writer's PostgreSQL port for a new volume (0: any free port).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Where logdb-storage and logdb-compute are (default: beside `logdb`, then PATH).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Show the running volume: epoch, writer, VDL, storage nodes with zone, health and SCL.
+    Status {
+        #[arg(short, long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Stop the running volume (like Ctrl-C in the terminal of `logdb up`).
+    Down,
+    /// Stop or start one storage node, to watch the quorum at work.
+    Node {
+        #[arg(value_enum)]
+        action: NodeAction,
+        /// Node id: a1 a2 b1 b2 c1 c2.
+        node: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum NodeAction {
+    Stop,
+    Start,
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/logdb"),
+        None => PathBuf::from(".logdb"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    logdb_common::logging::init_with_default("warn");
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("logdb: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = cli.data_dir;
+    match cli.command {
+        Cmd::Up {
+            file,
+            port,
+            bin_dir,
+            output,
+        } => {
+            supervisor::up(UpOptions {
+                data_dir: dir,
+                manifest: file,
+                port,
+                bin_dir,
+                json: matches!(output, Output::Json),
+            })
+            .await?;
+        }
+        Cmd::Status { output } => match control::request(&dir, &Request::Status).await? {
+            Reply::Status(s) => match output {
+                Output::Text => print!("{}", s.table()),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+            },
+            other => bail!("unexpected answer: {other:?}"),
+        },
+        Cmd::Down => {
+            done(control::request(&dir, &Request::Down).await?)?;
+            supervisor::wait_stopped(&dir, std::time::Duration::from_secs(60)).await?;
+            println!("stopped");
+        }
+        Cmd::Node { action, node } => {
+            let req = match action {
+                NodeAction::Stop => Request::NodeStop { node },
+                NodeAction::Start => Request::NodeStart { node },
+            };
+            done(control::request(&dir, &req).await?)?
+        }
+    }
+    Ok(())
+}
+
+fn done(reply: Reply) -> anyhow::Result<()> {
+    match reply {
+        Reply::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Reply::Error { message } => bail!("{message}"),
+        Reply::Status(_) => bail!("unexpected answer"),
+    }
+}
