@@ -58,6 +58,19 @@ impl BufferPool {
         }
     }
 
+    /// The page if cached, without counting a use.
+    pub fn peek(&self, page: PageId) -> Option<Arc<Vec<u8>>> {
+        let g = self.inner.lock().expect("pool lock");
+        g.pages.get(&page).map(|(d, _)| Arc::clone(d))
+    }
+
+    /// Drops every page.
+    pub fn clear(&self) {
+        let mut g = self.inner.lock().expect("pool lock");
+        g.pages.clear();
+        g.by_use.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.inner.lock().expect("pool lock").pages.len()
     }

@@ -53,8 +53,16 @@ pub async fn report_usage(
     }
 }
 
-/// Follows the volume in the config store and ships to every PG it gains.
-pub async fn follow_volume(client: Arc<ConfigClient>, engine: Arc<Engine>, volume: String) {
+/// Follows the volume in the config store: the writer ships to every PG it gains, a replica
+/// reads from them; `on_change` sees every version of the volume (role changes).
+pub async fn follow_volume<F>(
+    client: Arc<ConfigClient>,
+    engine: Arc<Engine>,
+    volume: String,
+    on_change: F,
+) where
+    F: Fn(&proto::Volume) + Send + 'static,
+{
     loop {
         let stream = client
             .call(|mut c| {
@@ -78,9 +86,16 @@ pub async fn follow_volume(client: Arc<ConfigClient>, engine: Arc<Engine>, volum
                     continue;
                 }
             };
-            while engine.shipper.pg_count() < layout.pgs.len() {
-                let k = engine.shipper.pg_count();
-                if let Err(e) = engine.shipper.add_pg(&layout.pgs[k]).await {
+            on_change(&v);
+            let Some(shipper) = engine.writer() else {
+                if let Some(r) = engine.replica() {
+                    r.set_layout(layout);
+                }
+                continue;
+            };
+            while shipper.pg_count() < layout.pgs.len() {
+                let k = shipper.pg_count();
+                if let Err(e) = shipper.add_pg(&layout.pgs[k]).await {
                     tracing::warn!(pg = k, error = %e, "cannot ship to the new PG yet; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

@@ -9,9 +9,13 @@
 pub mod buffer_pool;
 pub mod growth;
 pub mod layout;
+pub mod lsn_functions;
 pub mod metrics;
 pub mod page_diff;
+pub mod page_read;
 pub mod pg_server;
+pub mod replica;
+pub mod replication;
 pub mod shipper;
 pub mod sql;
 pub mod tcp_proxy;

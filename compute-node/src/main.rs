@@ -1,18 +1,25 @@
-//! `logdb-compute`: the writer. Opens the volume described by the layout file (new epoch,
-//! recovery by quorum), then serves PostgreSQL clients. Prints one JSON line with its addresses
-//! on stdout once it serves; logs with tracing on stderr.
+//! `logdb-compute`: a compute node — the writer (opens the volume: new epoch, recovery by quorum,
+//! then ships redo and serves the record feed) or a read replica (follows the writer's feed).
+//! With `--role auto` the config store decides, and the process re-executes itself when that
+//! changes (a failover promotes a replica; the old writer comes back as a replica). Serves
+//! PostgreSQL clients either way. Prints one JSON line with its addresses on stdout once it
+//! serves; logs with tracing on stderr.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use logdb_compute::layout::Layout;
 use logdb_compute::metrics::ComputeMetrics;
 use logdb_compute::pg_server::{self, ServerContext};
+use logdb_compute::replica::Replica;
 use logdb_compute::shipper::{Shipper, ShipperConfig};
 use logdb_compute::vfs::Engine;
+use logdb_config_store::api::proto::{RegisterComputeRequest, VolumeRef};
+use logdb_config_store::client::ConfigClient;
 use logdb_storage::types::Epoch;
 use tokio::net::TcpListener;
 
@@ -60,107 +67,194 @@ struct Args {
     /// Back-pressure: LSN allocation stops this many records above VDL.
     #[arg(long, default_value_t = 200_000)]
     lal: u64,
+    /// writer, replica, or auto (with --config-store: the writer if the volume has none or names
+    /// this node, else a replica; follows failovers).
+    #[arg(long, value_enum, default_value_t = RoleArg::Writer)]
+    role: RoleArg,
+    /// Where the writer serves its record feed to replicas (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    replication_listen: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RoleArg {
+    Writer,
+    Replica,
+    Auto,
+}
+
+/// Starts this program again with the same arguments, in place (same pid): how a compute node
+/// changes role. Connections of the old role end; clients reconnect.
+fn reexec(why: &str) -> ! {
+    use std::os::unix::process::CommandExt;
+    tracing::warn!(reason = %why, "changing role: restarting in place");
+    let exe = std::env::current_exe().expect("own executable");
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    tracing::error!(error = %err, "re-executing failed; exiting");
+    std::process::exit(1);
+}
+
+async fn register_compute(
+    client: &ConfigClient,
+    volume: &str,
+    id: &str,
+    pg: SocketAddr,
+    feed: SocketAddr,
+) -> anyhow::Result<()> {
+    let req = RegisterComputeRequest {
+        volume: volume.to_string(),
+        id: id.to_string(),
+        pg_address: pg.to_string(),
+        replication_address: feed.to_string(),
+    };
+    client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.register_compute(r).await }
+        })
+        .await
+        .with_context(|| format!("registering compute {id} of volume {volume}"))?;
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     logdb_common::logging::init();
     let args = Args::parse();
-    let (layout, min_epoch) = if args.config_store.is_empty() {
-        let path = args
-            .layout
-            .as_ref()
-            .context("--layout or --config-store is needed")?;
-        (Layout::load(path)?, Epoch(args.epoch))
-    } else {
-        let name = args
-            .volume
-            .clone()
-            .context("--volume is needed with --config-store")?;
-        let client = logdb_config_store::client::ConfigClient::new(args.config_store.clone());
-        let current = client
-            .call(|mut c| {
-                let name = name.clone();
-                async move {
-                    c.get_volume(logdb_config_store::api::proto::VolumeRef { name })
-                        .await
-                }
-            })
-            .await
-            .with_context(|| format!("volume {name} in the config store"))?;
-        let ticket = client
-            .acquire_ticket(&name, &args.writer_id, current.epoch)
-            .await
-            .with_context(|| format!("writer ticket for volume {name}"))?;
-        let volume = ticket.volume.context("ticket without a volume")?;
-        tracing::info!(volume = %name, epoch = ticket.epoch, "writer ticket from the config store");
-        (
-            Layout::from_config(&volume)?,
-            Epoch(ticket.epoch.max(args.epoch)),
-        )
-    };
-    let volume = layout.volume.clone();
-    let metrics = Arc::new(ComputeMetrics::new());
-    let cfg = ShipperConfig {
-        min_epoch,
-        ticket: !args.config_store.is_empty(),
-        lal: args.lal,
-        ..ShipperConfig::default()
-    };
-    let shipper = Shipper::open(layout, cfg, Arc::clone(&metrics))
-        .await
-        .with_context(|| format!("opening volume {volume}"))?;
-    let db_name = format!("/logdb/{volume}");
-    let rt = tokio::runtime::Handle::current();
-    let (name, pool, m) = (db_name.clone(), args.pool_pages, Arc::clone(&metrics));
-    let engine = tokio::task::spawn_blocking(move || Engine::register(&name, shipper, pool, m, rt))
-        .await?
-        .context("reading the database header from storage")?;
-
-    if let Some(volume) = args
-        .volume
-        .clone()
-        .filter(|_| !args.config_store.is_empty())
-    {
-        let client = Arc::new(logdb_config_store::client::ConfigClient::new(
-            args.config_store.clone(),
-        ));
-        let every = std::time::Duration::from_millis(args.usage_report_ms);
-        tokio::spawn(logdb_compute::growth::report_usage(
-            Arc::clone(&client),
-            Arc::clone(&engine),
-            volume.clone(),
-            every,
-        ));
-        tokio::spawn(logdb_compute::growth::follow_volume(
-            client,
-            Arc::clone(&engine),
-            volume,
-        ));
-    }
     let pg = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let metrics_listener = TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("binding {}", args.metrics_listen))?;
+    let feed_listener = TcpListener::bind(args.replication_listen)
+        .await
+        .with_context(|| format!("binding {}", args.replication_listen))?;
     let pg_addr = pg.local_addr()?;
     let metrics_addr = metrics_listener.local_addr()?;
-    let (scraped, shipper) = (Arc::clone(&metrics), Arc::clone(&engine.shipper));
+    let feed_addr = feed_listener.local_addr()?;
+    let metrics = Arc::new(ComputeMetrics::new());
+    let rt = tokio::runtime::Handle::current();
+
+    let config = if args.config_store.is_empty() {
+        if args.role != RoleArg::Writer {
+            anyhow::bail!(
+                "--role {:?} needs --config-store (replicas find the writer there)",
+                args.role
+            );
+        }
+        None
+    } else {
+        let name = args
+            .volume
+            .clone()
+            .context("--volume is needed with --config-store")?;
+        let client = Arc::new(ConfigClient::new(args.config_store.clone()));
+        register_compute(&client, &name, &args.writer_id, pg_addr, feed_addr).await?;
+        Some((client, name))
+    };
+    let writer = match (&config, args.role) {
+        (_, RoleArg::Writer) => true,
+        (_, RoleArg::Replica) => false,
+        (Some((client, name)), RoleArg::Auto) => {
+            let v = get_volume(client, name).await?;
+            v.writer.is_empty() || v.writer == args.writer_id
+        }
+        (None, RoleArg::Auto) => true,
+    };
+
+    let engine = if writer {
+        open_writer(&args, config.as_ref(), Arc::clone(&metrics), rt).await?
+    } else {
+        let (client, name) = config.as_ref().expect("replicas run with a config store");
+        let (first, stream) =
+            logdb_compute::replication::subscribe_to_writer(client, name, &args.writer_id).await;
+        let layout = Layout::from_config(&get_volume(client, name).await?)?;
+        let replica = Replica::new(layout, &first, Arc::clone(&metrics));
+        let (db, pool, m, r) = (
+            format!("/logdb/{name}"),
+            args.pool_pages,
+            Arc::clone(&metrics),
+            Arc::clone(&replica),
+        );
+        let engine =
+            tokio::task::spawn_blocking(move || Engine::register_replica(&db, r, pool, m, rt))
+                .await?
+                .context("reading the database header from storage")?;
+        tokio::spawn(logdb_compute::replication::follow(
+            Arc::clone(client),
+            name.clone(),
+            args.writer_id.clone(),
+            Arc::clone(&engine),
+            replica,
+            stream,
+        ));
+        engine
+    };
+    if let Some(shipper) = engine.writer() {
+        logdb_compute::replication::serve(feed_listener, Arc::clone(shipper));
+        metrics.writer.set(1);
+    }
+    if let Some((client, volume)) = &config {
+        if writer {
+            let every = std::time::Duration::from_millis(args.usage_report_ms);
+            tokio::spawn(logdb_compute::growth::report_usage(
+                Arc::clone(client),
+                Arc::clone(&engine),
+                volume.clone(),
+                every,
+            ));
+        }
+        let (me, auto) = (args.writer_id.clone(), args.role == RoleArg::Auto);
+        tokio::spawn(logdb_compute::growth::follow_volume(
+            Arc::clone(client),
+            Arc::clone(&engine),
+            volume.clone(),
+            move |v| {
+                let named = v.writer == me;
+                if writer && !named {
+                    if auto {
+                        reexec(&format!("the config store made {} the writer", v.writer));
+                    }
+                    tracing::error!(writer = %v.writer, "the config store names another writer; storage will refuse this one's writes");
+                } else if !writer && named && auto {
+                    reexec("promoted to writer");
+                }
+            },
+        ));
+    }
+    let volume = engine
+        .writer()
+        .map(|w| w.layout().volume.clone())
+        .or_else(|| engine.replica().map(|r| r.layout().volume))
+        .unwrap_or_default();
+    let db_name = format!("/logdb/{volume}");
+    let (scraped, scrape_engine) = (Arc::clone(&metrics), Arc::clone(&engine));
     tokio::spawn(logdb_common::metrics_http::serve(
         metrics_listener,
-        move || scraped.render_with(&shipper.segment_status()),
+        move || {
+            let segments = scrape_engine
+                .writer()
+                .map(|w| w.segment_status())
+                .unwrap_or_default();
+            scraped.render_with(&segments)
+        },
     ));
     let psql = format!(
         "postgresql://logdb@{}:{}/{volume}",
         pg_addr.ip(),
         pg_addr.port()
     );
-    println!(
+    let role = if writer { "writer" } else { "replica" };
+    // Whoever started us may have stopped reading stdout: never fail on it.
+    let _ = writeln!(
+        std::io::stdout(),
         "{}",
-        serde_json::json!({"event": "listening", "pg": pg_addr.to_string(), "metrics": metrics_addr.to_string(), "epoch": engine.shipper.epoch().0, "psql": psql})
+        serde_json::json!({"event": "listening", "role": role, "pg": pg_addr.to_string(), "metrics": metrics_addr.to_string(), "replication": feed_addr.to_string(), "epoch": engine.epoch().0, "psql": psql})
     );
-    tracing::info!(%pg_addr, %metrics_addr, epoch = %engine.shipper.epoch(), "writer serving; connect with psql {psql}");
+    tracing::info!(%pg_addr, %metrics_addr, %feed_addr, role, epoch = %engine.epoch(), "compute node serving; connect with psql {psql}");
     let ctx = Arc::new(ServerContext {
         engine,
         db_name,
@@ -173,4 +267,64 @@ async fn main() -> anyhow::Result<()> {
         _ = logdb_common::shutdown::signal() => {}
     }
     Ok(())
+}
+
+async fn get_volume(
+    client: &ConfigClient,
+    name: &str,
+) -> anyhow::Result<logdb_config_store::api::proto::Volume> {
+    client
+        .call(|mut c| {
+            let name = name.to_string();
+            async move { c.get_volume(VolumeRef { name }).await }
+        })
+        .await
+        .with_context(|| format!("volume {name} in the config store"))
+}
+
+/// Opens the volume as its writer: a ticket (or --epoch), recovery by quorum, the engine.
+async fn open_writer(
+    args: &Args,
+    config: Option<&(Arc<ConfigClient>, String)>,
+    metrics: Arc<ComputeMetrics>,
+    rt: tokio::runtime::Handle,
+) -> anyhow::Result<Arc<Engine>> {
+    let (layout, min_epoch) = match config {
+        None => {
+            let path = args
+                .layout
+                .as_ref()
+                .context("--layout or --config-store is needed")?;
+            (Layout::load(path)?, Epoch(args.epoch))
+        }
+        Some((client, name)) => {
+            let current = get_volume(client, name).await?;
+            let ticket = client
+                .acquire_ticket(name, &args.writer_id, current.epoch)
+                .await
+                .with_context(|| format!("writer ticket for volume {name}"))?;
+            let volume = ticket.volume.context("ticket without a volume")?;
+            tracing::info!(volume = %name, epoch = ticket.epoch, "writer ticket from the config store");
+            (
+                Layout::from_config(&volume)?,
+                Epoch(ticket.epoch.max(args.epoch)),
+            )
+        }
+    };
+    let volume = layout.volume.clone();
+    let cfg = ShipperConfig {
+        min_epoch,
+        ticket: config.is_some(),
+        lal: args.lal,
+        ..ShipperConfig::default()
+    };
+    let shipper = Shipper::open(layout, cfg, Arc::clone(&metrics))
+        .await
+        .with_context(|| format!("opening volume {volume}"))?;
+    let (name, pool) = (format!("/logdb/{volume}"), args.pool_pages);
+    let engine =
+        tokio::task::spawn_blocking(move || Engine::register(&name, shipper, pool, metrics, rt))
+            .await?
+            .context("reading the database header from storage")?;
+    Ok(engine)
 }

@@ -1,5 +1,5 @@
 //! Prometheus metrics of a compute node: commits and their latency, bytes shipped to each
-//! storage segment, VDL, buffer pool hits and misses.
+//! storage segment, VDL, buffer pool hits and misses; on a replica its read point and lag.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -30,6 +30,12 @@ pub struct ComputeMetrics {
     pub pool_hits: Counter,
     pub pool_misses: Counter,
     pub storage_reads: Counter,
+    /// 1 while this node is the writer, 0 on a replica.
+    pub writer: Gauge,
+    /// Replica: the LSN its read transactions see.
+    pub read_point: Gauge,
+    /// Replica: writer's VDL advance → this replica's read point passing it, in seconds.
+    pub replica_lag: Histogram,
     segment_up: Family<NodeLabels, Gauge>,
     segment_scl: Family<NodeLabels, Gauge>,
     segment_queued: Family<NodeLabels, Gauge>,
@@ -57,6 +63,10 @@ impl ComputeMetrics {
             pool_hits: Counter::default(),
             pool_misses: Counter::default(),
             storage_reads: Counter::default(),
+            writer: Gauge::default(),
+            read_point: Gauge::default(),
+            // 10 µs .. ~5 s
+            replica_lag: Histogram::new(exponential_buckets(0.00001, 2.0, 20)),
             segment_up: Family::default(),
             segment_scl: Family::default(),
             segment_queued: Family::default(),
@@ -82,6 +92,21 @@ impl ComputeMetrics {
             m.bytes_shipped.clone(),
         );
         registry.register("vdl", "Volume durable LSN", m.vdl.clone());
+        registry.register(
+            "writer",
+            "1 while this compute node is the writer",
+            m.writer.clone(),
+        );
+        registry.register(
+            "read_point",
+            "Replica read point (LSN)",
+            m.read_point.clone(),
+        );
+        registry.register(
+            "replica_lag_seconds",
+            "Replica lag: writer VDL advance to this replica's read point passing it",
+            m.replica_lag.clone(),
+        );
         registry.register(
             "buffer_pool_hits",
             "Page reads served by the buffer pool",

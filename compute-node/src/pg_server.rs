@@ -28,6 +28,7 @@ use rusqlite::types::Value;
 use rusqlite::Connection;
 use tokio::net::TcpListener;
 
+use crate::lsn_functions::{self, LsnCall};
 use crate::sql::{self, ColType, Outcome, SqlError};
 use crate::vfs::{self, Engine};
 
@@ -48,6 +49,8 @@ pub struct Session {
     /// Held from the first statement that may write until the transaction ends.
     write_turn: tokio::sync::Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
     parser: Arc<NoopQueryParser>,
+    /// Commit LSN of this session's last acknowledged transaction.
+    last_commit: std::sync::atomic::AtomicU64,
 }
 
 fn user_error(e: SqlError) -> PgWireError {
@@ -75,6 +78,11 @@ impl Session {
         params: Vec<Value>,
         typing: sql::Typing,
     ) -> Result<Vec<Outcome>, SqlError> {
+        if let Some(call) = lsn_functions::parse(&sql_text) {
+            return self
+                .lsn_call(call.map_err(|m| SqlError::new("42883", m))?)
+                .await;
+        }
         let conn = Arc::clone(&self.conn);
         let engine = Arc::clone(&self.ctx.engine);
         let started = Instant::now();
@@ -98,9 +106,14 @@ impl Session {
         drop(turn);
         if lsn.0 > 0 {
             let engine = &self.ctx.engine;
-            engine.shipper.wait_durable(lsn).await.map_err(|e| {
+            let shipper = engine
+                .writer()
+                .ok_or_else(|| SqlError::new("25006", "a replica cannot commit writes"))?;
+            shipper.wait_durable(lsn).await.map_err(|e| {
                 SqlError::new("58030", format!("commit not confirmed durable: {e}"))
             })?;
+            self.last_commit
+                .store(lsn.0, std::sync::atomic::Ordering::Relaxed);
             engine.metrics.commits.inc();
             engine
                 .metrics
@@ -110,6 +123,69 @@ impl Session {
         out
     }
 
+    /// Answers one of the LSN functions (see [`lsn_functions`]).
+    async fn lsn_call(&self, call: LsnCall) -> Result<Vec<Outcome>, SqlError> {
+        let engine = &self.ctx.engine;
+        let (name, value) = match call {
+            LsnCall::CommitLsn => (
+                "logdb_commit_lsn",
+                self.last_commit.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            LsnCall::ReadPoint => (
+                "logdb_read_point",
+                match (engine.writer(), engine.replica()) {
+                    (Some(w), _) => w.vdl().0,
+                    (_, Some(r)) => r.read_point().0,
+                    _ => 0,
+                },
+            ),
+            LsnCall::WaitLsn { lsn, timeout } => {
+                let in_tx = !self
+                    .conn
+                    .lock()
+                    .expect("session connection")
+                    .is_autocommit();
+                if in_tx {
+                    return Err(SqlError::new(
+                        "25001",
+                        "logdb_wait_lsn cannot run inside a transaction (its read point is fixed); call it before BEGIN",
+                    ));
+                }
+                let reached = match (engine.writer(), engine.replica()) {
+                    (Some(w), _) => {
+                        let lsn = logdb_storage::types::Lsn(lsn);
+                        match tokio::time::timeout(timeout, w.wait_durable(lsn)).await {
+                            Ok(Ok(())) => Ok(w.vdl().0),
+                            _ => Err(w.vdl().0),
+                        }
+                    }
+                    (_, Some(r)) => r
+                        .wait_for(logdb_storage::types::Lsn(lsn), timeout)
+                        .await
+                        .map(|l| l.0)
+                        .map_err(|l| l.0),
+                    _ => Err(0),
+                };
+                match reached {
+                    Ok(rp) => ("logdb_wait_lsn", rp),
+                    Err(rp) => {
+                        return Err(SqlError::new(
+                            "57014",
+                            format!(
+                            "logdb_wait_lsn: the read point is {rp}, still below {lsn} after {} ms",
+                            timeout.as_millis()
+                        ),
+                        ))
+                    }
+                }
+            }
+        };
+        Ok(vec![Outcome::Rows {
+            columns: vec![(name.to_string(), ColType::Int)],
+            rows: vec![vec![Value::Integer(value as i64)]],
+        }])
+    }
+
     /// Parameter count and result columns of a statement, without running it. Preparing may read
     /// pages (the schema) from storage, so it runs on a blocking thread like statements do.
     async fn describe(
@@ -117,6 +193,19 @@ impl Session {
         sql_text: &str,
         format: &Format,
     ) -> Result<(usize, Vec<FieldInfo>), SqlError> {
+        if let Some(call) = lsn_functions::parse(sql_text) {
+            let name = sql_text
+                .trim()
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .trim()
+                .split('(')
+                .next()
+                .unwrap_or("lsn")
+                .to_ascii_lowercase();
+            call.map_err(|m| SqlError::new("42883", m))?;
+            let field = FieldInfo::new(name, None, None, Type::INT8, format.format_for(0));
+            return Ok((0, vec![field]));
+        }
         let conn = Arc::clone(&self.conn);
         let engine = Arc::clone(&self.ctx.engine);
         let (sql_text, format) = (sql::rewrite_params(sql_text), format.clone());
@@ -463,6 +552,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
                 conn: Arc::new(Mutex::new(conn)),
                 write_turn: tokio::sync::Mutex::new(None),
                 parser: Arc::new(NoopQueryParser::new()),
+                last_commit: Default::default(),
             });
             let handlers = Arc::new(Handlers { session });
             if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {

@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use logdb_storage::proto::storage_service_client::StorageServiceClient;
 use logdb_storage::proto::{
-    CreateSegmentRequest, InstallEpochRequest, ReadPageRequest, StreamRecordsRequest,
-    TruncateRequest, WriteRecordsRequest,
+    CreateSegmentRequest, InstallEpochRequest, StreamRecordsRequest, TruncateRequest,
+    WriteRecordsRequest,
 };
 use logdb_storage::record::{RecordKind, RedoRecord, FLAG_COMMIT};
 use logdb_storage::types::{Epoch, Lsn, PageId, PgIndex};
@@ -24,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::layout::{Layout, Member, READ_QUORUM, SEGMENTS_PER_PG, WRITE_QUORUM};
 use crate::metrics::ComputeMetrics;
+use crate::page_read::client;
 
 /// One page change of a transaction, before it gets an LSN.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +52,8 @@ pub enum ShipError {
     Read { page: PageId, reason: String },
     #[error("opening the volume: {0}")]
     Recovery(String),
+    #[error("this compute node is a read replica: it takes no writes")]
+    ReadOnly,
 }
 
 struct ShipState {
@@ -64,7 +66,26 @@ struct ShipState {
     commits: BTreeSet<Lsn>,
     vdl: Lsn,
     fenced: Option<String>,
+    /// Records not yet below VDL, in LSN order: they go to replicas once durable.
+    feed_pending: VecDeque<Arc<RedoRecord>>,
+    /// Per PG, its last record at or below VDL (what a replica reads pages at).
+    durable_tail: Vec<Lsn>,
 }
+
+/// What replicas hear from the writer each time VDL advances (DESIGN.md §6): the records that
+/// became durable, the new VDL and when it moved, every PG's durable tail, every segment's SCL.
+#[derive(Clone, Debug)]
+pub struct FeedBatch {
+    pub epoch: Epoch,
+    pub vdl: Lsn,
+    pub vdl_time_us: u64,
+    pub records: Vec<Arc<RedoRecord>>,
+    pub pg_tails: Vec<Lsn>,
+    pub scls: Vec<(String, Lsn)>,
+}
+
+/// Batches a replica may fall behind by before it is cut off (it resubscribes and starts afresh).
+const FEED_CAPACITY: usize = 4096;
 
 /// What one segment has not yet acknowledged.
 struct LinkQueue {
@@ -123,6 +144,7 @@ pub struct Shipper {
     max_batch_bytes: usize,
     queue_limit_bytes: usize,
     metrics: Arc<ComputeMetrics>,
+    feed: tokio::sync::broadcast::Sender<Arc<FeedBatch>>,
 }
 
 /// Tunables of the shipper.
@@ -168,12 +190,6 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or_default()
-}
-
-fn client(channel: &Channel) -> StorageServiceClient<Channel> {
-    StorageServiceClient::new(channel.clone())
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
 }
 
 /// The 4th highest SCL of a PG: every record at or below it is on a write quorum.
@@ -403,12 +419,14 @@ impl Shipper {
                 next_lsn,
                 next_tx: 1,
                 last_commit_ts,
+                durable_tail: pg_tail.clone(),
                 pg_tail,
                 pg_outstanding: vec![VecDeque::new(); pgs],
                 seg_scl,
                 commits: BTreeSet::new(),
                 vdl,
                 fenced: None,
+                feed_pending: VecDeque::new(),
             }),
             vdl_tx: watch::Sender::new(vdl),
             acks_tx: watch::Sender::new(0),
@@ -419,6 +437,7 @@ impl Shipper {
             queue_limit_bytes: cfg.queue_limit_bytes,
             metrics,
             layout,
+            feed: tokio::sync::broadcast::channel(FEED_CAPACITY).0,
         });
         shipper.metrics.vdl.set(vdl.0 as i64);
         for row in shipper.links.read().expect("links").iter() {
@@ -499,7 +518,9 @@ impl Shipper {
             let last = i + 1 == n;
             let (flags, ts) = if last { (FLAG_COMMIT, ts) } else { (0, 0) };
             let rec = RedoRecord::new(lsn, prev, tx, c.page, c.offset, c.kind, flags, ts, c.data);
-            per_pg[pg].push(Arc::new(rec));
+            let rec = Arc::new(rec);
+            s.feed_pending.push_back(Arc::clone(&rec));
+            per_pg[pg].push(rec);
             commit = lsn;
         }
         s.commits.insert(commit);
@@ -588,6 +609,17 @@ impl Shipper {
             s.vdl = vdl;
             self.metrics.vdl.set(vdl.0 as i64);
             self.vdl_tx.send_replace(vdl);
+            let mut records = Vec::new();
+            while s.feed_pending.front().is_some_and(|r| r.lsn <= vdl) {
+                let r = s.feed_pending.pop_front().expect("front");
+                let k = (r.page_id.0 / self.layout.pages_per_pg) as usize;
+                s.durable_tail[k] = r.lsn;
+                records.push(r);
+            }
+            if self.feed.receiver_count() > 0 {
+                let batch = self.feed_batch(&s, records);
+                let _ = self.feed.send(Arc::new(batch));
+            }
         }
         drop(s);
         self.acks_tx.send_modify(|n| *n += 1);
@@ -602,6 +634,34 @@ impl Shipper {
         drop(s);
         // Wake every waiter so it sees the fence.
         self.vdl_tx.send_modify(|_| {});
+    }
+
+    fn feed_batch(&self, s: &ShipState, records: Vec<Arc<RedoRecord>>) -> FeedBatch {
+        let links = self.links.read().expect("links");
+        FeedBatch {
+            epoch: self.epoch,
+            vdl: s.vdl,
+            vdl_time_us: now_us(),
+            records,
+            pg_tails: s.durable_tail.clone(),
+            scls: links
+                .iter()
+                .flatten()
+                .map(|l| (l.member.segment.clone(), s.seg_scl[l.pg][l.idx]))
+                .collect(),
+        }
+    }
+
+    /// Subscribes to the record feed; the first batch is the current state (no records).
+    pub fn subscribe_feed(
+        &self,
+    ) -> (
+        Arc<FeedBatch>,
+        tokio::sync::broadcast::Receiver<Arc<FeedBatch>>,
+    ) {
+        let rx = self.feed.subscribe();
+        let s = self.state.lock().expect("ship state");
+        (Arc::new(self.feed_batch(&s, Vec::new())), rx)
     }
 
     pub fn fenced(&self) -> Option<String> {
@@ -772,40 +832,29 @@ impl Shipper {
         let deadline = Instant::now() + timeout;
         let mut acks = self.acks_tx.subscribe();
         loop {
-            let candidates: Vec<Arc<Link>> = {
+            let candidates: Vec<(String, Channel)> = {
                 let s = self.state.lock().expect("ship state");
                 let links = self.links.read().expect("links");
-                let mut c: Vec<(Lsn, Arc<Link>)> = links[k]
+                let mut c: Vec<&Arc<Link>> = links[k]
                     .iter()
                     .filter(|l| s.seg_scl[k][l.idx] >= needed)
-                    .map(|l| (s.seg_scl[k][l.idx], Arc::clone(l)))
                     .collect();
                 // Prefer segments known to be up.
-                c.sort_by_key(|(_, l)| !l.up.load(Ordering::Relaxed));
-                c.into_iter().map(|(_, l)| l).collect()
+                c.sort_by_key(|l| !l.up.load(Ordering::Relaxed));
+                c.into_iter()
+                    .map(|l| (l.member.segment.clone(), l.channel.clone()))
+                    .collect()
             };
-            let mut last_err = String::from("no segment has acknowledged it yet");
-            for link in candidates {
-                let req = ReadPageRequest {
-                    volume_id: self.layout.volume.clone(),
-                    page_id: page.0,
-                    requested_lsn: needed.0,
-                    segment_id: link.member.segment.clone(),
-                };
-                match tokio::time::timeout(
-                    Duration::from_secs(5),
-                    client(&link.channel).read_page(req),
-                )
-                .await
+            let last_err =
+                match crate::page_read::read_from(&self.layout.volume, page, needed, &candidates)
+                    .await
                 {
-                    Ok(Ok(r)) => {
+                    Ok(data) => {
                         self.metrics.storage_reads.inc();
-                        return Ok(r.into_inner().page_data);
+                        return Ok(data);
                     }
-                    Ok(Err(e)) => last_err = format!("{}: {}", link.member.segment, e.message()),
-                    Err(_) => last_err = format!("{}: timed out", link.member.segment),
-                }
-            }
+                    Err(e) => e,
+                };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(ShipError::ReadUnavailable {
@@ -876,6 +925,7 @@ impl Shipper {
         {
             let mut s = self.state.lock().expect("ship state");
             s.pg_tail.push(Lsn::ZERO);
+            s.durable_tail.push(Lsn::ZERO);
             s.pg_outstanding.push(VecDeque::new());
             s.seg_scl.push([Lsn::ZERO; SEGMENTS_PER_PG]);
         }

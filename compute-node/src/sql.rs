@@ -53,9 +53,13 @@ impl SqlError {
 
 /// Opens a connection to the volume registered as `name`.
 pub fn open(name: &str, engine: &Arc<Engine>, cache_pages: i64) -> Result<Connection, SqlError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let flags = if engine.replica().is_some() {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
     let mut conn = Connection::open_with_flags_and_vfs(name, flags, VFS_NAME)
         .map_err(|e| map_error(e, engine))?;
     conn.busy_handler(Some(vfs::busy_handler))
@@ -191,7 +195,16 @@ pub fn execute(
         let Some(mut stmt) = next else { break };
         let text = stmt.expanded_sql().unwrap_or_default();
         let word = first_word(&text);
-        if (word == "BEGIN" || word == "START")
+        if engine.replica().is_some() {
+            if !stmt.readonly() {
+                return Err(SqlError::new(
+                    "25006",
+                    format!(
+                        "cannot execute {word} on a read replica: it is read-only; send writes to the volume's writer"
+                    ),
+                ));
+            }
+        } else if (word == "BEGIN" || word == "START")
             && !text.to_ascii_uppercase().contains("IMMEDIATE")
             && !text.to_ascii_uppercase().contains("EXCLUSIVE")
         {

@@ -24,14 +24,21 @@ use rusqlite::ffi;
 use crate::buffer_pool::BufferPool;
 use crate::metrics::ComputeMetrics;
 use crate::page_diff;
+use crate::replica::Replica;
 use crate::shipper::{ShipError, Shipper};
 
 pub const VFS_NAME: &str = "logdb";
 
+/// What the engine is to its volume: the writer (ships redo) or a replica (follows the feed).
+pub enum Role {
+    Writer(Arc<Shipper>),
+    Replica(Arc<Replica>),
+}
+
 /// One volume as seen by SQLite: shared by every connection of the process.
 pub struct Engine {
     pub page_size: usize,
-    pub shipper: Arc<Shipper>,
+    pub role: Role,
     pub pool: BufferPool,
     pub metrics: Arc<ComputeMetrics>,
     rt: tokio::runtime::Handle,
@@ -98,11 +105,35 @@ impl Engine {
         metrics: Arc<ComputeMetrics>,
         rt: tokio::runtime::Handle,
     ) -> Result<Arc<Engine>, ShipError> {
+        Self::register_role(name, Role::Writer(shipper), pool_pages, metrics, rt)
+    }
+
+    /// Like [`Engine::register`], for a replica following the writer's feed.
+    pub fn register_replica(
+        name: &str,
+        replica: Arc<Replica>,
+        pool_pages: usize,
+        metrics: Arc<ComputeMetrics>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Arc<Engine>, ShipError> {
+        Self::register_role(name, Role::Replica(replica), pool_pages, metrics, rt)
+    }
+
+    fn register_role(
+        name: &str,
+        role: Role,
+        pool_pages: usize,
+        metrics: Arc<ComputeMetrics>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Arc<Engine>, ShipError> {
         register_vfs();
-        let page_size = shipper.layout().page_size as usize;
+        let page_size = match &role {
+            Role::Writer(s) => s.layout().page_size,
+            Role::Replica(r) => r.layout().page_size,
+        } as usize;
         let engine = Arc::new(Engine {
             page_size,
-            shipper,
+            role,
             pool: BufferPool::new(pool_pages),
             metrics,
             rt,
@@ -111,13 +142,7 @@ impl Engine {
             high_water: Mutex::new(0),
             last_error: Mutex::new(None),
         });
-        let first = engine.read_committed(0)?;
-        // SQLite header: bytes 28..32 hold the database size in pages (big endian).
-        let pages = if first.iter().all(|b| *b == 0) {
-            0
-        } else {
-            u32::from_be_bytes(first[28..32].try_into().expect("4 bytes")) as u64
-        };
+        let pages = engine.committed_pages()?;
         *engine.db_pages.lock().expect("size") = pages;
         *engine.high_water.lock().expect("hwm") = pages;
         engines()
@@ -127,6 +152,78 @@ impl Engine {
         Ok(engine)
     }
 
+    /// The database size in pages, from page 1's header (bytes 28..32, big endian).
+    fn committed_pages(&self) -> Result<u64, ShipError> {
+        let first = self.read_committed(0)?;
+        Ok(if first.iter().all(|b| *b == 0) {
+            0
+        } else {
+            u32::from_be_bytes(first[28..32].try_into().expect("4 bytes")) as u64
+        })
+    }
+
+    /// The writer's shipper (`None` on a replica).
+    pub fn writer(&self) -> Option<&Arc<Shipper>> {
+        match &self.role {
+            Role::Writer(s) => Some(s),
+            Role::Replica(_) => None,
+        }
+    }
+
+    /// The replica's feed state (`None` on the writer).
+    pub fn replica(&self) -> Option<&Arc<Replica>> {
+        match &self.role {
+            Role::Writer(_) => None,
+            Role::Replica(r) => Some(r),
+        }
+    }
+
+    pub fn epoch(&self) -> logdb_storage::types::Epoch {
+        match &self.role {
+            Role::Writer(s) => s.epoch(),
+            Role::Replica(r) => r.epoch(),
+        }
+    }
+
+    /// Runs `f` holding the volume's exclusive lock: no read transaction is open meanwhile (new
+    /// ones wait). A replica applies its feed this way.
+    pub fn exclusive<R>(&self, f: impl FnOnce() -> R) -> R {
+        loop {
+            let mut t = self.locks.lock().expect("locks");
+            if !t.pending && !t.exclusive && !t.reserved {
+                t.pending = true;
+                break;
+            }
+            drop(t);
+            busy_handler(0);
+        }
+        loop {
+            let mut t = self.locks.lock().expect("locks");
+            if t.shared == 0 {
+                t.exclusive = true;
+                break;
+            }
+            drop(t);
+            busy_handler(0);
+        }
+        let out = f();
+        {
+            let mut t = self.locks.lock().expect("locks");
+            t.exclusive = false;
+            t.pending = false;
+        }
+        lock_released();
+        out
+    }
+
+    /// Re-reads the database size after the replica moved its read point.
+    pub fn refresh_size(&self) {
+        match self.committed_pages() {
+            Ok(p) => *self.db_pages.lock().expect("size") = p,
+            Err(e) => self.set_error(&e),
+        }
+    }
+
     /// The committed image of a page: buffer pool, else storage.
     fn read_committed(&self, page: u64) -> Result<Arc<Vec<u8>>, ShipError> {
         if let Some(p) = self.pool.get(PageId(page)) {
@@ -134,7 +231,11 @@ impl Engine {
             return Ok(p);
         }
         self.metrics.pool_misses.inc();
-        let data = Arc::new(self.rt.block_on(self.shipper.read_page(PageId(page)))?);
+        let read = match &self.role {
+            Role::Writer(s) => self.rt.block_on(s.read_page(PageId(page))),
+            Role::Replica(r) => self.rt.block_on(r.read_page(PageId(page))),
+        };
+        let data = Arc::new(read?);
         self.pool.put(PageId(page), Arc::clone(&data));
         Ok(data)
     }
@@ -209,7 +310,10 @@ impl Conn {
                 new,
             ));
         }
-        let lsn = self.engine.shipper.append(changes)?;
+        let Some(shipper) = self.engine.writer() else {
+            return Err(ShipError::ReadOnly);
+        };
+        let lsn = shipper.append(changes)?;
         for (page, new) in overlay {
             self.engine.pool.put(PageId(page), new);
         }

@@ -5,74 +5,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use common::{Cluster, Writer};
+use common::{setup, Setup, Writer};
 use logdb_config_store::api::proto;
-use logdb_config_store::client::ConfigClient;
-use logdb_config_store::member::Member;
-
-/// A one-member config store, six storage nodes that register with it, and a volume `name`
-/// placed on them (placement succeeds once all six have registered).
-struct Setup {
-    _dir: tempfile::TempDir,
-    member: Member,
-    client: ConfigClient,
-    cluster: Cluster,
-    volume: proto::Volume,
-}
-
-async fn setup(name: &str, segment_size: u64, max_size: u64) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let member = Member::start(1, dir.path(), listener).await.unwrap();
-    member
-        .initialize(&BTreeMap::from([(1, member.addr.clone())]))
-        .await
-        .unwrap();
-    let client = ConfigClient::new(vec![member.addr.clone()]);
-    let cluster = Cluster::start_opts(1, 64, 8192, &["--config-store", member.addr.as_str()]);
-    let spec = proto::VolumeSpec {
-        page_size: 8192,
-        segment_size,
-        max_size,
-        replicas: 0,
-        retention_seconds: 3600,
-        zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let volume = loop {
-        let req = proto::CreateVolumeRequest {
-            name: name.into(),
-            spec: Some(spec.clone()),
-        };
-        match client
-            .call(|mut c| {
-                let r = req.clone();
-                async move { c.create_volume(r).await }
-            })
-            .await
-        {
-            Ok(v) => break v,
-            Err(e) if e.code() == tonic::Code::FailedPrecondition => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "storage nodes never registered: {}",
-                    e.message()
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    };
-    Setup {
-        _dir: dir,
-        member,
-        client,
-        cluster,
-        volume,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_takes_its_ticket_and_layout_from_the_config_store() {

@@ -39,7 +39,7 @@ async fn run(engine: &Arc<Engine>, name: &str, sql_text: &str) -> Vec<Outcome> {
     })
     .await
     .unwrap();
-    engine.shipper.wait_durable(lsn).await.unwrap();
+    engine.writer().unwrap().wait_durable(lsn).await.unwrap();
     out
 }
 
@@ -89,16 +89,16 @@ async fn sql_round_trip_and_writer_restart_reads_back_from_storage() {
             .any(|r| r[0] == Value::Text("ENABLE_BATCH_ATOMIC_WRITE".into())),
         "SQLite lacks batch atomic writes: {rows:?}"
     );
-    let vdl = engine.shipper.vdl();
+    let vdl = engine.writer().unwrap().vdl();
     assert!(vdl.0 > 0);
 
     // A second writer process on the same volume (the first one is gone): everything comes back
     // from storage, and the new epoch is higher.
-    let old_epoch = engine.shipper.epoch();
+    let old_epoch = engine.writer().unwrap().epoch();
     drop(engine);
     let name2 = "/logdb/vol1-b";
     let engine2 = open_writer(&cluster, name2).await;
-    assert!(engine2.shipper.epoch() > old_epoch);
+    assert!(engine2.writer().unwrap().epoch() > old_epoch);
     let out = run(
         &engine2,
         name2,
@@ -228,7 +228,7 @@ async fn allocation_stops_lal_records_above_vdl_while_storage_is_gone() {
         cluster.nodes[i].signal("STOP");
     }
     let resume = Resume(&cluster, vec![0, 2, 4]);
-    let vdl = engine.shipper.vdl();
+    let vdl = engine.writer().unwrap().vdl();
     // Commits whose durability nobody waits for: allocation must stop near VDL + LAL.
     let (e, n) = (Arc::clone(&engine), name.to_string());
     let writer = tokio::task::spawn_blocking(move || {

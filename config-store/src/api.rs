@@ -113,6 +113,15 @@ pub fn volume_to_proto(v: &model::Volume) -> proto::Volume {
         pgs: v.pgs.iter().map(pg_to_proto).collect(),
         used_bytes: v.used_bytes,
         allocated_bytes: v.allocated_bytes(),
+        computes: v
+            .computes
+            .values()
+            .map(|c| proto::Compute {
+                id: c.id.clone(),
+                pg_address: c.pg_address.clone(),
+                replication_address: c.replication_address.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -285,6 +294,39 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
             .await?
         {
             Reply::Replaced(pg) => Ok(Response::new(pg_to_proto(&pg))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn register_compute(
+        &self,
+        r: Request<proto::RegisterComputeRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let r = r.into_inner();
+        self.run(Command::RegisterCompute {
+            volume: r.volume,
+            id: r.id,
+            pg_address: r.pg_address,
+            replication_address: r.replication_address,
+        })
+        .await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn failover(
+        &self,
+        r: Request<proto::FailoverRequest>,
+    ) -> Result<Response<proto::Volume>, Status> {
+        let r = r.into_inner();
+        let target = (!r.target.is_empty()).then_some(r.target);
+        match self
+            .run(Command::Failover {
+                volume: r.volume,
+                target,
+            })
+            .await?
+        {
+            Reply::Ticket { volume, .. } => Ok(Response::new(volume_to_proto(&volume))),
             other => Err(unexpected(other)),
         }
     }

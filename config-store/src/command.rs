@@ -36,6 +36,20 @@ pub enum Command {
         used_bytes: u64,
         now_ms: u64,
     },
+    /// A compute node of `volume` says where it serves (on every start).
+    RegisterCompute {
+        volume: String,
+        id: String,
+        pg_address: String,
+        replication_address: String,
+    },
+    /// Makes `target` (a registered compute; `None`: the first one that is not the writer) the
+    /// volume's writer: bumps the epoch, so the old writer can take no new ticket. The target
+    /// sees it on its watch, takes its own ticket and runs recovery.
+    Failover {
+        volume: String,
+        target: Option<String>,
+    },
     /// Replaces `old_node` in PG `pg` by `new_node`, or by a healthy node of the same zone.
     ReplaceMember {
         volume: String,

@@ -101,6 +101,19 @@ pub struct Volume {
     pub writer: Option<String>,
     pub pgs: Vec<ProtectionGroup>,
     pub used_bytes: u64,
+    /// Compute nodes (the writer and the replicas) by id, as they registered.
+    #[serde(default)]
+    pub computes: std::collections::BTreeMap<String, ComputeInfo>,
+}
+
+/// A compute node of a volume: where clients and replicas reach it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ComputeInfo {
+    pub id: String,
+    /// PostgreSQL protocol address.
+    pub pg_address: String,
+    /// Where replicas subscribe to its record stream (while it is the writer).
+    pub replication_address: String,
 }
 
 impl Volume {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::command::{Command, Response};
-use crate::model::{NodeInfo, ProtectionGroup, Volume};
+use crate::model::{ComputeInfo, NodeInfo, ProtectionGroup, Volume};
 use crate::placement;
 
 /// Growth starts when used bytes pass this share of allocated bytes.
@@ -144,6 +144,7 @@ impl State {
                     writer: None,
                     pgs: Vec::new(),
                     used_bytes: 0,
+                    computes: Default::default(),
                 };
                 let pg = self.new_pg(&volume, now_ms)?;
                 volume.pgs.push(pg);
@@ -171,6 +172,73 @@ impl State {
                 }
                 v.epoch += 1;
                 v.writer = Some(writer);
+                Ok(Response::Ticket {
+                    epoch: v.epoch,
+                    volume: v.clone(),
+                })
+            }
+            Command::RegisterCompute {
+                volume,
+                id,
+                pg_address,
+                replication_address,
+            } => {
+                valid_name("compute id", &id)?;
+                if pg_address.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "compute {id}: pg_address must not be empty"
+                    )));
+                }
+                let v = self.volume_mut(&volume)?;
+                v.computes.insert(
+                    id.clone(),
+                    ComputeInfo {
+                        id,
+                        pg_address,
+                        replication_address,
+                    },
+                );
+                Ok(Response::Done)
+            }
+            Command::Failover { volume, target } => {
+                let v = self.volume_mut(&volume)?;
+                let candidates: Vec<&String> = v
+                    .computes
+                    .keys()
+                    .filter(|id| Some(*id) != v.writer.as_ref())
+                    .collect();
+                let target = match target {
+                    Some(t) if v.writer.as_ref() == Some(&t) => {
+                        return Err(ConfigError::Invalid(format!(
+                            "failover of volume {volume}: {t} is the writer already"
+                        )))
+                    }
+                    Some(t) if !v.computes.contains_key(&t) => {
+                        return Err(ConfigError::Invalid(format!(
+                            "failover of volume {volume}: no replica {t:?} (replicas: {})",
+                            if candidates.is_empty() {
+                                "none".to_string()
+                            } else {
+                                candidates
+                                    .iter()
+                                    .map(|c| c.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            }
+                        )))
+                    }
+                    Some(t) => t,
+                    None => match candidates.first() {
+                        Some(c) => c.to_string(),
+                        None => {
+                            return Err(ConfigError::Invalid(format!(
+                                "failover of volume {volume}: it has no replica to promote"
+                            )))
+                        }
+                    },
+                };
+                v.epoch += 1;
+                v.writer = Some(target);
                 Ok(Response::Ticket {
                     epoch: v.epoch,
                     volume: v.clone(),
@@ -459,6 +527,63 @@ mod tests {
             e.to_string(),
             "ticket refused for volume v1: the caller knew epoch 1, the volume is at epoch 2"
         );
+    }
+
+    #[test]
+    fn failover_promotes_a_registered_replica_and_bumps_the_epoch() {
+        let mut s = with_nodes(2);
+        create(&mut s, "v1");
+        let fail = |s: &mut State, target: Option<&str>| {
+            s.apply(Command::Failover {
+                volume: "v1".into(),
+                target: target.map(String::from),
+            })
+        };
+        assert_eq!(
+            fail(&mut s, None).unwrap_err().to_string(),
+            "failover of volume v1: it has no replica to promote"
+        );
+        for id in ["c0", "c1", "c2"] {
+            s.apply(Command::RegisterCompute {
+                volume: "v1".into(),
+                id: id.into(),
+                pg_address: format!("{id}:5432"),
+                replication_address: format!("{id}:7000"),
+            })
+            .unwrap();
+        }
+        s.apply(Command::AcquireTicket {
+            volume: "v1".into(),
+            writer: "c0".into(),
+            known_epoch: 0,
+        })
+        .unwrap();
+        assert_eq!(
+            fail(&mut s, Some("c9")).unwrap_err().to_string(),
+            "failover of volume v1: no replica \"c9\" (replicas: c1 c2)"
+        );
+        assert_eq!(
+            fail(&mut s, Some("c0")).unwrap_err().to_string(),
+            "failover of volume v1: c0 is the writer already"
+        );
+        let Response::Ticket { epoch, volume } = fail(&mut s, Some("c2")).unwrap() else {
+            panic!()
+        };
+        assert_eq!((epoch, volume.writer.as_deref()), (2, Some("c2")));
+        // The old writer's restart, knowing epoch 1, can take no ticket.
+        assert!(s
+            .apply(Command::AcquireTicket {
+                volume: "v1".into(),
+                writer: "c0".into(),
+                known_epoch: 1,
+            })
+            .is_err());
+        // auto: the first compute that is not the writer.
+        let Response::Ticket { volume, .. } = fail(&mut s, None).unwrap() else {
+            panic!()
+        };
+        assert_eq!(volume.writer.as_deref(), Some("c0"));
+        assert_eq!(volume.computes["c1"].replication_address, "c1:7000");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `logdb`: run a volume on this machine (`up`, `status`, `node`, `down`).
+//! `logdb`: run a volume on this machine (`up`, `status`, `node`, `failover`, `down`).
 
 use std::path::PathBuf;
 
@@ -41,6 +41,13 @@ enum Cmd {
     Status {
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+    /// Make a replica the writer: new epoch, recovery by quorum, no acknowledged commit lost.
+    /// The read-write endpoint follows.
+    Failover {
+        /// The replica to promote (e.g. compute-1); default: any replica.
+        #[arg(long)]
+        to: Option<String>,
     },
     /// Stop the running volume (like Ctrl-C in the terminal of `logdb up`).
     Down,
@@ -109,6 +116,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             },
             other => bail!("unexpected answer: {other:?}"),
         },
+        Cmd::Failover { to } => {
+            done(control::request(&dir, &Request::Failover { target: to }).await?)?
+        }
         Cmd::Down => {
             done(control::request(&dir, &Request::Down).await?)?;
             supervisor::wait_stopped(&dir, std::time::Duration::from_secs(60)).await?;

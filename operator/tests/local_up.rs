@@ -178,8 +178,16 @@ fn ports_free(dir: &Path) -> bool {
         serde_json::from_slice(&std::fs::read(dir.join("volume.json")).unwrap()).unwrap();
     let mut ports = vec![
         state["config_port"].as_u64().unwrap(),
-        state["writer"]["port"].as_u64().unwrap(),
+        state["rw_port"].as_u64().unwrap(),
+        state["ro_port"].as_u64().unwrap(),
     ];
+    ports.extend(
+        state["computes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["port"].as_u64().unwrap()),
+    );
     ports.extend(
         state["nodes"]
             .as_array()
@@ -264,6 +272,26 @@ fn up_write_stop_two_nodes_down_and_up_again() {
     await_status(&dir, "a1 back", |s| s["healthy_nodes"] == 5);
     psql(&url, "INSERT INTO kv VALUES (13, 'v13')").unwrap();
 
+    // The replica reads at the writer's VDL through the read-only endpoint.
+    let ro = up.ready["read_only_psql"].as_str().unwrap().to_string();
+    let vdl = psql(&url, "SELECT logdb_read_point()").unwrap();
+    psql(&ro, &format!("SELECT logdb_wait_lsn({vdl})")).unwrap();
+    assert_eq!(psql(&ro, "SELECT count(*) FROM kv").unwrap(), "13");
+    let err = psql(&ro, "INSERT INTO kv VALUES (99, 'no')").unwrap_err();
+    assert!(err.contains("read replica"), "{err}");
+
+    // Failover: the replica becomes the writer; the read-write endpoint follows it.
+    let out = ok(logdb(&dir, &["failover"]));
+    assert!(out.starts_with("compute-1 is the writer"), "{out}");
+    psql(&url, "INSERT INTO kv VALUES (14, 'after failover')").unwrap();
+    assert_eq!(psql(&url, "SELECT count(*) FROM kv").unwrap(), "14");
+    let s = await_status(&dir, "the old writer back as a replica", |s| {
+        s["replicas"][0]["id"] == "compute-0" && s["replicas"][0]["read_point"].as_u64() > Some(0)
+    });
+    assert_eq!(s["writer"]["id"], "compute-1");
+    let err = refused(logdb(&dir, &["failover", "--to", "compute-7"]));
+    assert!(err.contains("no replica \"compute-7\""), "{err}");
+
     // `logdb down` stops everything and waits for it.
     assert!(ok(logdb(&dir, &["down"])).contains("stopped"));
     assert!(up.wait_exit().success());
@@ -281,7 +309,7 @@ fn up_write_stop_two_nodes_down_and_up_again() {
     );
     assert_eq!(
         psql(&url, "SELECT count(*), sum(k) FROM kv").unwrap(),
-        "13|91"
+        "14|105"
     );
     let s = await_status(&dir, "six healthy nodes again", |s| s["healthy_nodes"] == 6);
     assert_eq!(s["phase"], "Ready");
@@ -319,7 +347,7 @@ fn clear_errors_before_anything_starts() {
     let err = refused(logdb(&dir, &["up", "--port", &port, "--bin-dir", bins]));
     assert!(
         err.contains(&format!(
-            "port {port} on 127.0.0.1 (the writer's PostgreSQL port) is taken"
+            "port {port} on 127.0.0.1 (the read-write PostgreSQL endpoint) is taken"
         )),
         "{err}"
     );

@@ -5,7 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use logdb_compute::layout::{Layout, Member, ProtectionGroup};
+use logdb_config_store::api::proto;
+use logdb_config_store::client::ConfigClient;
 use logdb_storage::testkit::{storage_binary, StorageProcess};
 
 pub const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
@@ -92,13 +97,16 @@ impl Cluster {
     }
 }
 
-/// A running `logdb-compute` writer process; killed when dropped.
+/// A running `logdb-compute` process (writer or replica); killed when dropped. Its stdout is
+/// read to the end, so announcements after a change of role are seen too.
 pub struct Writer {
     child: Option<std::process::Child>,
     pub pg: String,
     pub metrics: String,
     pub port: u16,
     pub epoch: u64,
+    pub role: String,
+    announces: Mutex<std::sync::mpsc::Receiver<serde_json::Value>>,
 }
 
 pub const PASSWORD: &str = "s3cret";
@@ -122,27 +130,64 @@ impl Writer {
             .stderr(std::process::Stdio::inherit())
             .spawn()
             .expect("start logdb-compute");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(line.trim())
-            .unwrap_or_else(|e| panic!("logdb-compute did not announce itself ({e}): {line:?}"));
-        let pg = v["pg"].as_str().unwrap().to_string();
-        let port = pg.rsplit(':').next().unwrap().parse().unwrap();
-        Writer {
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<serde_json::Value>(line.trim()) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => panic!("logdb-compute printed something else ({e}): {line:?}"),
+                }
+            }
+        });
+        let mut w = Writer {
             child: Some(child),
-            pg,
-            metrics: v["metrics"].as_str().unwrap().to_string(),
-            port,
-            epoch: v["epoch"].as_u64().unwrap(),
-        }
+            pg: String::new(),
+            metrics: String::new(),
+            port: 0,
+            epoch: 0,
+            role: String::new(),
+            announces: Mutex::new(rx),
+        };
+        w.await_announce(std::time::Duration::from_secs(120))
+            .expect("logdb-compute did not announce itself");
+        w
+    }
+
+    /// Waits for the next announcement (a start, or a restart in a new role) and takes its
+    /// addresses; `None` if none came in time.
+    pub fn await_announce(&mut self, timeout: std::time::Duration) -> Option<()> {
+        let v = self.announces.lock().unwrap().recv_timeout(timeout).ok()?;
+        self.pg = v["pg"].as_str().unwrap().to_string();
+        self.port = self.pg.rsplit(':').next().unwrap().parse().unwrap();
+        self.metrics = v["metrics"].as_str().unwrap().to_string();
+        self.epoch = v["epoch"].as_u64().unwrap();
+        self.role = v["role"].as_str().unwrap_or("writer").to_string();
+        Some(())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(
             &format!(
-                "host=127.0.0.1 port={} user=logdb password={PASSWORD} dbname=vol1",
+                "host=127.0.0.1 port={} user=logdb password={PASSWORD} dbname=vol1 connect_timeout=10",
                 self.port
             ),
             tokio_postgres::NoTls,
@@ -200,5 +245,69 @@ impl Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A one-member config store, six storage nodes that register with it, and a volume `name`
+/// placed on them (placement succeeds once all six have registered).
+pub struct Setup {
+    pub _dir: tempfile::TempDir,
+    pub member: logdb_config_store::member::Member,
+    pub client: ConfigClient,
+    pub cluster: Cluster,
+    pub volume: proto::Volume,
+}
+
+pub async fn setup(name: &str, segment_size: u64, max_size: u64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let member = logdb_config_store::member::Member::start(1, dir.path(), listener)
+        .await
+        .unwrap();
+    member
+        .initialize(&BTreeMap::from([(1, member.addr.clone())]))
+        .await
+        .unwrap();
+    let client = ConfigClient::new(vec![member.addr.clone()]);
+    let cluster = Cluster::start_opts(1, 64, 8192, &["--config-store", member.addr.as_str()]);
+    let spec = proto::VolumeSpec {
+        page_size: 8192,
+        segment_size,
+        max_size,
+        replicas: 0,
+        retention_seconds: 3600,
+        zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let volume = loop {
+        let req = proto::CreateVolumeRequest {
+            name: name.into(),
+            spec: Some(spec.clone()),
+        };
+        match client
+            .call(|mut c| {
+                let r = req.clone();
+                async move { c.create_volume(r).await }
+            })
+            .await
+        {
+            Ok(v) => break v,
+            Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "storage nodes never registered: {}",
+                    e.message()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    Setup {
+        _dir: dir,
+        member,
+        client,
+        cluster,
+        volume,
     }
 }

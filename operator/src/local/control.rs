@@ -17,8 +17,16 @@ use super::LocalError;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    NodeStop { node: String },
-    NodeStart { node: String },
+    NodeStop {
+        node: String,
+    },
+    NodeStart {
+        node: String,
+    },
+    /// Make a replica the writer (`None`: any replica).
+    Failover {
+        target: Option<String>,
+    },
     Down,
 }
 

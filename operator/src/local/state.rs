@@ -16,9 +16,10 @@ use crate::spec::LogVolumeSpec;
 const STATE_FILE: &str = "volume.json";
 const RUNTIME_FILE: &str = "up.json";
 const LOCK_FILE: &str = "lock";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
-/// The PostgreSQL port a new local volume's writer listens on unless told otherwise.
+/// The PostgreSQL port of a new local volume's read-write endpoint unless told otherwise; its
+/// read-only endpoint is the next port.
 pub const DEFAULT_PG_PORT: u16 = 5433;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,14 +28,21 @@ pub struct LocalState {
     pub volume: String,
     pub spec: LogVolumeSpec,
     pub config_port: u16,
-    pub writer: ProcessPorts,
+    /// The read-write endpoint: always forwards to the current writer (like `<name>-rw`).
+    pub rw_port: u16,
+    /// The read-only endpoint: spreads connections over the replicas (like `<name>-ro`).
+    pub ro_port: u16,
+    /// Compute nodes; `compute-0` starts as the writer, the config store decides after that.
+    pub computes: Vec<ComputeEntry>,
     pub nodes: Vec<NodeEntry>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ProcessPorts {
+pub struct ComputeEntry {
+    pub id: String,
     pub port: u16,
     pub metrics_port: u16,
+    pub replication_port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,7 +63,7 @@ pub struct Runtime {
 
 impl LocalState {
     /// A new volume's state: node names from the zones, free loopback ports for everything but
-    /// the writer's PostgreSQL port (`pg_port`, 0 = any free one).
+    /// the read-write endpoint (`pg_port`, 0 = any free one; read-only is the next port then).
     pub fn new(volume: &str, spec: &LogVolumeSpec, pg_port: u16) -> Result<LocalState, LocalError> {
         let mut nodes = Vec::new();
         for (z, zone) in spec.zones.iter().enumerate() {
@@ -68,17 +76,42 @@ impl LocalState {
                 });
             }
         }
-        Ok(LocalState {
+        let (rw_port, ro_port) = match pg_port {
+            0 => (free_port()?, free_port()?),
+            p => (
+                p,
+                p.checked_add(1).ok_or_else(|| {
+                    LocalError::Refused(format!(
+                        "--port {p}: the read-only endpoint needs the next port"
+                    ))
+                })?,
+            ),
+        };
+        let mut state = LocalState {
             format: FORMAT,
             volume: volume.to_string(),
             spec: spec.clone(),
             config_port: free_port()?,
-            writer: ProcessPorts {
-                port: if pg_port == 0 { free_port()? } else { pg_port },
-                metrics_port: free_port()?,
-            },
+            rw_port,
+            ro_port,
+            computes: Vec::new(),
             nodes,
-        })
+        };
+        state.ensure_computes()?;
+        Ok(state)
+    }
+
+    /// One compute node per replica the spec asks for, plus the writer (new ones get ports).
+    pub fn ensure_computes(&mut self) -> Result<(), LocalError> {
+        while self.computes.len() < 1 + self.spec.replicas as usize {
+            self.computes.push(ComputeEntry {
+                id: format!("compute-{}", self.computes.len()),
+                port: free_port()?,
+                metrics_port: free_port()?,
+                replication_port: free_port()?,
+            });
+        }
+        Ok(())
     }
 
     pub fn load(dir: &Path) -> Result<Option<LocalState>, LocalError> {
@@ -158,9 +191,20 @@ impl LocalState {
     pub fn ports(&self) -> Vec<(u16, String)> {
         let mut ports = vec![
             (self.config_port, "the config store".to_string()),
-            (self.writer.port, "the writer's PostgreSQL port".to_string()),
-            (self.writer.metrics_port, "the writer's metrics".to_string()),
+            (
+                self.rw_port,
+                "the read-write PostgreSQL endpoint".to_string(),
+            ),
+            (
+                self.ro_port,
+                "the read-only PostgreSQL endpoint".to_string(),
+            ),
         ];
+        for c in &self.computes {
+            ports.push((c.port, format!("{}'s PostgreSQL port", c.id)));
+            ports.push((c.metrics_port, format!("{}'s metrics", c.id)));
+            ports.push((c.replication_port, format!("{}'s record feed", c.id)));
+        }
         for n in &self.nodes {
             ports.push((n.port, format!("storage node {}", n.id)));
             ports.push((n.metrics_port, format!("storage node {}'s metrics", n.id)));
@@ -187,7 +231,7 @@ pub fn check_port_free(port: u16, who: &str) -> Result<(), LocalError> {
         .map_err(|e| {
             LocalError::Refused(format!(
                 "port {port} on 127.0.0.1 ({who}) is taken: {e}. Stop what listens there{}",
-                if who.contains("PostgreSQL") {
+                if who.contains("endpoint") {
                     ", or pass --port (first run only)"
                 } else {
                     ""
@@ -265,7 +309,12 @@ mod tests {
         let ids: Vec<&str> = s.nodes.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(ids, ["a1", "a2", "b1", "b2", "c1", "c2"]);
         assert_eq!(s.nodes[2].zone, "zone-b");
-        assert_eq!(s.ports().len(), 15);
+        assert_eq!(s.ports().len(), 3 + 3 + 12);
+        let mut two = spec();
+        two.replicas = 2;
+        let s = LocalState::new("v", &two, 0).unwrap();
+        let ids: Vec<&str> = s.computes.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["compute-0", "compute-1", "compute-2"]);
     }
 
     #[test]
@@ -299,12 +348,12 @@ mod tests {
     fn a_taken_port_and_a_held_lock_are_refused() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let err = check_port_free(port, "the writer's PostgreSQL port")
+        let err = check_port_free(port, "the read-write PostgreSQL endpoint")
             .unwrap_err()
             .to_string();
         assert!(
             err.starts_with(&format!(
-                "port {port} on 127.0.0.1 (the writer's PostgreSQL port) is taken"
+                "port {port} on 127.0.0.1 (the read-write PostgreSQL endpoint) is taken"
             )),
             "{err}"
         );

@@ -19,6 +19,9 @@ pub struct LocalStatus {
     pub phase: String,
     pub epoch: u64,
     pub writer: WriterStatus,
+    /// The read-only endpoint (spread over the replicas).
+    pub read_only_psql: String,
+    pub replicas: Vec<ReplicaStatus>,
     pub protection_groups: u32,
     pub used_bytes: u64,
     pub allocated_bytes: u64,
@@ -28,11 +31,25 @@ pub struct LocalStatus {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WriterStatus {
+    /// The compute node that writes now.
+    pub id: String,
+    /// Its own PostgreSQL address (the read-write endpoint forwards there).
     pub address: String,
+    /// The read-write endpoint.
     pub psql: String,
     /// `running`, or how it ended.
     pub process: String,
     pub vdl: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub id: String,
+    pub address: String,
+    pub process: String,
+    pub read_point: Option<u64>,
+    /// Mean lag (writer VDL advance → this read point passing it) since the replica started.
+    pub mean_lag_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -121,9 +138,27 @@ impl LocalStatus {
         );
         let _ = writeln!(
             out,
-            "writer {} ({})  VDL {vdl}  psql {}",
-            self.writer.address, self.writer.process, self.writer.psql
+            "writer {} at {} ({})  VDL {vdl}  psql {}",
+            self.writer.id, self.writer.address, self.writer.process, self.writer.psql
         );
+        if !self.replicas.is_empty() {
+            let _ = writeln!(out, "replicas (read-only psql {}):", self.read_only_psql);
+            for r in &self.replicas {
+                let rp = r
+                    .read_point
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let lag = r
+                    .mean_lag_ms
+                    .map(|v| format!("{v:.2} ms"))
+                    .unwrap_or_else(|| "-".into());
+                let _ = writeln!(
+                    out,
+                    "  {:<10} {:<22} {:<9} read point {rp}  mean lag {lag}",
+                    r.id, r.address, r.process
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "storage nodes: {}/{} healthy",
@@ -195,7 +230,16 @@ mod tests {
             data_dir: "/d".into(),
             phase: "Degraded".into(),
             epoch: 2,
+            read_only_psql: "postgresql://logdb@127.0.0.1:5434/demo".into(),
+            replicas: vec![ReplicaStatus {
+                id: "compute-1".into(),
+                address: "127.0.0.1:7".into(),
+                process: "running".into(),
+                read_point: Some(41),
+                mean_lag_ms: Some(0.5),
+            }],
             writer: WriterStatus {
+                id: "compute-0".into(),
                 address: "127.0.0.1:5433".into(),
                 psql: "postgresql://logdb@127.0.0.1:5433/demo".into(),
                 process: "running".into(),
@@ -215,6 +259,8 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("VDL 42"), "{t}");
+        assert!(t.contains("compute-1  127.0.0.1:7"), "{t}");
+        assert!(t.contains("read point 41  mean lag 0.50 ms"), "{t}");
         assert!(t.contains("storage nodes: 1/2 healthy"), "{t}");
         let a1 = t.lines().find(|l| l.starts_with("a1 ")).unwrap();
         assert!(a1.ends_with("running   yes      pg0=42"), "{a1}");

@@ -18,16 +18,19 @@ use tokio::sync::{Mutex, Notify};
 use super::binaries::Binaries;
 use super::child::Child;
 use super::control::{self, Reply, Request};
+use super::endpoint::{self, Endpoint};
 use super::state::{check_port_free, DirLock, LocalState, Runtime, DEFAULT_PG_PORT};
-use super::status::{self, LocalStatus, NodeStatus, WriterStatus};
+use super::status::{self, LocalStatus, NodeStatus, ReplicaStatus, WriterStatus};
 use super::LocalError;
 use crate::manifest;
 use crate::spec::{LogVolume, Target};
 
 /// The config store member id of the in-process member.
 const CONFIG_MEMBER: u64 = 1;
-/// The writer's name in the config store.
-const WRITER: &str = "writer";
+/// The compute node that starts as the writer of a new volume.
+const FIRST_WRITER: &str = "compute-0";
+/// How long a failover may take before `logdb failover` gives up waiting.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the storage nodes have to register before the volume is placed on them.
 const PLACEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// A crashed process is started again after this pause.
@@ -70,7 +73,7 @@ struct Supervisor {
     state: LocalState,
     bins: Binaries,
     member: Member,
-    /// Storage nodes by id, and the writer under [`WRITER`].
+    /// Storage nodes and compute nodes by id.
     slots: Mutex<BTreeMap<String, Slot>>,
     down: Notify,
     json: bool,
@@ -121,8 +124,25 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
     let result = sup.clone().run(control).await;
     sup.shutdown().await;
     let _ = std::fs::remove_file(Runtime::path(dir));
-    let sup = Arc::into_inner(sup).expect("every task holding the supervisor has ended");
-    sup.member.stop().await;
+    // The last request handlers may still hold the supervisor for a moment.
+    let mut sup = sup;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Arc::try_unwrap(sup) {
+            Ok(s) => {
+                s.member.stop().await;
+                break;
+            }
+            Err(_) if Instant::now() > deadline => {
+                tracing::warn!("config store not stopped cleanly (its log is durable)");
+                break;
+            }
+            Err(again) => {
+                sup = again;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
     result
 }
 
@@ -156,13 +176,14 @@ fn prepare_state(opts: &UpOptions) -> Result<LocalState, LocalError> {
         (Some(mut state), Some(m)) => {
             let name = m.metadata.name.clone().unwrap_or_default();
             state.check_same_volume(dir, &name, &m.spec)?;
-            if opts.port.is_some_and(|p| p != state.writer.port) {
+            if opts.port.is_some_and(|p| p != state.rw_port) {
                 return Err(LocalError::Refused(format!(
                     "--port: volume {:?} serves on port {}; the port is chosen on the first run only",
-                    state.volume, state.writer.port
+                    state.volume, state.rw_port
                 )));
             }
             state.spec = m.spec;
+            state.ensure_computes()?;
             state.save(dir)?;
             Ok(state)
         }
@@ -179,7 +200,8 @@ fn prepare_state(opts: &UpOptions) -> Result<LocalState, LocalError> {
             };
             let name = m.metadata.name.clone().unwrap_or_default();
             let state = LocalState::new(&name, &m.spec, opts.port.unwrap_or(DEFAULT_PG_PORT))?;
-            check_port_free(state.writer.port, "the writer's PostgreSQL port")?;
+            check_port_free(state.rw_port, "the read-write PostgreSQL endpoint")?;
+            check_port_free(state.ro_port, "the read-only PostgreSQL endpoint")?;
             state.save(dir)?;
             Ok(state)
         }
@@ -211,7 +233,37 @@ impl Supervisor {
             self.start(&node.id).await?;
         }
         self.ensure_volume().await?;
-        self.start(WRITER).await?;
+        let mut background = Vec::new();
+        // The first compute node becomes the writer of a new volume; the config store names
+        // the writer after that, and every compute node asks it.
+        let writer = self
+            .member
+            .state()
+            .await
+            .volumes
+            .get(&self.state.volume)
+            .and_then(|v| v.writer.clone())
+            .unwrap_or_else(|| FIRST_WRITER.to_string());
+        self.start(&writer).await?;
+        for c in &self.state.computes {
+            if c.id != writer {
+                self.start(&c.id).await?;
+            }
+        }
+        for (port, endpoint) in [
+            (self.state.rw_port, Endpoint::ReadWrite),
+            (self.state.ro_port, Endpoint::ReadOnly),
+        ] {
+            let listener = TcpListener::bind(("127.0.0.1", port))
+                .await
+                .map_err(LocalError::io(format!("binding 127.0.0.1:{port}")))?;
+            let sup = self.clone();
+            let turn = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            background.push(tokio::spawn(endpoint::serve(listener, move || {
+                let (sup, turn) = (sup.clone(), Arc::clone(&turn));
+                async move { endpoint::target(&sup.member, &sup.state.volume, endpoint, &turn).await }
+            })));
+        }
         Runtime {
             pid: std::process::id(),
             control: control
@@ -237,10 +289,14 @@ impl Supervisor {
             _ = logdb_common::shutdown::signal() => {}
             _ = self.down.notified() => {}
         }
-        serve.abort();
-        watch.abort();
-        let _ = serve.await;
-        let _ = watch.await;
+        background.push(serve);
+        background.push(watch);
+        for task in &background {
+            task.abort();
+        }
+        for task in background {
+            let _ = task.await;
+        }
         Ok(())
     }
 
@@ -258,31 +314,38 @@ impl Supervisor {
         if self.json {
             println!(
                 "{}",
-                serde_json::json!({"event": "ready", "volume": st.volume, "psql": st.writer.psql, "pg": st.writer.address, "epoch": st.epoch, "data_dir": st.data_dir})
+                serde_json::json!({"event": "ready", "volume": st.volume, "psql": st.writer.psql, "read_only_psql": st.read_only_psql, "writer": st.writer.id, "epoch": st.epoch, "data_dir": st.data_dir})
             );
         } else {
             println!("ready: psql {}", st.writer.psql);
+            if !st.replicas.is_empty() {
+                println!("read-only (replicas): psql {}", st.read_only_psql);
+            }
             println!("`logdb status` shows the volume; Ctrl-C or `logdb down` stops it.");
         }
     }
 
     fn node_args(&self, id: &str) -> Result<(String, PathBuf, Vec<String>), LocalError> {
         let s = &self.state;
-        if id == WRITER {
+        if let Some(c) = s.computes.iter().find(|c| c.id == id) {
             let args = [
                 "--config-store",
                 &format!("127.0.0.1:{}", s.config_port),
                 "--volume",
                 &s.volume,
                 "--writer-id",
-                WRITER,
+                &c.id,
+                "--role",
+                "auto",
                 "--listen",
-                &format!("127.0.0.1:{}", s.writer.port),
+                &format!("127.0.0.1:{}", c.port),
                 "--metrics-listen",
-                &format!("127.0.0.1:{}", s.writer.metrics_port),
+                &format!("127.0.0.1:{}", c.metrics_port),
+                "--replication-listen",
+                &format!("127.0.0.1:{}", c.replication_port),
             ];
             return Ok((
-                "writer".into(),
+                c.id.clone(),
                 self.bins.compute.clone(),
                 args.map(String::from).to_vec(),
             ));
@@ -334,9 +397,10 @@ impl Supervisor {
         let log = self.dir.join("logs").join(format!("{id}.log"));
         match Child::spawn(&name, &bin, &args, &log).await {
             Ok(child) => {
-                let line = if id == WRITER {
+                let line = if id.starts_with("compute-") {
                     format!(
-                        "  writer      {}  epoch {}  log {}",
+                        "  {id} {:<8} {}  epoch {}  log {}",
+                        child.announce["role"].as_str().unwrap_or("?"),
                         child.announce["pg"].as_str().unwrap_or("?"),
                         child.announce["epoch"],
                         log.display()
@@ -480,6 +544,7 @@ impl Supervisor {
                     .map(|()| done(format!("storage node {node} started"))),
                 Err(e) => Err(e),
             },
+            Request::Failover { target } => self.failover(target).await.map(done),
             Request::Down => {
                 self.down.notify_one();
                 Ok(done(format!("volume {} is stopping", self.state.volume)))
@@ -534,28 +599,67 @@ impl Supervisor {
                 segments: states.unwrap_or_default(),
             })
             .collect();
-        let metrics =
-            logdb_common::metrics_http::scrape(&format!("127.0.0.1:{}", s.writer.metrics_port))
-                .await;
-        let vdl = (!metrics.is_empty())
-            .then(|| logdb_common::metrics_http::sum(&metrics, "logdb_compute_vdl ") as u64);
-        let writer_process = processes
-            .get(WRITER)
-            .cloned()
-            .unwrap_or_else(|| "not started".into());
+        let writer_id = volume
+            .as_ref()
+            .and_then(|v| v.writer.clone())
+            .unwrap_or_else(|| FIRST_WRITER.to_string());
+        let scrapes = futures::future::join_all(s.computes.iter().map(|c| async move {
+            logdb_common::metrics_http::scrape(&format!("127.0.0.1:{}", c.metrics_port)).await
+        }))
+        .await;
+        let process = |id: &str| {
+            processes
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| "not started".into())
+        };
+        let gauge = |text: &str, name: &str| {
+            (!text.is_empty()).then(|| logdb_common::metrics_http::sum(text, name) as u64)
+        };
+        let rw_psql = format!("postgresql://logdb@127.0.0.1:{}/{}", s.rw_port, s.volume);
+        let mut writer = None;
+        let mut replicas = Vec::new();
+        for (c, text) in s.computes.iter().zip(&scrapes) {
+            let address = format!("127.0.0.1:{}", c.port);
+            if c.id == writer_id {
+                writer = Some(WriterStatus {
+                    id: c.id.clone(),
+                    address,
+                    psql: rw_psql.clone(),
+                    process: process(&c.id),
+                    vdl: gauge(text, "logdb_compute_vdl "),
+                });
+            } else {
+                let metric = |name| logdb_common::metrics_http::sum(text, name);
+                let (sum, n) = (
+                    metric("logdb_compute_replica_lag_seconds_sum"),
+                    metric("logdb_compute_replica_lag_seconds_count"),
+                );
+                replicas.push(ReplicaStatus {
+                    id: c.id.clone(),
+                    address,
+                    process: process(&c.id),
+                    read_point: gauge(text, "logdb_compute_read_point "),
+                    mean_lag_ms: (n > 0.0).then(|| sum / n * 1000.0),
+                });
+            }
+        }
+        let writer = writer.unwrap_or_else(|| WriterStatus {
+            id: writer_id.clone(),
+            address: "-".into(),
+            psql: rw_psql.clone(),
+            process: "not a local compute node".into(),
+            vdl: None,
+        });
         let healthy_nodes = nodes.iter().filter(|n| n.healthy).count();
-        let address = format!("127.0.0.1:{}", s.writer.port);
         LocalStatus {
             volume: s.volume.clone(),
             data_dir: self.dir.display().to_string(),
-            phase: status::phase(writer_process == "running", healthy_nodes).into(),
+            phase: status::phase(writer.process == "running", healthy_nodes).into(),
             epoch: volume.as_ref().map_or(0, |v| v.epoch),
-            writer: WriterStatus {
-                psql: format!("postgresql://logdb@{address}/{}", s.volume),
-                address,
-                process: writer_process,
-                vdl,
-            },
+            writer,
+            read_only_psql: format!("postgresql://logdb@127.0.0.1:{}/{}", s.ro_port, s.volume),
+            replicas,
             protection_groups: volume.as_ref().map_or(0, |v| v.pgs.len() as u32),
             used_bytes: volume.as_ref().map_or(0, |v| v.used_bytes),
             allocated_bytes: volume.as_ref().map_or(0, |v| v.allocated_bytes()),
@@ -564,27 +668,75 @@ impl Supervisor {
         }
     }
 
-    /// Writer first (its clients get a clean end), then every storage node.
+    /// Makes `target` (or any replica) the writer and waits until it serves as one.
+    async fn failover(&self, target: Option<String>) -> Result<String, LocalError> {
+        let started = Instant::now();
+        let cmd = Command::Failover {
+            volume: self.state.volume.clone(),
+            target,
+        };
+        let v = match self.member.write(cmd).await {
+            Ok(logdb_config_store::command::Response::Ticket { volume, .. }) => volume,
+            Ok(other) => return Err(LocalError::Refused(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(LocalError::Refused(e.to_string())),
+        };
+        let new = v.writer.clone().unwrap_or_default();
+        let c = self
+            .state
+            .computes
+            .iter()
+            .find(|c| c.id == new)
+            .ok_or_else(|| LocalError::Refused(format!("{new} is not a local compute node")))?;
+        let metrics = format!("127.0.0.1:{}", c.metrics_port);
+        loop {
+            let text = logdb_common::metrics_http::scrape(&metrics).await;
+            if logdb_common::metrics_http::sum(&text, "logdb_compute_writer ") == 1.0 {
+                break;
+            }
+            if started.elapsed() > FAILOVER_TIMEOUT {
+                return Err(LocalError::Refused(format!(
+                    "{new} was named the writer but does not serve as one after {FAILOVER_TIMEOUT:?}; see its log"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let epoch = self
+            .member
+            .state()
+            .await
+            .volumes
+            .get(&self.state.volume)
+            .map_or(0, |v| v.epoch);
+        let msg = format!(
+            "{new} is the writer (epoch {epoch}) after {} ms",
+            started.elapsed().as_millis()
+        );
+        self.say("failover", &format!("  failover: {msg}"));
+        Ok(msg)
+    }
+
+    /// Compute nodes first (their clients get a clean end), then every storage node.
     async fn shutdown(&self) {
         self.say(
             "stopping",
             &format!("stopping volume {}", self.state.volume),
         );
-        let take = |slot: Option<Slot>| match slot {
-            Some(Slot::Running(c)) => Some(*c),
-            _ => None,
-        };
-        let writer = take(self.slots.lock().await.remove(WRITER));
-        if let Some(w) = writer {
-            w.stop().await;
-        }
-        let nodes: Vec<Child> = {
-            let mut slots = self.slots.lock().await;
-            std::mem::take(&mut *slots)
-                .into_values()
-                .filter_map(|s| take(Some(s)))
+        let take = |slots: &mut BTreeMap<String, Slot>, compute: bool| -> Vec<Child> {
+            let ids: Vec<String> = slots
+                .keys()
+                .filter(|id| id.starts_with("compute-") == compute)
+                .cloned()
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| match slots.remove(&id) {
+                    Some(Slot::Running(c)) => Some(*c),
+                    _ => None,
+                })
                 .collect()
         };
+        let computes = take(&mut *self.slots.lock().await, true);
+        futures::future::join_all(computes.into_iter().map(Child::stop)).await;
+        let nodes = take(&mut *self.slots.lock().await, false);
         futures::future::join_all(nodes.into_iter().map(Child::stop)).await;
         self.say("stopped", "stopped");
     }

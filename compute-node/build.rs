@@ -1,0 +1,7 @@
+//! Compiles `proto/replication.proto` with protox (pure Rust): no system `protoc` is needed.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/replication.proto");
+    let fds = protox::compile(["replication.proto"], ["proto"])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

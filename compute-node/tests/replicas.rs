@@ -1,0 +1,341 @@
+//! Read replicas and failover with real processes (DESIGN.md §6, §7): a config store member, six
+//! storage nodes, and `logdb-compute --role auto` processes — the config store decides who
+//! writes. Replicas follow the writer's feed, read at one read point per transaction, never go
+//! backwards, reject writes, and serve read-your-writes through `logdb_wait_lsn`. Failover moves
+//! the writer while a workload runs and loses no acknowledged commit; a paused old writer that
+//! wakes up after it cannot write anything.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{setup, Setup, Writer};
+use logdb_config_store::api::proto;
+
+fn compute(member: &str, id: &str) -> Writer {
+    Writer::start_with(&[
+        "--config-store",
+        member,
+        "--volume",
+        "vol1",
+        "--writer-id",
+        id,
+        "--role",
+        "auto",
+    ])
+}
+
+async fn lsn(c: &tokio_postgres::Client, sql: &str) -> u64 {
+    let row = c.query_one(sql, &[]).await.unwrap();
+    row.get::<_, i64>(0) as u64
+}
+
+async fn count(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn failover(s: &Setup, target: &str) -> proto::Volume {
+    let req = proto::FailoverRequest {
+        volume: "vol1".into(),
+        target: target.into(),
+    };
+    s.client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.failover(r).await }
+        })
+        .await
+        .unwrap()
+}
+
+/// Waits (on a blocking thread) for `w`'s next announcement and checks its role.
+async fn await_role(mut w: Writer, role: &str) -> Writer {
+    let w2 = tokio::task::spawn_blocking(move || {
+        w.await_announce(Duration::from_secs(60))
+            .expect("no restart in the new role");
+        w
+    })
+    .await
+    .unwrap();
+    assert_eq!(w2.role, role);
+    w2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_follow_read_your_writes_and_never_go_back() {
+    let s = setup("vol1", 8 << 20, 64 << 20).await;
+    let writer = compute(&s.member.addr, "c0");
+    assert_eq!(writer.role, "writer");
+    let mut replica = compute(&s.member.addr, "c1");
+    assert_eq!(replica.role, "replica");
+    assert_eq!(replica.epoch, writer.epoch);
+
+    let w = writer.client().await;
+    w.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    for i in 0..50 {
+        w.execute(&format!("INSERT INTO t VALUES ({}, 'x')", (i as i64)), &[])
+            .await
+            .unwrap();
+    }
+    let committed = lsn(&w, "SELECT logdb_commit_lsn()").await;
+    assert!(committed > 0);
+
+    // Read your writes: wait for the commit LSN, then the rows are there.
+    let r = replica.client().await;
+    let rp = lsn(&r, &format!("SELECT logdb_wait_lsn({committed})")).await;
+    assert!(rp >= committed);
+    assert_eq!(count(&r).await, 50);
+
+    // Writes are refused with SQLSTATE 25006 and a message that says why.
+    let err = r
+        .execute("INSERT INTO t VALUES (1000, 'no')", &[])
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "25006");
+    assert!(db.message().contains("read replica"), "{}", db.message());
+    // A wait that cannot be met ends with a clear error.
+    let err = r
+        .query_one(
+            &format!("SELECT logdb_wait_lsn({}, 200)", committed + 1_000_000),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "57014");
+
+    // One read point per transaction: a transaction open on the replica keeps seeing 50 rows
+    // while the writer commits more; the next one sees them.
+    r.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(count(&r).await, 50);
+    for i in 50..60 {
+        w.execute(&format!("INSERT INTO t VALUES ({}, 'y')", (i as i64)), &[])
+            .await
+            .unwrap();
+    }
+    let committed = lsn(&w, "SELECT logdb_commit_lsn()").await;
+    assert_eq!(
+        count(&r).await,
+        50,
+        "the read point holds inside a transaction"
+    );
+    r.batch_execute("COMMIT").await.unwrap();
+    lsn(&r, &format!("SELECT logdb_wait_lsn({committed})")).await;
+    assert_eq!(count(&r).await, 60);
+
+    // Lag is measured.
+    let text = replica.scrape().await;
+    assert!(
+        logdb_common::metrics_http::sum(&text, "logdb_compute_replica_lag_seconds_count") > 0.0,
+        "{text}"
+    );
+
+    // Monotonic reads across a replica restart: the new process starts at or past the old
+    // read point.
+    let before = lsn(&r, "SELECT logdb_read_point()").await;
+    drop(r);
+    replica.kill9();
+    let replica = compute(&s.member.addr, "c1");
+    assert_eq!(replica.role, "replica");
+    let r = replica.client().await;
+    let after = lsn(&r, "SELECT logdb_read_point()").await;
+    assert!(after >= before, "read point went back: {before} -> {after}");
+    assert_eq!(count(&r).await, 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_mid_workload_loses_no_acknowledged_commit() {
+    let s = setup("vol1", 8 << 20, 64 << 20).await;
+    let writer = compute(&s.member.addr, "c0");
+    let c1 = compute(&s.member.addr, "c1");
+    let c2 = compute(&s.member.addr, "c2");
+    assert_eq!((c1.role.as_str(), c2.role.as_str()), ("replica", "replica"));
+    writer
+        .client()
+        .await
+        .batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+
+    // The workload: inserts on the old writer, recording what was acknowledged.
+    let w = writer.client().await;
+    let workload = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for i in 0..100_000i64 {
+            match w
+                .execute(&format!("INSERT INTO t VALUES ({}, 'w')", i), &[])
+                .await
+            {
+                Ok(_) => acked.push(i),
+                Err(_) => break,
+            }
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let v = failover(&s, "c1").await;
+    assert_eq!(v.writer, "c1");
+    let c1 = await_role(c1, "writer").await;
+    // The old writer's clients get an error, not a hang.
+    let acked = tokio::time::timeout(Duration::from_secs(30), workload)
+        .await
+        .expect("the old writer's client hung")
+        .unwrap();
+    assert!(acked.len() > 5, "the workload ran before the failover");
+    let nw = c1.client().await;
+    nw.execute("INSERT INTO t VALUES (-1, 'new writer')", &[])
+        .await
+        .unwrap();
+    eprintln!(
+        "failover to the first accepted write: {:?}",
+        started.elapsed()
+    );
+
+    let ids: BTreeSet<i64> = nw
+        .query("SELECT id FROM t", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for id in &acked {
+        assert!(
+            ids.contains(id),
+            "acknowledged row {id} lost in the failover"
+        );
+    }
+    // The other replica follows the new writer; the old writer comes back as a replica.
+    let committed = lsn(&nw, "SELECT logdb_commit_lsn()").await;
+    let r2 = c2.client().await;
+    lsn(&r2, &format!("SELECT logdb_wait_lsn({committed})")).await;
+    let seen: i64 = r2
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen as usize, ids.len());
+    let old = await_role(writer, "replica").await;
+    let r0 = old.client().await;
+    lsn(&r0, &format!("SELECT logdb_wait_lsn({committed})")).await;
+    assert_eq!(count(&r0).await as usize, ids.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_old_writer_cannot_write_after_a_failover() {
+    let s = setup("vol1", 8 << 20, 64 << 20).await;
+    let writer = compute(&s.member.addr, "c0");
+    let c1 = compute(&s.member.addr, "c1");
+    let old = writer.client().await;
+    old.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    old.execute("INSERT INTO t VALUES (1, 'before')", &[])
+        .await
+        .unwrap();
+
+    writer.signal("STOP");
+    failover(&s, "c1").await;
+    let c1 = await_role(c1, "writer").await;
+    let nw = c1.client().await;
+    for i in 2..=20i64 {
+        nw.execute(&format!("INSERT INTO t VALUES ({}, 'new')", i), &[])
+            .await
+            .unwrap();
+    }
+    writer.signal("CONT");
+    // Every write the old writer then tries fails: storage refuses its epoch (or it has
+    // already stepped down); nothing it does becomes durable.
+    for i in 100..110i64 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            old.execute(&format!("INSERT INTO t VALUES ({}, 'old')", i), &[]),
+        )
+        .await
+        .expect("the old writer's client hung");
+        assert!(r.is_err(), "the old writer acknowledged write {i}");
+    }
+    let rows: Vec<(i64, String)> = nw
+        .query("SELECT id, v FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows.len(), 20);
+    assert!(rows.iter().all(|(id, v)| *id < 100 && v != "old"));
+    // The old process comes back as a replica of the new writer.
+    let old_proc = await_role(writer, "replica").await;
+    assert!(old_proc.epoch >= c1.epoch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_loss_keeps_writing_and_zone_plus_one_keeps_reading() {
+    let mut s = setup("vol1", 8 << 20, 64 << 20).await;
+    let writer = compute(&s.member.addr, "c0");
+    let replica = compute(&s.member.addr, "c1");
+    let w = writer.client().await;
+    w.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for i in 0..20i64 {
+        w.execute(&format!("INSERT INTO t VALUES ({}, 'a')", i), &[])
+            .await
+            .unwrap();
+        acked.push(i);
+    }
+    // Zone a gone (a1, a2): writes go on.
+    s.cluster.nodes[0].kill9();
+    s.cluster.nodes[1].kill9();
+    for i in 20..40i64 {
+        w.execute(&format!("INSERT INTO t VALUES ({}, 'b')", i), &[])
+            .await
+            .unwrap();
+        acked.push(i);
+    }
+    // Zone + 1 (b1 too): no write quorum — a commit waits; the replica keeps reading.
+    s.cluster.nodes[2].kill9();
+    let w2 = writer.client().await;
+    let pending =
+        tokio::spawn(async move { w2.execute("INSERT INTO t VALUES (1000, 'c')", &[]).await });
+    let r = replica.client().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if count(&r).await == 40 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never saw the 40 rows"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !pending.is_finished(),
+        "a commit finished without a write quorum"
+    );
+    // b1 comes back: the waiting commit completes, nothing acknowledged is lost.
+    s.cluster.nodes[2].restart_same_port();
+    tokio::time::timeout(Duration::from_secs(60), pending)
+        .await
+        .expect("the commit did not resume")
+        .unwrap()
+        .unwrap();
+    let ids: BTreeSet<i64> = w
+        .query("SELECT id FROM t", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(acked.iter().all(|i| ids.contains(i)));
+    assert!(ids.contains(&1000));
+}
