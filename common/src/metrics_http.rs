@@ -73,3 +73,71 @@ pub fn sum(text: &str, prefix: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The `q` quantile (0..1) of Prometheus histogram `name` over the observations made between two
+/// scrapes (`before`, `after`), interpolated linearly within a bucket like PromQL's
+/// `histogram_quantile`. `None` when nothing was observed.
+pub fn histogram_quantile(before: &str, after: &str, name: &str, q: f64) -> Option<f64> {
+    let buckets = |text: &str| -> Vec<(f64, f64)> {
+        let prefix = format!("{name}_bucket{{le=\"");
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(&prefix)?;
+                let (le, count) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let (b, a) = (buckets(before), buckets(after));
+    let cum: Vec<(f64, f64)> = a
+        .iter()
+        .map(|(le, n)| {
+            let old = b.iter().find(|(l, _)| l == le).map_or(0.0, |(_, n)| *n);
+            (*le, n - old)
+        })
+        .collect();
+    let total = cum.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (le, n) in cum {
+        if n >= rank {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let within = if n > below {
+                (rank - below) / (n - below)
+            } else {
+                1.0
+            };
+            return Some(lower + (le - lower) * within);
+        }
+        (lower, below) = (le, n);
+    }
+    Some(lower)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_from_bucket_deltas() {
+        let before = "h_bucket{le=\"1.0\"} 10\nh_bucket{le=\"2.0\"} 10\nh_bucket{le=\"+Inf\"} 10\n";
+        let after =
+            "h_bucket{le=\"1.0\"} 60\nh_bucket{le=\"2.0\"} 110\nh_bucket{le=\"+Inf\"} 110\n";
+        // 50 new observations in (0, 1], 50 in (1, 2].
+        assert_eq!(histogram_quantile(before, after, "h", 0.5), Some(1.0));
+        assert_eq!(histogram_quantile(before, after, "h", 0.25), Some(0.5));
+        assert_eq!(histogram_quantile(before, after, "h", 0.99), Some(1.98));
+        assert_eq!(histogram_quantile(after, after, "h", 0.5), None);
+        assert_eq!(sum(after, "h_bucket{le=\"1.0\"}"), 60.0);
+    }
+}

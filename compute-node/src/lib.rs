@@ -6,6 +6,7 @@
 //! `page_diff` (redo) → `shipper` (LSNs, quorum, VDL) → back to `pg_server`, which answers
 //! COMMIT once VDL passed the transaction's commit LSN.
 
+pub mod benchkit;
 pub mod buffer_pool;
 pub mod growth;
 pub mod layout;

@@ -11,15 +11,14 @@
 //!
 //! `cargo build --release -p logdb-storage -p logdb-compute && target/release/logdb-compute-bench`
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
+use logdb_compute::benchkit::{pgbench, schema, start_writer, PASSWORD};
 use logdb_compute::layout::{Layout, Member, ProtectionGroup};
 use logdb_compute::tcp_proxy::Proxy;
 use logdb_storage::testkit::{percentile, scrape, StorageProcess, TempDir};
@@ -46,27 +45,6 @@ struct Args {
 }
 
 const PAGE: u32 = 8192;
-const PASSWORD: &str = "bench";
-
-fn schema(scale: u64) -> Vec<String> {
-    let accounts = 100_000 * scale;
-    vec![
-        "CREATE TABLE pgbench_branches (bid INTEGER PRIMARY KEY, bbalance INTEGER NOT NULL, filler TEXT)".into(),
-        "CREATE TABLE pgbench_tellers (tid INTEGER PRIMARY KEY, bid INTEGER NOT NULL, tbalance INTEGER NOT NULL, filler TEXT)".into(),
-        "CREATE TABLE pgbench_accounts (aid INTEGER PRIMARY KEY, bid INTEGER NOT NULL, abalance INTEGER NOT NULL, filler TEXT)".into(),
-        "CREATE TABLE pgbench_history (tid INTEGER, bid INTEGER, aid INTEGER, delta INTEGER, mtime TEXT, filler TEXT)".into(),
-        format!("INSERT INTO pgbench_branches SELECT value, 0, NULL FROM (WITH RECURSIVE c(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM c WHERE value < {scale}) SELECT value FROM c)"),
-        format!("INSERT INTO pgbench_tellers SELECT value, (value - 1) / 10 + 1, 0, NULL FROM (WITH RECURSIVE c(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM c WHERE value < {}) SELECT value FROM c)", 10 * scale),
-    ]
-    .into_iter()
-    .chain((0..scale).map(|k| {
-        // 100,000 accounts per statement (one transaction each), 84-character filler like pgbench.
-        let (lo, hi) = (k * 100_000 + 1, (k + 1) * 100_000);
-        format!("INSERT INTO pgbench_accounts SELECT value, (value - 1) / 100000 + 1, 0, substr(hex(zeroblob(42)), 1, 84) FROM (WITH RECURSIVE c(value) AS (SELECT {lo} UNION ALL SELECT value + 1 FROM c WHERE value < {hi}) SELECT value FROM c)")
-    }))
-    .chain(std::iter::once(format!("SELECT count(*) FROM pgbench_accounts WHERE aid <= {accounts}")))
-    .collect()
-}
 
 /// The TPC-B-like transaction with concrete values.
 fn tpcb(aid: u64, bid: u64, tid: u64, delta: i64) -> [String; 5] {
@@ -78,19 +56,6 @@ fn tpcb(aid: u64, bid: u64, tid: u64, delta: i64) -> [String; 5] {
         format!("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({tid}, {bid}, {aid}, {delta}, CURRENT_TIMESTAMP)"),
     ]
 }
-
-const PGBENCH_SCRIPT: &str = r"\set aid random(1, 100000 * :scale)
-\set bid random(1, 1 * :scale)
-\set tid random(1, 10 * :scale)
-\set delta random(-5000, 5000)
-BEGIN;
-UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
-SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
-UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
-UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
-INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
-END;
-";
 
 /// A small deterministic generator (xorshift): the same transactions for every run.
 struct Rng(u64);
@@ -118,22 +83,9 @@ fn wchar() -> u64 {
         .unwrap_or(0)
 }
 
-struct WriterProc {
-    child: Child,
-    port: u16,
-    metrics: String,
-}
-
 /// Sum of the writer's metric lines starting with `prefix`.
 async fn scrape_sum(addr: &str, prefix: &str) -> f64 {
     logdb_common::metrics_http::sum(&scrape(addr).await, prefix)
-}
-
-impl Drop for WriterProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
@@ -144,107 +96,6 @@ async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
     .await?;
     tokio::spawn(conn);
     Ok(client)
-}
-
-fn start_writer(bin_dir: &Path, layout: &Path) -> anyhow::Result<WriterProc> {
-    let exe = bin_dir.join("logdb-compute");
-    let mut child = Command::new(&exe)
-        .arg("--layout")
-        .arg(layout)
-        .args(["--listen", "127.0.0.1:0", "--password", PASSWORD])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let v: serde_json::Value =
-        serde_json::from_str(line.trim()).with_context(|| format!("writer said {line:?}"))?;
-    let pg = v["pg"].as_str().context("pg address")?;
-    let port = pg.rsplit(':').next().context("port")?.parse()?;
-    let metrics = v["metrics"]
-        .as_str()
-        .context("metrics address")?
-        .to_string();
-    Ok(WriterProc {
-        child,
-        port,
-        metrics,
-    })
-}
-
-/// Runs pgbench against the writer; returns (transactions, tps, latencies in ms).
-fn pgbench(
-    port: u16,
-    clients: usize,
-    seconds: u64,
-    scale: u64,
-    dir: &Path,
-) -> anyhow::Result<(u64, f64, Vec<f64>)> {
-    let script = dir.join("tpcb.sql");
-    std::fs::write(&script, PGBENCH_SCRIPT)?;
-    let logs = dir.join(format!("pgbench-{clients}"));
-    std::fs::create_dir_all(&logs)?;
-    let out = Command::new("pgbench")
-        .args([
-            "-n",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "logdb",
-            "-c",
-            &clients.to_string(),
-            "-j",
-            &clients.min(2).to_string(),
-            "-T",
-            &seconds.to_string(),
-            "-D",
-            &format!("scale={scale}"),
-            "-l",
-        ])
-        .arg(format!("--log-prefix={}", logs.join("tx").display()))
-        .arg("-f")
-        .arg(&script)
-        .arg("vol1")
-        .env("PGPASSWORD", PASSWORD)
-        .current_dir(&logs)
-        .output()
-        .context("running pgbench")?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("pgbench failed: {text}");
-    }
-    let tx: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.split(['/', ' ']).next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("pgbench output: {text}"))?;
-    let tps: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|v| v.split(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    let mut lat = Vec::new();
-    for f in std::fs::read_dir(&logs)? {
-        let f = f?.path();
-        for line in std::fs::read_to_string(&f)?.lines() {
-            if let Some(us) = line
-                .split_whitespace()
-                .nth(2)
-                .and_then(|v| v.parse::<f64>().ok())
-            {
-                lat.push(us / 1000.0);
-            }
-        }
-        std::fs::remove_file(f)?;
-    }
-    lat.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    Ok((tx, tps, lat))
 }
 
 fn sqlite_open(path: &Path, journal: &str) -> anyhow::Result<rusqlite::Connection> {
@@ -423,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
             let (r, b) = redo_counts(k);
             redo_before.push((scrape_sum(m, &r).await, scrape_sum(m, &b).await));
         }
-        let (tx, _, _) = pgbench(writer.port, clients, args.seconds, args.scale, &dir)?;
+        let (tx, _, _) = pgbench(writer.port, clients, args.seconds, args.scale, &dir, "vol1")?;
         let bytes = (shipped(&proxies) - before) as f64 / tx.max(1) as f64;
         let mut redo = serde_json::Map::new();
         for (k, (r0, b0)) in kinds.iter().zip(redo_before) {
@@ -481,7 +332,7 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(client);
     for &clients in &args.clients {
-        let (tx, tps, lat) = pgbench(writer.port, clients, args.seconds, args.scale, &dir)?;
+        let (tx, tps, lat) = pgbench(writer.port, clients, args.seconds, args.scale, &dir, "vol1")?;
         println!(
             "{}",
             json!({"bench": "commit_throughput", "system": "logdb", "clients": clients, "seconds": args.seconds, "transactions": tx, "tps": tps.round(), "p50_ms": (percentile(&lat, 0.5) * 1000.0).round() / 1000.0, "p99_ms": (percentile(&lat, 0.99) * 1000.0).round() / 1000.0})

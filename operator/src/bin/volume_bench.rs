@@ -1,0 +1,288 @@
+//! Replica and failover benchmark (issue 6), on a whole local volume run by `logdb up` (config
+//! store, six storage nodes, a writer and a replica). Prints JSON lines:
+//!
+//! - replica lag p50/p99 (writer VDL advance → the replica's read point passing it, from the
+//!   replica's own histogram over the run) under pgbench's TPC-B-like load with 16 clients on
+//!   the read-write endpoint, while a reader queries the replica;
+//! - failover time, several rounds under a write loop: from the request to the first write the
+//!   new writer accepted through the read-write endpoint.
+//!
+//! `cargo build --release && target/release/logdb-volume-bench`
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use logdb_common::metrics_http::{histogram_quantile, scrape, sum};
+use logdb_compute::benchkit::{pgbench, schema};
+use logdb_operator::local::control::{self, Reply, Request};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(about = "logdb replica lag and failover benchmark (JSON lines on stdout)")]
+struct Args {
+    /// pgbench scale (100,000 accounts per unit).
+    #[arg(long, default_value_t = 10)]
+    scale: u64,
+    /// Seconds of load for the lag measurement.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// pgbench clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Failover rounds.
+    #[arg(long, default_value_t = 5)]
+    failovers: usize,
+}
+
+const MANIFEST: &str = "apiVersion: logdb.io/v1alpha1
+kind: LogVolume
+metadata:
+  name: bench
+spec:
+  pageSize: 8192
+  segmentSize: 1Gi
+  maxSize: 16Gi
+  replicas: 1
+";
+
+/// `logdb up` on a temp dir; `logdb down` and a kill when dropped.
+struct Volume {
+    child: Child,
+    dir: PathBuf,
+    ready: serde_json::Value,
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn up(bin_dir: &Path) -> anyhow::Result<Volume> {
+    let dir = std::env::temp_dir().join(format!("logdb-volume-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let manifest = dir.join("bench.yaml");
+    std::fs::write(&manifest, MANIFEST)?;
+    let mut child = Command::new(bin_dir.join("logdb"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["up", "--port", "0", "-o", "json"])
+        .arg(&manifest)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting logdb up")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    loop {
+        let line = lines
+            .next()
+            .context("logdb up ended before it was ready")??;
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        if v["event"] == "ready" {
+            std::thread::spawn(move || for _ in lines {});
+            return Ok(Volume {
+                child,
+                dir,
+                ready: v,
+            });
+        }
+    }
+}
+
+fn port_of(url: &str) -> anyhow::Result<u16> {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .context("port")?
+        .parse()
+        .context("port")
+}
+
+async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=logdb dbname=bench connect_timeout=5"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// The metrics address of each compute node, from the data dir's state file.
+fn compute_metrics(data: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("volume.json"))?)?;
+    Ok(state["computes"]
+        .as_array()
+        .context("computes")?
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap_or_default().to_string(),
+                format!("127.0.0.1:{}", c["metrics_port"]),
+            )
+        })
+        .collect())
+}
+
+async fn writer_id(data: &Path) -> anyhow::Result<String> {
+    match control::request(data, &Request::Status).await? {
+        Reply::Status(s) => Ok(s.writer.id),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("bin dir")?
+        .to_path_buf();
+    println!(
+        "{}",
+        json!({"bench": "machine", "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "scale": args.scale, "clients": args.clients})
+    );
+    let vol = up(&bin_dir)?;
+    let data = vol.dir.join("data");
+    let rw = port_of(vol.ready["psql"].as_str().context("psql")?)?;
+    let ro = port_of(
+        vol.ready["read_only_psql"]
+            .as_str()
+            .context("read-only psql")?,
+    )?;
+
+    let load = Instant::now();
+    let c = connect(rw).await?;
+    for s in schema(args.scale) {
+        c.batch_execute(&s)
+            .await
+            .with_context(|| format!("loading: {s}"))?;
+    }
+    println!(
+        "{}",
+        json!({"bench": "load", "seconds": load.elapsed().as_secs_f64().round()})
+    );
+
+    // Replica lag under load, from the replica's histogram, with a reader on the replica.
+    let metrics = compute_metrics(&data)?;
+    let writer = writer_id(&data).await?;
+    let (_, replica_metrics) = metrics
+        .iter()
+        .find(|(id, _)| *id != writer)
+        .context("a replica")?
+        .clone();
+    let before = scrape(&replica_metrics).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (stop, reads, accounts) = (Arc::clone(&stop), Arc::clone(&reads), 100_000 * args.scale);
+        tokio::spawn(async move {
+            let Ok(r) = connect(ro).await else { return };
+            let mut aid = 1u64;
+            while !stop.load(Ordering::Relaxed) {
+                aid = (aid * 7919 + 13) % accounts + 1;
+                if r.query_one(
+                    &format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid}"),
+                    &[],
+                )
+                .await
+                .is_ok()
+                {
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let work = vol.dir.join("pgbench");
+    std::fs::create_dir_all(&work)?;
+    let (clients, seconds, scale, w2) = (args.clients, args.seconds, args.scale, work.clone());
+    let (tx, tps, lat) =
+        tokio::task::spawn_blocking(move || pgbench(rw, clients, seconds, scale, &w2, "bench"))
+            .await??;
+    stop.store(true, Ordering::Relaxed);
+    reader.await?;
+    let after = scrape(&replica_metrics).await;
+    let name = "logdb_compute_replica_lag_seconds";
+    let ms = |q| histogram_quantile(&before, &after, name, q).map(|s| (s * 1e5).round() / 100.0);
+    let n = sum(&after, &format!("{name}_count")) - sum(&before, &format!("{name}_count"));
+    let mean =
+        (sum(&after, &format!("{name}_sum")) - sum(&before, &format!("{name}_sum"))) / n.max(1.0);
+    println!(
+        "{}",
+        json!({"bench": "replica_lag", "clients": args.clients, "seconds": args.seconds, "writer_tps": tps, "transactions": tx,
+               "commit_p50_ms": logdb_storage::testkit::percentile(&lat, 0.5), "replica_reads": reads.load(Ordering::Relaxed),
+               "batches_applied": n, "lag_p50_ms": ms(0.5), "lag_p99_ms": ms(0.99), "lag_mean_ms": (mean * 1e5).round() / 100.0})
+    );
+
+    // Failover under a write loop: request → first write accepted by the new writer.
+    let c = connect(rw).await?;
+    c.batch_execute("CREATE TABLE fo (id INTEGER PRIMARY KEY, at TEXT)")
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let next_id = Arc::new(AtomicU64::new(1));
+    let loop_writes = {
+        let (stop, next_id) = (Arc::clone(&stop), Arc::clone(&next_id));
+        tokio::spawn(async move {
+            let mut client = None;
+            while !stop.load(Ordering::Relaxed) {
+                if client.is_none() {
+                    client = connect(rw).await.ok();
+                }
+                let Some(c) = &client else { continue };
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                if c.execute(&format!("INSERT INTO fo VALUES ({id}, 'loop')"), &[])
+                    .await
+                    .is_err()
+                {
+                    client = None;
+                }
+            }
+        })
+    };
+    let mut times = Vec::new();
+    for round in 0..args.failovers {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let old = writer_id(&data).await?;
+        let started = Instant::now();
+        let answer = control::request(&data, &Request::Failover { target: None }).await?;
+        let promoted = started.elapsed();
+        let Reply::Done { message } = answer else {
+            bail!("failover failed: {answer:?}")
+        };
+        let c = connect(rw).await?;
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        c.execute(&format!("INSERT INTO fo VALUES ({id}, 'probe')"), &[])
+            .await?;
+        let total = started.elapsed();
+        let new = writer_id(&data).await?;
+        anyhow::ensure!(new != old, "the writer did not change: {message}");
+        times.push(total.as_secs_f64() * 1000.0);
+        println!(
+            "{}",
+            json!({"bench": "failover", "round": round + 1, "from": old, "to": new,
+                   "promoted_ms": (promoted.as_secs_f64() * 1e5).round() / 100.0,
+                   "first_write_ms": (total.as_secs_f64() * 1e5).round() / 100.0})
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    loop_writes.await?;
+    times.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    println!(
+        "{}",
+        json!({"bench": "failover_summary", "rounds": times.len(),
+               "first_write_p50_ms": logdb_storage::testkit::percentile(&times, 0.5),
+               "first_write_max_ms": times.last().copied().unwrap_or(0.0)})
+    );
+    drop(vol);
+    Ok(())
+}
