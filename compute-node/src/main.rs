@@ -74,6 +74,10 @@ struct Args {
     /// Where the writer serves its record feed to replicas (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     replication_listen: SocketAddr,
+    /// Host name others reach this node by (registered in the config store with its ports);
+    /// default: the listen address (set it when listening on 0.0.0.0, e.g. the pod's DNS name).
+    #[arg(long)]
+    advertise_host: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -100,14 +104,19 @@ async fn register_compute(
     client: &ConfigClient,
     volume: &str,
     id: &str,
+    advertise_host: Option<&str>,
     pg: SocketAddr,
     feed: SocketAddr,
 ) -> anyhow::Result<()> {
+    let at = |a: SocketAddr| match advertise_host {
+        Some(host) => format!("{host}:{}", a.port()),
+        None => a.to_string(),
+    };
     let req = RegisterComputeRequest {
         volume: volume.to_string(),
         id: id.to_string(),
-        pg_address: pg.to_string(),
-        replication_address: feed.to_string(),
+        pg_address: at(pg),
+        replication_address: at(feed),
     };
     client
         .call(|mut c| {
@@ -152,7 +161,15 @@ async fn main() -> anyhow::Result<()> {
             .clone()
             .context("--volume is needed with --config-store")?;
         let client = Arc::new(ConfigClient::new(args.config_store.clone()));
-        register_compute(&client, &name, &args.writer_id, pg_addr, feed_addr).await?;
+        register_compute(
+            &client,
+            &name,
+            &args.writer_id,
+            args.advertise_host.as_deref(),
+            pg_addr,
+            feed_addr,
+        )
+        .await?;
         Some((client, name))
     };
     let writer = match (&config, args.role) {

@@ -51,6 +51,24 @@ enum Cmd {
     },
     /// Stop the running volume (like Ctrl-C in the terminal of `logdb up`).
     Down,
+    /// Print the LogVolume CustomResourceDefinition (what crds/logvolume.yaml holds).
+    Crd,
+    /// Print the Kubernetes objects the operator makes of a LogVolume manifest.
+    Render {
+        file: PathBuf,
+        /// Protection groups (pods per storage StatefulSet).
+        #[arg(long, default_value_t = 1)]
+        pgs: u32,
+        #[arg(long, default_value = "ghcr.io/logdb/logdb:0.1.0")]
+        image: String,
+        /// Config store members the pods register with.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "logdb-operator-0.logdb-operator.logdb-system.svc:7400"
+        )]
+        config_store: Vec<String>,
+    },
     /// Stop or start one storage node, to watch the quorum at work.
     Node {
         #[arg(value_enum)]
@@ -118,6 +136,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Cmd::Failover { to } => {
             done(control::request(&dir, &Request::Failover { target: to }).await?)?
+        }
+        Cmd::Crd => print!("{}", logdb_operator::crd::yaml()),
+        Cmd::Render {
+            file,
+            pgs,
+            image,
+            config_store,
+        } => {
+            let lv =
+                logdb_operator::manifest::load(&file, logdb_operator::spec::Target::Kubernetes)?;
+            let settings = logdb_operator::objects::Settings {
+                image,
+                config_store,
+                storage_class: None,
+            };
+            let desired = logdb_operator::objects::desired(&lv, &settings, pgs)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            print!("{}", desired.to_yaml());
         }
         Cmd::Down => {
             done(control::request(&dir, &Request::Down).await?)?;

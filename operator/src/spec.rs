@@ -3,7 +3,8 @@
 //! with the same messages, by mapping the spec onto the config store's [`VolumeSpec`].
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::CustomResource;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
 use logdb_config_store::model::{VolumeSpec, DEFAULT_MAX_SIZE, DEFAULT_SEGMENT_SIZE};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -12,34 +13,61 @@ use crate::units::{parse_duration, parse_quantity};
 
 /// A logdb volume: one database on six storage segments per protection group, a writer and up to
 /// 15 read replicas.
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "logdb.io",
     version = "v1alpha1",
     kind = "LogVolume",
     namespaced,
     shortname = "lv",
-    status = "LogVolumeStatus"
+    status = "LogVolumeStatus",
+    printcolumn = r#"{"name":"Writer","type":"string","jsonPath":".status.writer"}"#,
+    printcolumn = r#"{"name":"Epoch","type":"integer","jsonPath":".status.epoch"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"string","jsonPath":".status.replicasReady"}"#,
+    printcolumn = r#"{"name":"PGs","type":"integer","jsonPath":".status.protectionGroups"}"#,
+    printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.allocated"}"#,
+    printcolumn = r#"{"name":"Lag","type":"string","jsonPath":".status.lag"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new(
+    "quantity(string(self.maxSize)).compareTo(quantity(string(self.segmentSize))) >= 0"
+).message("maxSize must be at least one segment (segmentSize)"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LogVolumeSpec {
     /// Database page size in bytes: a power of two from 4096 to 65536. Immutable.
     #[serde(default = "default_page_size")]
+    #[x_kube(
+        validation = Rule::new("self in [4096, 8192, 16384, 32768, 65536]").message("pageSize must be a power of two from 4096 to 65536"),
+        validation = Rule::new("self == oldSelf").message("pageSize is immutable")
+    )]
     pub page_size: u32,
-    /// Size of one protection group (segment), e.g. `10Gi`. The volume grows one segment at a time.
+    /// Size of one protection group (segment), e.g. `10Gi`; at least 1Gi. The volume grows one
+    /// segment at a time. Immutable.
     #[serde(default = "default_segment_size")]
+    #[x_kube(
+        validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).compareTo(quantity('1Gi')) >= 0").message("segmentSize must be a quantity of at least 1Gi (e.g. 10Gi)"),
+        validation = Rule::new("self == oldSelf").message("segmentSize is immutable")
+    )]
     pub segment_size: Quantity,
     /// The volume never grows past this size.
     #[serde(default = "default_max_size")]
+    #[x_kube(validation = Rule::new("isQuantity(string(self))").message("maxSize must be a quantity (e.g. 1Ti)"))]
     pub max_size: Quantity,
     /// Read replicas (0-15).
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self <= 15").message("replicas must be between 0 and 15"))]
     pub replicas: u32,
-    /// How far back point-in-time restore can go, e.g. `24h`, `7d`.
+    /// How far back point-in-time restore can go, e.g. `24h`, `7d`, `1h30m`.
     #[serde(default = "default_retention")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[smhd])+$')").message("retention must be a duration such as 30m, 24h or 7d"))]
     pub retention: String,
     /// Exactly three distinct availability zones; every segment has two copies in each.
+    /// Immutable.
     #[serde(default = "default_zones")]
+    #[x_kube(
+        validation = Rule::new("size(self) == 3 && self.all(z, z != '') && self[0] != self[1] && self[0] != self[2] && self[1] != self[2]").message("zones must be exactly three distinct, non-empty zone names"),
+        validation = Rule::new("self == oldSelf").message("zones are immutable")
+    )]
     pub zones: Vec<String>,
 }
 
@@ -47,22 +75,49 @@ pub struct LogVolumeSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogVolumeStatus {
+    /// Pending, Ready, Degraded, FailoverInProgress.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub phase: String,
+    /// The compute pod that writes.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub writer: String,
     #[serde(default)]
     pub epoch: u64,
     #[serde(default)]
     pub vdl: u64,
+    /// Ready replicas of those asked for, e.g. `2/2`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub replicas_ready: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaState>,
+    /// The worst replica lag, e.g. `0.4ms`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lag: String,
     #[serde(default)]
     pub protection_groups: u32,
+    /// Allocated size as a quantity, e.g. `20Gi`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub allocated: String,
     #[serde(default)]
     pub allocated_bytes: u64,
     #[serde(default)]
     pub used_bytes: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// One replica as the status reports it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaState {
+    pub name: String,
+    pub ready: bool,
+    #[serde(default)]
+    pub read_point: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<f64>,
 }
 
 fn default_page_size() -> u32 {

@@ -1,0 +1,186 @@
+//! The objects a LogVolume becomes, as pure functions of its spec: compared with a golden file
+//! (`LOGDB_UPDATE_GOLDEN=1` rewrites it after an intended change), and checked for what matters
+//! — six zone-pinned storage sets, anti-affinity between the two of a zone, PVCs sized for a
+//! segment, the compute set, services and budgets, every object owned by the LogVolume.
+
+use logdb_operator::manifest;
+use logdb_operator::objects::{desired, Desired, Settings};
+use logdb_operator::spec::{LogVolume, Target};
+
+fn example() -> LogVolume {
+    let text = include_str!("../../examples/logvolume.yaml");
+    let mut lv = manifest::parse(text, "example", Target::Kubernetes).unwrap();
+    lv.metadata.namespace = Some("shop".into());
+    lv.metadata.uid = Some("11111111-2222-3333-4444-555555555555".into());
+    lv
+}
+
+fn settings() -> Settings {
+    Settings {
+        image: "ghcr.io/logdb/logdb:0.1.0".into(),
+        config_store: vec!["logdb-operator-0.logdb-operator.logdb-system.svc:7400".into()],
+        storage_class: None,
+    }
+}
+
+fn render(pgs: u32) -> Desired {
+    desired(&example(), &settings(), pgs).unwrap()
+}
+
+#[test]
+fn matches_the_golden_file() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/orders.yaml");
+    let got = render(1).to_yaml();
+    if std::env::var_os("LOGDB_UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, &got).unwrap();
+    }
+    let want =
+        std::fs::read_to_string(path).expect("golden file (LOGDB_UPDATE_GOLDEN=1 writes it)");
+    assert!(
+        got == want,
+        "objects differ from {path}; LOGDB_UPDATE_GOLDEN=1 rewrites it after an intended change"
+    );
+}
+
+#[test]
+fn six_storage_sets_pinned_two_per_zone() {
+    let d = render(3);
+    assert_eq!(d.storage.len(), 6);
+    let zones: Vec<String> = d
+        .storage
+        .iter()
+        .map(|s| {
+            let aff = s
+                .spec
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .affinity
+                .as_ref()
+                .unwrap();
+            let term = &aff
+                .node_affinity
+                .as_ref()
+                .unwrap()
+                .required_during_scheduling_ignored_during_execution
+                .as_ref()
+                .unwrap()
+                .node_selector_terms[0];
+            let req = &term.match_expressions.as_ref().unwrap()[0];
+            assert_eq!(req.key, "topology.kubernetes.io/zone");
+            let anti = aff
+                .pod_anti_affinity
+                .as_ref()
+                .unwrap()
+                .required_during_scheduling_ignored_during_execution
+                .as_ref()
+                .unwrap();
+            assert_eq!(anti[0].topology_key, "kubernetes.io/hostname");
+            assert_eq!(
+                anti[0].match_label_keys.as_deref(),
+                Some(&["apps.kubernetes.io/pod-index".to_string()][..])
+            );
+            assert_eq!(s.spec.replicas, Some(3), "one pod per PG");
+            let pvc = &s.spec.volume_claim_templates.as_ref().unwrap()[0];
+            let size = &pvc
+                .spec
+                .as_ref()
+                .unwrap()
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()["storage"];
+            assert_eq!(
+                size.0,
+                ((10u64 << 30) + (10u64 << 30) / 4).to_string(),
+                "a segment plus headroom"
+            );
+            req.values.as_ref().unwrap()[0].clone()
+        })
+        .collect();
+    assert_eq!(
+        zones,
+        [
+            "eu-west-1a",
+            "eu-west-1a",
+            "eu-west-1b",
+            "eu-west-1b",
+            "eu-west-1c",
+            "eu-west-1c"
+        ]
+    );
+    let names: Vec<&str> = d
+        .storage
+        .iter()
+        .map(|s| s.metadata.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "orders-storage-a1",
+            "orders-storage-a2",
+            "orders-storage-b1",
+            "orders-storage-b2",
+            "orders-storage-c1",
+            "orders-storage-c2"
+        ]
+    );
+}
+
+#[test]
+fn compute_services_budgets_and_owners() {
+    let d = render(1);
+    assert_eq!(
+        d.compute.spec.replicas,
+        Some(3),
+        "the writer and two replicas"
+    );
+    let svc: Vec<&str> = d
+        .services
+        .iter()
+        .map(|s| s.metadata.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        svc,
+        ["orders-storage", "orders-compute", "orders-rw", "orders-ro"]
+    );
+    let rw = d.services[2]
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .as_ref()
+        .unwrap();
+    assert_eq!(rw["logdb.io/role"], "writer");
+    let ro = d.services[3]
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .as_ref()
+        .unwrap();
+    assert_eq!(ro["logdb.io/role"], "replica");
+    assert_eq!(d.budgets.len(), 2);
+    let yaml = d.to_yaml();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 1 + 6 + 1 + 4 + 2);
+    for doc in &docs {
+        let owner = &doc["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "LogVolume", "{doc:?}");
+        assert_eq!(owner["controller"], true);
+        assert_eq!(doc["metadata"]["namespace"], "shop");
+    }
+}
+
+#[test]
+fn an_invalid_spec_makes_no_objects() {
+    let mut lv = example();
+    lv.spec.page_size = 5000;
+    let err = desired(&lv, &settings(), 1).unwrap_err();
+    assert!(err.starts_with("spec.pageSize: 5000"), "{err}");
+}
