@@ -1,9 +1,11 @@
 //! The `logdb` command: the `LogVolume` spec (the CRD's types), the manifest reader, and local
 //! mode (`logdb up`, DESIGN.md §10). The Kubernetes controller (§9) builds on the same spec.
 
+pub mod controller;
 pub mod crd;
 pub mod local;
 pub mod manifest;
 pub mod objects;
+pub mod operator_mode;
 pub mod spec;
 pub mod units;

@@ -53,6 +53,29 @@ enum Cmd {
     Down,
     /// Print the LogVolume CustomResourceDefinition (what crds/logvolume.yaml holds).
     Crd,
+    /// Run as one pod of the operator's StatefulSet: a config store member, and the LogVolume
+    /// controller while this member leads.
+    Operator {
+        #[arg(long, default_value = "0.0.0.0:7400")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "0.0.0.0:9400")]
+        metrics_listen: std::net::SocketAddr,
+        #[arg(long, env = "POD_NAME")]
+        pod_name: String,
+        /// The StatefulSet's headless Service.
+        #[arg(long)]
+        service: String,
+        #[arg(long, env = "POD_NAMESPACE")]
+        namespace: String,
+        /// Pods in the StatefulSet (config store members).
+        #[arg(long, default_value_t = 3)]
+        members: u32,
+        /// The image of storage and compute pods.
+        #[arg(long)]
+        image: String,
+        #[arg(long)]
+        storage_class: Option<String>,
+    },
     /// Print the Kubernetes objects the operator makes of a LogVolume manifest.
     Render {
         file: PathBuf,
@@ -138,6 +161,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             done(control::request(&dir, &Request::Failover { target: to }).await?)?
         }
         Cmd::Crd => print!("{}", logdb_operator::crd::yaml()),
+        Cmd::Operator {
+            listen,
+            metrics_listen,
+            pod_name,
+            service,
+            namespace,
+            members,
+            image,
+            storage_class,
+        } => {
+            logdb_operator::operator_mode::run(logdb_operator::operator_mode::OperatorOptions {
+                listen,
+                metrics_listen,
+                data_dir: dir,
+                pod_name,
+                service,
+                namespace,
+                members,
+                image,
+                storage_class,
+            })
+            .await?
+        }
         Cmd::Render {
             file,
             pgs,

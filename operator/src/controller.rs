@@ -1,0 +1,492 @@
+//! The LogVolume controller (DESIGN.md §9), shaped like kube-rs's controller-rs: `reconcile` takes
+//! one LogVolume to where it should be and says when to look again; `run` drives it with
+//! kube-runtime's Controller. One reconcile:
+//!
+//! 1. deletion: the finalizer removes the volume from the config store, then lets go;
+//! 2. the finalizer is in place; the spec passes the CRD's checks (else a condition and a Warning);
+//! 3. the objects of `objects::desired` are applied (server-side apply, idempotent), sized by the
+//!    protection groups the config store holds — growth there scales every storage set by one;
+//! 4. the volume exists in the config store (placed once its storage pods have registered);
+//! 5. a `logdb.io/failover` annotation becomes a config store failover; the annotation goes away
+//!    and the outcome stays in an Event and a condition;
+//! 6. compute pods are labelled with their role, so `<name>-rw` reaches the writer;
+//! 7. the status (phase, writer, epoch, PGs, sizes, conditions, observedGeneration) is patched,
+//!    with an Event on every phase transition.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use logdb_config_store::api::{proto, spec_to_proto};
+use logdb_config_store::client::ConfigClient;
+use serde_json::json;
+
+use crate::objects::{self, Desired, Settings, ROLE_LABEL};
+use crate::spec::{LogVolume, LogVolumeStatus, Target};
+use crate::units::human_bytes;
+
+/// Removes the volume from the config store before the LogVolume goes.
+pub const FINALIZER: &str = "logdb.io/volume";
+/// `kubectl annotate lv NAME logdb.io/failover=<compute pod>|auto`.
+pub const FAILOVER_ANNOTATION: &str = "logdb.io/failover";
+const MANAGER: &str = "logdb-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("config store: {0}")]
+    Config(String),
+}
+
+pub struct Context {
+    pub client: Client,
+    pub config: ConfigClient,
+    pub settings: Settings,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(client: Client, config: ConfigClient, settings: Settings, instance: &str) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: Some(instance.into()),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            settings,
+        }
+    }
+}
+
+/// The config store's name of a LogVolume: namespace and name.
+pub fn volume_id(lv: &LogVolume) -> String {
+    format!(
+        "{}-{}",
+        lv.namespace().unwrap_or_else(|| "default".into()),
+        lv.name_any()
+    )
+}
+
+fn config_err(s: tonic::Status) -> ControllerError {
+    ControllerError::Config(format!("{}: {}", s.code(), s.message()))
+}
+
+async fn get_volume(ctx: &Context, id: &str) -> Result<Option<proto::Volume>, ControllerError> {
+    let r = ctx
+        .config
+        .call(|mut c| {
+            let name = id.to_string();
+            async move { c.get_volume(proto::VolumeRef { name }).await }
+        })
+        .await;
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(s)
+            if s.code() == tonic::Code::InvalidArgument
+                && s.message().contains("unknown volume") =>
+        {
+            Ok(None)
+        }
+        Err(s) => Err(config_err(s)),
+    }
+}
+
+async fn event(ctx: &Context, lv: &LogVolume, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &lv.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not record an event");
+    }
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(Timestamp::now()),
+    }
+}
+
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<(), ControllerError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let mut value = serde_json::to_value(obj).expect("object serializes");
+    value["apiVersion"] = K::api_version(&()).into();
+    value["kind"] = K::kind(&()).into();
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&value),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn apply_all(client: &Client, ns: &str, d: &Desired) -> Result<(), ControllerError> {
+    apply::<ConfigMap>(client, ns, &d.config).await?;
+    for s in &d.storage {
+        apply::<StatefulSet>(client, ns, s).await?;
+    }
+    apply::<StatefulSet>(client, ns, &d.compute).await?;
+    for s in &d.services {
+        apply::<Service>(client, ns, s).await?;
+    }
+    for b in &d.budgets {
+        apply::<PodDisruptionBudget>(client, ns, b).await?;
+    }
+    Ok(())
+}
+
+/// Takes one LogVolume to where it should be; see the module comment for the steps.
+pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    let ns = lv.namespace().unwrap_or_else(|| "default".into());
+    let name = lv.name_any();
+    let id = volume_id(&lv);
+    let api: Api<LogVolume> = Api::namespaced(ctx.client.clone(), &ns);
+    let finalizers = lv.finalizers().to_vec();
+    let generation = lv.metadata.generation;
+
+    // 1. Deletion.
+    if lv.metadata.deletion_timestamp.is_some() {
+        if finalizers.iter().any(|f| f == FINALIZER) {
+            let r = ctx
+                .config
+                .call(|mut c| {
+                    let name = id.clone();
+                    async move { c.delete_volume(proto::VolumeRef { name }).await }
+                })
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(s) if s.message().contains("unknown volume") => {}
+                Err(s) => return Err(config_err(s)),
+            }
+            event(
+                &ctx,
+                &lv,
+                EventType::Normal,
+                "Deleted",
+                format!("volume {id} removed from the config store"),
+            )
+            .await;
+            let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": rest}})),
+            )
+            .await?;
+        }
+        return Ok(Action::await_change());
+    }
+    // 2. Finalizer and spec.
+    if !finalizers.iter().any(|f| f == FINALIZER) {
+        let mut all = finalizers.clone();
+        all.push(FINALIZER.into());
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": all}})),
+        )
+        .await?;
+    }
+    let old = lv.status.clone().unwrap_or_default();
+    let mut status = LogVolumeStatus {
+        observed_generation: generation,
+        ..old.clone()
+    };
+    let spec = match lv.spec.volume_spec(Target::Kubernetes) {
+        Ok(s) => s,
+        Err(msg) => {
+            status.phase = "Failed".into();
+            status.conditions = vec![condition(
+                "Ready",
+                false,
+                "InvalidSpec",
+                msg.clone(),
+                generation,
+            )];
+            patch_status(&api, &name, &status).await?;
+            event(&ctx, &lv, EventType::Warning, "InvalidSpec", msg).await;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    };
+
+    // 3. Objects, sized by the PGs the config store holds.
+    let mut volume = get_volume(&ctx, &id).await?;
+    let pgs = volume.as_ref().map_or(1, |v| v.pgs.len().max(1) as u32);
+    let desired = objects::desired(&lv, &ctx.settings, pgs).map_err(ControllerError::Config)?;
+    apply_all(&ctx.client, &ns, &desired).await?;
+
+    // 4. The volume in the config store.
+    if volume.is_none() {
+        let req = proto::CreateVolumeRequest {
+            name: id.clone(),
+            spec: Some(spec_to_proto(&spec)),
+        };
+        let r = ctx
+            .config
+            .call(|mut c| {
+                let r = req.clone();
+                async move { c.create_volume(r).await }
+            })
+            .await;
+        match r {
+            Ok(v) => {
+                event(
+                    &ctx,
+                    &lv,
+                    EventType::Normal,
+                    "Created",
+                    format!("volume {id} placed on {} storage nodes", 6),
+                )
+                .await;
+                volume = Some(v);
+            }
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                status.phase = "Pending".into();
+                status.conditions = vec![condition(
+                    "Ready",
+                    false,
+                    "WaitingForStorage",
+                    s.message().to_string(),
+                    generation,
+                )];
+                patch_status(&api, &name, &status).await?;
+                return Ok(Action::requeue(Duration::from_secs(5)));
+            }
+            Err(s) => return Err(config_err(s)),
+        }
+    }
+    let mut volume = volume.expect("created above");
+    let mut conditions = Vec::new();
+
+    // 5. Failover by annotation.
+    if let Some(target) = lv.annotations().get(FAILOVER_ANNOTATION).cloned() {
+        let req = proto::FailoverRequest {
+            volume: id.clone(),
+            target: if target == "auto" {
+                String::new()
+            } else {
+                target.clone()
+            },
+        };
+        let r = ctx
+            .config
+            .call(|mut c| {
+                let r = req.clone();
+                async move { c.failover(r).await }
+            })
+            .await;
+        match r {
+            Ok(v) => {
+                let note = format!(
+                    "failover to {} (epoch {}) requested by annotation {target}",
+                    v.writer, v.epoch
+                );
+                event(&ctx, &lv, EventType::Normal, "Failover", note.clone()).await;
+                conditions.push(condition(
+                    "FailoverInProgress",
+                    true,
+                    "Requested",
+                    note,
+                    generation,
+                ));
+                volume = v;
+            }
+            Err(s) => {
+                let note = format!("failover to {target} refused: {}", s.message());
+                event(
+                    &ctx,
+                    &lv,
+                    EventType::Warning,
+                    "FailoverFailed",
+                    note.clone(),
+                )
+                .await;
+                conditions.push(condition(
+                    "FailoverInProgress",
+                    false,
+                    "FailoverFailed",
+                    note,
+                    generation,
+                ));
+            }
+        }
+        let mut annotations: BTreeMap<String, Option<String>> = BTreeMap::new();
+        annotations.insert(FAILOVER_ANNOTATION.into(), None);
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+        )
+        .await?;
+    }
+
+    // 6. Role labels on compute pods.
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=compute");
+    let compute = pods.list(&ListParams::default().labels(&selector)).await?;
+    let mut ready_replicas = 0;
+    for pod in &compute.items {
+        let pod_name = pod.name_any();
+        let role = if pod_name == volume.writer {
+            "writer"
+        } else {
+            "replica"
+        };
+        if pod.labels().get(ROLE_LABEL).map(String::as_str) != Some(role) {
+            pods.patch(
+                &pod_name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {ROLE_LABEL: role}}})),
+            )
+            .await?;
+        }
+        if role == "replica" {
+            ready_replicas += 1;
+        }
+    }
+
+    // 7. Status.
+    let registered = volume.computes.iter().any(|c| c.id == volume.writer);
+    status.phase = if registered { "Ready" } else { "Pending" }.into();
+    status.writer = volume.writer.clone();
+    status.epoch = volume.epoch;
+    status.protection_groups = volume.pgs.len() as u32;
+    status.allocated_bytes = volume.allocated_bytes;
+    status.used_bytes = volume.used_bytes;
+    status.allocated = human_bytes(volume.allocated_bytes)
+        .replace(".0 ", "")
+        .replace("iB", "i");
+    status.replicas_ready = format!("{ready_replicas}/{}", spec.replicas);
+    conditions.push(condition(
+        "Ready",
+        registered,
+        if registered {
+            "WriterServing"
+        } else {
+            "WaitingForWriter"
+        },
+        format!("writer {:?}, epoch {}", volume.writer, volume.epoch),
+        generation,
+    ));
+    conditions.push(condition(
+        "Growing",
+        volume.pgs.len() as u32 > pgs,
+        "ProtectionGroups",
+        format!("{} protection groups", volume.pgs.len()),
+        generation,
+    ));
+    status.conditions = conditions;
+    if old.phase != status.phase {
+        event(
+            &ctx,
+            &lv,
+            EventType::Normal,
+            &status.phase,
+            format!(
+                "phase {} → {}",
+                if old.phase.is_empty() {
+                    "none"
+                } else {
+                    &old.phase
+                },
+                status.phase
+            ),
+        )
+        .await;
+    }
+    if old.writer != status.writer && !old.writer.is_empty() {
+        event(
+            &ctx,
+            &lv,
+            EventType::Normal,
+            "WriterChanged",
+            format!("writer {} → {}", old.writer, status.writer),
+        )
+        .await;
+    }
+    patch_status(&api, &name, &status).await?;
+    if volume.pgs.len() as u32 > pgs {
+        // The volume grew while we applied: scale the storage sets now.
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
+    Ok(Action::requeue(Duration::from_secs(10)))
+}
+
+async fn patch_status(
+    api: &Api<LogVolume>,
+    name: &str,
+    status: &LogVolumeStatus,
+) -> Result<(), ControllerError> {
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await?;
+    Ok(())
+}
+
+fn error_policy(_lv: Arc<LogVolume>, error: &ControllerError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Runs the controller until `stop` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let volumes: Api<LogVolume> = Api::all(ctx.client.clone());
+    let sets: Api<StatefulSet> = Api::all(ctx.client.clone());
+    Controller::new(volumes, watcher::Config::default())
+        .owns(
+            sets,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=logdb-operator"),
+        )
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile error");
+            }
+        })
+        .await;
+}

@@ -1,0 +1,158 @@
+//! `logdb operator`: one pod of the operator's StatefulSet. It runs a config store member (the
+//! pods of the StatefulSet form the raft group: ordinal i is member i+1, ordinal 0 forms the group
+//! on first start; one pod works alone), and while this member is the raft leader it runs the
+//! LogVolume controller; the others stand by and take over when leadership moves.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use logdb_config_store::client::ConfigClient;
+use logdb_config_store::member::Member;
+use tokio::net::TcpListener;
+
+use crate::controller::{self, Context};
+use crate::objects::Settings;
+
+pub struct OperatorOptions {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub pod_name: String,
+    /// The headless Service of the operator's StatefulSet.
+    pub service: String,
+    pub namespace: String,
+    /// Pods in the StatefulSet (raft members).
+    pub members: u32,
+    pub image: String,
+    pub storage_class: Option<String>,
+}
+
+/// The raft id of a StatefulSet pod: its ordinal plus one.
+pub fn member_id(pod_name: &str) -> anyhow::Result<u64> {
+    let ordinal: u64 = pod_name
+        .rsplit('-')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .with_context(|| format!("pod name {pod_name:?} does not end in a StatefulSet ordinal"))?;
+    Ok(ordinal + 1)
+}
+
+/// Every member's address, by raft id.
+pub fn peers(opts: &OperatorOptions) -> BTreeMap<u64, String> {
+    (0..opts.members as u64)
+        .map(|i| {
+            (
+                i + 1,
+                format!(
+                    "{}-{i}.{}.{}.svc:{}",
+                    opts.service,
+                    opts.service,
+                    opts.namespace,
+                    opts.listen.port()
+                ),
+            )
+        })
+        .collect()
+}
+
+pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
+    let id = member_id(&opts.pod_name)?;
+    let peers = peers(&opts);
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
+    let member = Arc::new(Member::start(id, &opts.data_dir.join("config"), listener).await?);
+    if id == 1 && !member.raft.is_initialized().await.unwrap_or(false) {
+        member
+            .initialize(&peers)
+            .await
+            .context("forming the config store group")?;
+        tracing::info!(members = peers.len(), "config store group formed");
+    }
+    let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let metrics = TcpListener::bind(opts.metrics_listen)
+        .await
+        .with_context(|| format!("binding {}", opts.metrics_listen))?;
+    let flag = Arc::clone(&leader);
+    tokio::spawn(logdb_common::metrics_http::serve(metrics, move || {
+        format!(
+            "# HELP logdb_operator_leader 1 while this pod runs the controller\n# TYPE logdb_operator_leader gauge\nlogdb_operator_leader {}\n",
+            flag.load(std::sync::atomic::Ordering::Relaxed) as u8
+        )
+    }));
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let settings = Settings {
+        image: opts.image.clone(),
+        config_store: peers.values().cloned().collect(),
+        storage_class: opts.storage_class.clone(),
+    };
+    let ctx = Arc::new(Context::new(
+        client,
+        ConfigClient::new(peers.values().cloned().collect()),
+        settings,
+        &opts.pod_name,
+    ));
+    let work = async {
+        loop {
+            // Stand by until this member leads the config store.
+            while member.leader().await != Some(id) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tracing::info!("leading the config store: running the LogVolume controller");
+            leader.store(true, std::sync::atomic::Ordering::Relaxed);
+            let m = Arc::clone(&member);
+            let lost = async move {
+                while m.leader().await == Some(id) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            };
+            controller::run(Arc::clone(&ctx), lost).await;
+            leader.store(false, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("no longer the leader: controller stopped, standing by");
+        }
+    };
+    tokio::select! {
+        _ = work => {}
+        _ = logdb_common::shutdown::signal() => {}
+    }
+    drop(ctx);
+    if let Ok(m) = Arc::try_unwrap(member) {
+        m.stop().await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_come_from_the_statefulset() {
+        assert_eq!(member_id("logdb-operator-0").unwrap(), 1);
+        assert_eq!(member_id("logdb-operator-2").unwrap(), 3);
+        assert!(member_id("logdb-operator").is_err());
+        let opts = OperatorOptions {
+            listen: "0.0.0.0:7400".parse().unwrap(),
+            metrics_listen: "0.0.0.0:9400".parse().unwrap(),
+            data_dir: "/data".into(),
+            pod_name: "logdb-operator-1".into(),
+            service: "logdb-operator".into(),
+            namespace: "logdb-system".into(),
+            members: 3,
+            image: "x".into(),
+            storage_class: None,
+        };
+        let p = peers(&opts);
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            p[&2],
+            "logdb-operator-1.logdb-operator.logdb-system.svc:7400"
+        );
+    }
+}

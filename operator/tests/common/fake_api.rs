@@ -1,0 +1,228 @@
+//! An in-memory Kubernetes API server behind a real `kube::Client` (a tower service instead of
+//! HTTP): objects stored as JSON by path; GET of objects and lists (label selectors with `=`),
+//! POST, server-side apply (creates or merges), JSON merge patches of objects and of `/status`,
+//! resource versions and uids. Enough for the controller's calls; every request is recorded.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{json, Value};
+
+#[derive(Default)]
+pub struct Store {
+    /// Object path (`/api/v1/namespaces/ns/services/x`) → object.
+    pub objects: BTreeMap<String, Value>,
+    pub requests: Vec<String>,
+    version: u64,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeApi {
+    pub store: Arc<Mutex<Store>>,
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response<Body> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                      "reason": reason, "message": message, "code": code.as_u16()});
+    let mut r = Response::new(Body::from(serde_json::to_vec(&body).unwrap()));
+    *r.status_mut() = code;
+    r
+}
+
+fn ok(v: &Value) -> Response<Body> {
+    Response::new(Body::from(serde_json::to_vec(v).unwrap()))
+}
+
+/// Does `labels` satisfy `k=v,k2=v2`?
+fn selected(obj: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (k, v) = term.split_once('=').unwrap_or((term, ""));
+        obj["metadata"]["labels"][k].as_str() == Some(v)
+    })
+}
+
+impl FakeApi {
+    pub fn client(&self) -> kube::Client {
+        let api = self.clone();
+        let svc = tower::service_fn(move |req: Request<Body>| {
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(api.handle(req).await) }
+        });
+        kube::Client::new(svc, "default")
+    }
+
+    /// Stores an object as a client's create would (with a uid and resource version).
+    pub fn put(&self, path: &str, obj: Value) {
+        let mut s = self.store.lock().unwrap();
+        s.version += 1;
+        let mut obj = obj;
+        obj["metadata"]["resourceVersion"] = s.version.to_string().into();
+        if obj["metadata"]["uid"].is_null() {
+            obj["metadata"]["uid"] = format!("uid-{}", s.version).into();
+        }
+        s.objects.insert(path.to_string(), obj);
+    }
+
+    pub fn get(&self, path: &str) -> Option<Value> {
+        self.store.lock().unwrap().objects.get(path).cloned()
+    }
+
+    /// Objects whose path starts with `prefix` (a collection).
+    pub fn list(&self, prefix: &str) -> Vec<Value> {
+        let s = self.store.lock().unwrap();
+        s.objects
+            .iter()
+            .filter(|(p, _)| p.starts_with(prefix) && !p[prefix.len()..].contains('/'))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    async fn handle(&self, req: Request<Body>) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = req.into_body().collect_bytes().await.unwrap_or_default();
+        let body: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or(Value::Null)
+        };
+        let mut s = self.store.lock().unwrap();
+        s.requests.push(format!("{method} {path}"));
+        let (key, sub) = match path.strip_suffix("/status") {
+            Some(k) => (k.to_string(), true),
+            None => (path.clone(), false),
+        };
+        match method {
+            Method::GET if s.objects.contains_key(&key) => ok(&s.objects[&key]),
+            Method::GET => {
+                let prefix = format!("{key}/");
+                let items: Vec<Value> = s
+                    .objects
+                    .iter()
+                    .filter(|(p, _)| p.starts_with(&prefix) && !p[prefix.len()..].contains('/'))
+                    .map(|(_, v)| v.clone())
+                    .filter(|v| {
+                        let sel = query
+                            .split('&')
+                            .find_map(|kv| kv.strip_prefix("labelSelector="))
+                            .map(|s| {
+                                s.replace("%3D", "=")
+                                    .replace("%2C", ",")
+                                    .replace("%2F", "/")
+                            })
+                            .unwrap_or_default();
+                        selected(v, &sel)
+                    })
+                    .collect();
+                if items.is_empty() && !key.ends_with('s') {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("{key} not found"),
+                    );
+                }
+                let version = s.version.to_string();
+                ok(
+                    &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": version}, "items": items}),
+                )
+            }
+            Method::POST => {
+                s.version += 1;
+                let mut obj = body;
+                let name = obj["metadata"]["name"]
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| {
+                        format!(
+                            "{}{}",
+                            obj["metadata"]["generateName"].as_str().unwrap_or("obj-"),
+                            s.version
+                        )
+                    });
+                obj["metadata"]["name"] = name.clone().into();
+                obj["metadata"]["resourceVersion"] = s.version.to_string().into();
+                obj["metadata"]["uid"] = format!("uid-{}", s.version).into();
+                s.objects.insert(format!("{key}/{name}"), obj.clone());
+                ok(&obj)
+            }
+            Method::PATCH => {
+                s.version += 1;
+                let version = s.version;
+                let apply = content_type.starts_with("application/apply-patch");
+                let existing = s.objects.get(&key).cloned();
+                let mut obj = match (existing, apply) {
+                    (Some(o), _) => o,
+                    (None, true) => json!({"metadata": {"uid": format!("uid-{version}")}}),
+                    (None, false) => {
+                        return status(
+                            StatusCode::NOT_FOUND,
+                            "NotFound",
+                            format!("{key} not found"),
+                        )
+                    }
+                };
+                if sub {
+                    merge(&mut obj["status"], &body["status"]);
+                } else if apply {
+                    // Server-side apply by the only manager: its fields replace ours.
+                    for field in ["spec", "data"] {
+                        if !body[field].is_null() {
+                            obj[field] = body[field].clone();
+                        }
+                    }
+                    let mut b = body.clone();
+                    if let Some(m) = b.as_object_mut() {
+                        m.remove("spec");
+                        m.remove("data");
+                    }
+                    merge(&mut obj, &b);
+                } else {
+                    merge(&mut obj, &body);
+                }
+                obj["metadata"]["resourceVersion"] = version.to_string().into();
+                s.objects.insert(key, obj.clone());
+                ok(&obj)
+            }
+            Method::DELETE => match s.objects.remove(&key) {
+                Some(o) => ok(&o),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{key} not found"),
+                ),
+            },
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{method} {path}"),
+            ),
+        }
+    }
+}

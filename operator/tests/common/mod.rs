@@ -1,0 +1,3 @@
+//! Test support for the operator's tests.
+
+pub mod fake_api;

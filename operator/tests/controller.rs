@@ -1,0 +1,296 @@
+//! The controller's reconcile against an in-memory Kubernetes API (tests/common/fake_api.rs,
+//! behind a real `kube::Client`) and a real config store member in-process: create → six zone-
+//! pinned StatefulSets, Services and a finalizer; the writer registers → Ready, pods labelled;
+//! annotate → failover → annotation removed, status and Events; a bad target → Warning and a
+//! condition; growth → every storage set scales by one; delete → the finalizer removes the
+//! volume from the config store.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::fake_api::FakeApi;
+use logdb_config_store::client::ConfigClient;
+use logdb_config_store::command::Command;
+use logdb_config_store::member::Member;
+use logdb_operator::controller::{reconcile, Context, FAILOVER_ANNOTATION, FINALIZER};
+use logdb_operator::objects::Settings;
+use logdb_operator::spec::LogVolume;
+use serde_json::{json, Value};
+
+const LV: &str = "/apis/logdb.io/v1alpha1/namespaces/shop/logvolumes/orders";
+const SETS: &str = "/apis/apps/v1/namespaces/shop/statefulsets";
+const PODS: &str = "/api/v1/namespaces/shop/pods";
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    member: Member,
+    api: FakeApi,
+    ctx: Arc<Context>,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let member = Member::start(1, dir.path(), listener).await.unwrap();
+    member
+        .initialize(&BTreeMap::from([(1, member.addr.clone())]))
+        .await
+        .unwrap();
+    let api = FakeApi::default();
+    let text = include_str!("../../examples/logvolume.yaml");
+    let mut lv: Value = serde_yaml::from_str(text).unwrap();
+    lv["metadata"]["namespace"] = "shop".into();
+    lv["metadata"]["generation"] = 1.into();
+    api.put(LV, lv);
+    for i in 0..3 {
+        let name = format!("orders-compute-{i}");
+        api.put(
+            &format!("{PODS}/{name}"),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "shop",
+                   "labels": {"app.kubernetes.io/instance": "orders", "app.kubernetes.io/component": "compute"}}}),
+        );
+    }
+    let settings = Settings {
+        image: "ghcr.io/logdb/logdb:test".into(),
+        config_store: vec![member.addr.clone()],
+        storage_class: None,
+    };
+    let ctx = Arc::new(Context::new(
+        api.client(),
+        ConfigClient::new(vec![member.addr.clone()]),
+        settings,
+        "test",
+    ));
+    Setup {
+        _dir: dir,
+        member,
+        api,
+        ctx,
+    }
+}
+
+impl Setup {
+    fn lv(&self) -> Arc<LogVolume> {
+        Arc::new(serde_json::from_value(self.api.get(LV).unwrap()).unwrap())
+    }
+
+    async fn reconcile(&self) {
+        reconcile(self.lv(), Arc::clone(&self.ctx)).await.unwrap();
+    }
+
+    async fn write(&self, cmd: Command) {
+        // The member is the leader once raft has elected it.
+        for _ in 0..100 {
+            match self.member.write(cmd.clone()).await {
+                Ok(_) => return,
+                Err(logdb_config_store::member::MemberError::NotLeader { .. }) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{cmd:?}: {e}"),
+            }
+        }
+        panic!("no leader");
+    }
+
+    /// Storage pods registering (what the six StatefulSets' pods do on a cluster).
+    async fn register_storage(&self) {
+        for (id, zone) in [
+            ("a1", "eu-west-1a"),
+            ("a2", "eu-west-1a"),
+            ("b1", "eu-west-1b"),
+            ("b2", "eu-west-1b"),
+            ("c1", "eu-west-1c"),
+            ("c2", "eu-west-1c"),
+        ] {
+            self.write(Command::RegisterNode {
+                id: format!("shop-orders-storage-{id}-0"),
+                zone: zone.into(),
+                address: format!("orders-storage-{id}-0.orders-storage.shop.svc:7600"),
+                capacity_bytes: 1 << 40,
+                now_ms: now_ms(),
+            })
+            .await;
+        }
+    }
+
+    /// A compute pod registering; `writer`: it also takes the writer ticket.
+    async fn register_compute(&self, i: usize, writer: bool) {
+        let id = format!("orders-compute-{i}");
+        self.write(Command::RegisterCompute {
+            volume: "shop-orders".into(),
+            id: id.clone(),
+            pg_address: format!("{id}.orders-compute.shop.svc:5432"),
+            replication_address: format!("{id}.orders-compute.shop.svc:7500"),
+        })
+        .await;
+        if writer {
+            let epoch = self.member.state().await.volumes["shop-orders"].epoch;
+            self.write(Command::AcquireTicket {
+                volume: "shop-orders".into(),
+                writer: id,
+                known_epoch: epoch,
+            })
+            .await;
+        }
+    }
+
+    fn events(&self, reason: &str) -> Vec<Value> {
+        self.api
+            .list("/apis/events.k8s.io/v1/namespaces/shop/events/")
+            .into_iter()
+            .filter(|e| e["reason"] == reason)
+            .collect()
+    }
+
+    fn role(&self, pod: &str) -> Option<String> {
+        self.api.get(&format!("{PODS}/{pod}")).unwrap()["metadata"]["labels"]["logdb.io/role"]
+            .as_str()
+            .map(String::from)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_failover_grow_and_delete() {
+    let s = setup().await;
+
+    // Created before any storage pod registered: objects, finalizer, Pending.
+    s.reconcile().await;
+    let sets = s.api.list(&format!("{SETS}/"));
+    assert_eq!(sets.len(), 7, "six storage sets and the compute set");
+    let a1 = s.api.get(&format!("{SETS}/orders-storage-a1")).unwrap();
+    let zone = &a1["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+        ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+        ["matchExpressions"][0];
+    assert_eq!(zone["key"], "topology.kubernetes.io/zone");
+    assert_eq!(zone["values"][0], "eu-west-1a");
+    for svc in ["orders-rw", "orders-ro", "orders-storage", "orders-compute"] {
+        assert!(
+            s.api
+                .get(&format!("/api/v1/namespaces/shop/services/{svc}"))
+                .is_some(),
+            "{svc}"
+        );
+    }
+    let lv = s.api.get(LV).unwrap();
+    assert_eq!(lv["metadata"]["finalizers"][0], FINALIZER);
+    assert_eq!(lv["status"]["phase"], "Pending");
+    assert_eq!(lv["status"]["conditions"][0]["reason"], "WaitingForStorage");
+    assert_eq!(lv["status"]["observedGeneration"], 1);
+
+    // Storage registers, the first compute pod takes the writer ticket: Ready.
+    s.register_storage().await;
+    s.reconcile().await;
+    assert_eq!(s.events("Created").len(), 1);
+    s.register_compute(0, true).await;
+    s.register_compute(1, false).await;
+    s.register_compute(2, false).await;
+    s.reconcile().await;
+    let lv = s.api.get(LV).unwrap();
+    assert_eq!(lv["status"]["phase"], "Ready");
+    assert_eq!(lv["status"]["writer"], "orders-compute-0");
+    assert_eq!(lv["status"]["epoch"], 1);
+    assert_eq!(lv["status"]["protectionGroups"], 1);
+    assert_eq!(lv["status"]["allocated"], "10Gi");
+    assert_eq!(s.role("orders-compute-0").as_deref(), Some("writer"));
+    assert_eq!(s.role("orders-compute-1").as_deref(), Some("replica"));
+    // Idempotent: a second pass changes nothing it owns.
+    let before = s.api.get(&format!("{SETS}/orders-storage-c2")).unwrap();
+    s.reconcile().await;
+    let after = s.api.get(&format!("{SETS}/orders-storage-c2")).unwrap();
+    assert_eq!(before["spec"], after["spec"]);
+
+    // Failover by annotation.
+    let mut lv = s.api.get(LV).unwrap();
+    lv["metadata"]["annotations"] = json!({FAILOVER_ANNOTATION: "orders-compute-1"});
+    s.api.put(LV, lv);
+    s.reconcile().await;
+    let lv = s.api.get(LV).unwrap();
+    assert!(
+        lv["metadata"]["annotations"]
+            .get(FAILOVER_ANNOTATION)
+            .is_none(),
+        "annotation removed"
+    );
+    assert_eq!(lv["status"]["writer"], "orders-compute-1");
+    assert_eq!(lv["status"]["epoch"], 2);
+    assert_eq!(s.events("Failover").len(), 1);
+    assert_eq!(s.events("WriterChanged").len(), 1);
+    assert_eq!(s.role("orders-compute-1").as_deref(), Some("writer"));
+    assert_eq!(s.role("orders-compute-0").as_deref(), Some("replica"));
+    assert_eq!(
+        s.member.state().await.volumes["shop-orders"]
+            .writer
+            .as_deref(),
+        Some("orders-compute-1")
+    );
+
+    // A bad target: a Warning, a condition with the reason, the annotation removed.
+    let mut lv = s.api.get(LV).unwrap();
+    lv["metadata"]["annotations"] = json!({FAILOVER_ANNOTATION: "orders-compute-9"});
+    s.api.put(LV, lv);
+    s.reconcile().await;
+    let lv = s.api.get(LV).unwrap();
+    assert!(lv["metadata"]["annotations"]
+        .get(FAILOVER_ANNOTATION)
+        .is_none());
+    let failed = s.events("FailoverFailed");
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("no replica \"orders-compute-9\""),
+        "{failed:?}"
+    );
+    let cond = lv["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "FailoverInProgress")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (cond["status"].as_str(), cond["reason"].as_str()),
+        (Some("False"), Some("FailoverFailed"))
+    );
+    assert_eq!(
+        lv["status"]["writer"], "orders-compute-1",
+        "nothing changed"
+    );
+
+    // Growth: the config store adds a PG → every storage set scales by one.
+    s.write(Command::ReportUsage {
+        volume: "shop-orders".into(),
+        used_bytes: 9 << 30,
+        now_ms: now_ms(),
+    })
+    .await;
+    s.reconcile().await;
+    for id in ["a1", "a2", "b1", "b2", "c1", "c2"] {
+        assert_eq!(
+            s.api.get(&format!("{SETS}/orders-storage-{id}")).unwrap()["spec"]["replicas"],
+            2,
+            "{id}"
+        );
+    }
+    assert_eq!(s.api.get(LV).unwrap()["status"]["protectionGroups"], 2);
+
+    // Deletion: the finalizer removes the volume from the config store, then lets go.
+    let mut lv = s.api.get(LV).unwrap();
+    lv["metadata"]["deletionTimestamp"] = "2026-11-25T12:00:00Z".into();
+    s.api.put(LV, lv);
+    s.reconcile().await;
+    let lv = s.api.get(LV).unwrap();
+    assert_eq!(lv["metadata"]["finalizers"], json!([]));
+    assert!(!s.member.state().await.volumes.contains_key("shop-orders"));
+    assert_eq!(s.events("Deleted").len(), 1);
+}
