@@ -33,7 +33,7 @@ use logdb_config_store::client::ConfigClient;
 use serde_json::json;
 
 use crate::objects::{self, Desired, Settings, ROLE_LABEL};
-use crate::spec::{LogVolume, LogVolumeStatus, Target};
+use crate::spec::{LogVolume, LogVolumeStatus, PendingFailover, Target};
 use crate::units::human_bytes;
 
 /// Removes the volume from the config store before the LogVolume goes.
@@ -41,6 +41,8 @@ pub const FINALIZER: &str = "logdb.io/volume";
 /// `kubectl annotate lv NAME logdb.io/failover=<compute pod>|auto`.
 pub const FAILOVER_ANNOTATION: &str = "logdb.io/failover";
 const MANAGER: &str = "logdb-operator";
+/// How long a promoted replica may take to serve as writer before the failover counts as failed.
+const FAILOVER_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -296,66 +298,102 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
     let mut volume = volume.expect("created above");
     let mut conditions = Vec::new();
 
-    // 5. Failover by annotation.
+    // 5. Failover by annotation: ask the config store, then wait (requeueing) until the target
+    //    has taken its own ticket — it serves as writer — before the annotation goes.
+    let mut promoting = false;
     if let Some(target) = lv.annotations().get(FAILOVER_ANNOTATION).cloned() {
-        let req = proto::FailoverRequest {
-            volume: id.clone(),
-            target: if target == "auto" {
-                String::new()
-            } else {
-                target.clone()
+        let outcome = match status.failover.clone() {
+            None => match request_failover(&ctx, &id, &target).await {
+                Ok(v) => {
+                    let note = format!(
+                        "failover to {} requested by annotation {target} (epoch {})",
+                        v.writer, v.epoch
+                    );
+                    event(&ctx, &lv, EventType::Normal, "Failover", note.clone()).await;
+                    conditions.push(condition(
+                        "FailoverInProgress",
+                        true,
+                        "Promoting",
+                        note,
+                        generation,
+                    ));
+                    status.failover = Some(PendingFailover {
+                        target: v.writer.clone(),
+                        epoch: v.epoch,
+                        started_at: Timestamp::now().to_string(),
+                    });
+                    volume = v;
+                    None
+                }
+                Err(msg) => Some((EventType::Warning, "FailoverFailed", false, msg)),
             },
+            Some(p) if volume.writer == p.target && volume.epoch > p.epoch => Some((
+                EventType::Normal,
+                "FailoverComplete",
+                false,
+                format!("{} serves as the writer (epoch {})", p.target, volume.epoch),
+            )),
+            Some(p) if volume.writer != p.target => Some((
+                EventType::Warning,
+                "FailoverFailed",
+                false,
+                format!(
+                    "{} did not become the writer: the config store names {}",
+                    p.target, volume.writer
+                ),
+            )),
+            Some(p) => {
+                let waited = p
+                    .started_at
+                    .parse::<Timestamp>()
+                    .map(|t| Timestamp::now().duration_since(t).as_secs())
+                    .unwrap_or(i64::MAX);
+                if waited > FAILOVER_TIMEOUT.as_secs() as i64 {
+                    Some((
+                        EventType::Warning,
+                        "FailoverTimedOut",
+                        false,
+                        format!(
+                            "{} has not taken its writer ticket after {waited} s",
+                            p.target
+                        ),
+                    ))
+                } else {
+                    conditions.push(condition(
+                        "FailoverInProgress",
+                        true,
+                        "Promoting",
+                        format!("waiting for {} to serve as the writer", p.target),
+                        generation,
+                    ));
+                    None
+                }
+            }
         };
-        let r = ctx
-            .config
-            .call(|mut c| {
-                let r = req.clone();
-                async move { c.failover(r).await }
-            })
-            .await;
-        match r {
-            Ok(v) => {
-                let note = format!(
-                    "failover to {} (epoch {}) requested by annotation {target}",
-                    v.writer, v.epoch
-                );
-                event(&ctx, &lv, EventType::Normal, "Failover", note.clone()).await;
+        match outcome {
+            Some((type_, reason, ok, note)) => {
+                event(&ctx, &lv, type_, reason, note.clone()).await;
                 conditions.push(condition(
                     "FailoverInProgress",
-                    true,
-                    "Requested",
+                    ok,
+                    reason,
                     note,
                     generation,
                 ));
-                volume = v;
-            }
-            Err(s) => {
-                let note = format!("failover to {target} refused: {}", s.message());
-                event(
-                    &ctx,
-                    &lv,
-                    EventType::Warning,
-                    "FailoverFailed",
-                    note.clone(),
+                status.failover = None;
+                let mut annotations: BTreeMap<String, Option<String>> = BTreeMap::new();
+                annotations.insert(FAILOVER_ANNOTATION.into(), None);
+                api.patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
                 )
-                .await;
-                conditions.push(condition(
-                    "FailoverInProgress",
-                    false,
-                    "FailoverFailed",
-                    note,
-                    generation,
-                ));
+                .await?;
             }
+            None => promoting = true,
         }
-        let mut annotations: BTreeMap<String, Option<String>> = BTreeMap::new();
-        annotations.insert(FAILOVER_ANNOTATION.into(), None);
-        api.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
-        )
-        .await?;
+    } else {
+        status.failover = None;
     }
 
     // 6. Role labels on compute pods.
@@ -363,7 +401,7 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
     let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=compute");
     let compute = pods.list(&ListParams::default().labels(&selector)).await?;
     let mut ready_replicas = 0;
-    for pod in &compute.items {
+    for pod in compute.items.iter().filter(|_| !promoting) {
         let pod_name = pod.name_any();
         let role = if pod_name == volume.writer {
             "writer"
@@ -385,7 +423,12 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
 
     // 7. Status.
     let registered = volume.computes.iter().any(|c| c.id == volume.writer);
-    status.phase = if registered { "Ready" } else { "Pending" }.into();
+    status.phase = match (promoting, registered) {
+        (true, _) => "FailoverInProgress",
+        (false, true) => "Ready",
+        (false, false) => "Pending",
+    }
+    .into();
     status.writer = volume.writer.clone();
     status.epoch = volume.epoch;
     status.protection_groups = volume.pgs.len() as u32;
@@ -443,6 +486,9 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
         .await;
     }
     patch_status(&api, &name, &status).await?;
+    if promoting {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     if volume.pgs.len() as u32 > pgs {
         // The volume grew while we applied: scale the storage sets now.
         return Ok(Action::requeue(Duration::from_millis(100)));
@@ -450,15 +496,39 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
     Ok(Action::requeue(Duration::from_secs(10)))
 }
 
+/// Asks the config store to make `target` (a compute pod, or `auto`) the writer.
+async fn request_failover(ctx: &Context, id: &str, target: &str) -> Result<proto::Volume, String> {
+    let req = proto::FailoverRequest {
+        volume: id.to_string(),
+        target: if target == "auto" {
+            String::new()
+        } else {
+            target.to_string()
+        },
+    };
+    ctx.config
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.failover(r).await }
+        })
+        .await
+        .map_err(|s| format!("failover to {target} refused: {}", s.message()))
+}
+
 async fn patch_status(
     api: &Api<LogVolume>,
     name: &str,
     status: &LogVolumeStatus,
 ) -> Result<(), ControllerError> {
+    let mut value = serde_json::to_value(status).expect("status serializes");
+    if status.failover.is_none() {
+        // A merge patch keeps what it does not mention: clear it explicitly.
+        value["failover"] = serde_json::Value::Null;
+    }
     api.patch_status(
         name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"status": status})),
+        &Patch::Merge(json!({"status": value})),
     )
     .await?;
     Ok(())

@@ -104,8 +104,23 @@ pub struct LogVolumeStatus {
     pub used_bytes: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// A failover asked for by annotation, until the target serves as writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<PendingFailover>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// A failover under way.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingFailover {
+    /// The compute pod being promoted.
+    pub target: String,
+    /// The epoch the config store's failover set; the target's own ticket goes above it.
+    pub epoch: u64,
+    /// When it was asked for (RFC 3339).
+    pub started_at: String,
 }
 
 /// One replica as the status reports it.

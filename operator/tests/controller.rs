@@ -1,7 +1,8 @@
 //! The controller's reconcile against an in-memory Kubernetes API (tests/common/fake_api.rs,
 //! behind a real `kube::Client`) and a real config store member in-process: create → six zone-
 //! pinned StatefulSets, Services and a finalizer; the writer registers → Ready, pods labelled;
-//! annotate → failover → annotation removed, status and Events; a bad target → Warning and a
+//! annotate → failover → the target takes its ticket → `<name>-rw` moves, annotation removed,
+//! status and Events; a bad target → Warning and a
 //! condition; growth → every storage set scales by one; delete → the finalizer removes the
 //! volume from the config store.
 
@@ -208,10 +209,38 @@ async fn create_failover_grow_and_delete() {
     let after = s.api.get(&format!("{SETS}/orders-storage-c2")).unwrap();
     assert_eq!(before["spec"], after["spec"]);
 
-    // Failover by annotation.
+    // Failover by annotation: requested, then the annotation stays until the target has taken
+    // its own ticket (serves as writer); only then does `orders-rw` move.
     let mut lv = s.api.get(LV).unwrap();
     lv["metadata"]["annotations"] = json!({FAILOVER_ANNOTATION: "orders-compute-1"});
     s.api.put(LV, lv);
+    s.reconcile().await;
+    let lv = s.api.get(LV).unwrap();
+    assert_eq!(
+        lv["metadata"]["annotations"][FAILOVER_ANNOTATION],
+        "orders-compute-1"
+    );
+    assert_eq!(lv["status"]["phase"], "FailoverInProgress");
+    assert_eq!(lv["status"]["failover"]["target"], "orders-compute-1");
+    assert_eq!(s.events("Failover").len(), 1);
+    assert_eq!(
+        s.role("orders-compute-0").as_deref(),
+        Some("writer"),
+        "not moved yet"
+    );
+    assert_eq!(
+        s.member.state().await.volumes["shop-orders"]
+            .writer
+            .as_deref(),
+        Some("orders-compute-1")
+    );
+    s.reconcile().await;
+    assert_eq!(
+        s.api.get(LV).unwrap()["metadata"]["annotations"][FAILOVER_ANNOTATION],
+        "orders-compute-1",
+        "still waiting"
+    );
+    s.register_compute(1, true).await; // the promoted replica restarts as writer: its ticket
     s.reconcile().await;
     let lv = s.api.get(LV).unwrap();
     assert!(
@@ -220,18 +249,14 @@ async fn create_failover_grow_and_delete() {
             .is_none(),
         "annotation removed"
     );
+    assert!(lv["status"].get("failover").is_none());
+    assert_eq!(lv["status"]["phase"], "Ready");
     assert_eq!(lv["status"]["writer"], "orders-compute-1");
-    assert_eq!(lv["status"]["epoch"], 2);
-    assert_eq!(s.events("Failover").len(), 1);
+    assert_eq!(lv["status"]["epoch"], 3);
+    assert_eq!(s.events("FailoverComplete").len(), 1);
     assert_eq!(s.events("WriterChanged").len(), 1);
     assert_eq!(s.role("orders-compute-1").as_deref(), Some("writer"));
     assert_eq!(s.role("orders-compute-0").as_deref(), Some("replica"));
-    assert_eq!(
-        s.member.state().await.volumes["shop-orders"]
-            .writer
-            .as_deref(),
-        Some("orders-compute-1")
-    );
 
     // A bad target: a Warning, a condition with the reason, the annotation removed.
     let mut lv = s.api.get(LV).unwrap();
