@@ -10,8 +10,9 @@
 //! 5. a `logdb.io/failover` annotation becomes a config store failover; the annotation goes away
 //!    and the outcome stays in an Event and a condition;
 //! 6. compute pods are labelled with their role, so `<name>-rw` reaches the writer;
-//! 7. the status (phase, writer, epoch, PGs, sizes, conditions, observedGeneration) is patched,
-//!    with an Event on every phase transition.
+//! 7. the status (phase, writer, epoch, PGs, sizes, conditions — Ready, Degraded,
+//!    FailoverInProgress, Growing —, observedGeneration) is patched, with an Event on every phase
+//!    transition.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -421,12 +422,40 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
         }
     }
 
-    // 7. Status.
+    // 7. Status. Storage sets whose pods are not all ready make the volume Degraded (it still
+    //    writes while 4 of 6 copies of every PG answer).
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut short = Vec::new();
+    for s in &desired.storage {
+        let set_name = s.metadata.name.clone().unwrap_or_default();
+        if let Some(st) = sets.get_opt(&set_name).await?.and_then(|s| s.status) {
+            let ready = st.ready_replicas.unwrap_or(0);
+            if ready < pgs as i32 {
+                short.push(format!("{set_name}: {ready}/{pgs} ready"));
+            }
+        }
+    }
+    conditions.push(condition(
+        "Degraded",
+        !short.is_empty(),
+        if short.is_empty() {
+            "AllStorageReady"
+        } else {
+            "StoragePodsNotReady"
+        },
+        if short.is_empty() {
+            "every storage pod is ready".to_string()
+        } else {
+            short.join(", ")
+        },
+        generation,
+    ));
     let registered = volume.computes.iter().any(|c| c.id == volume.writer);
-    status.phase = match (promoting, registered) {
-        (true, _) => "FailoverInProgress",
-        (false, true) => "Ready",
-        (false, false) => "Pending",
+    status.phase = match (promoting, registered, short.is_empty()) {
+        (true, _, _) => "FailoverInProgress",
+        (false, false, _) => "Pending",
+        (false, true, false) => "Degraded",
+        (false, true, true) => "Ready",
     }
     .into();
     status.writer = volume.writer.clone();

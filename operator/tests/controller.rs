@@ -203,6 +203,29 @@ async fn create_failover_grow_and_delete() {
     assert_eq!(lv["status"]["allocated"], "10Gi");
     assert_eq!(s.role("orders-compute-0").as_deref(), Some("writer"));
     assert_eq!(s.role("orders-compute-1").as_deref(), Some("replica"));
+    // A storage pod down: Degraded (with which set), then Ready again.
+    let path = format!("{SETS}/orders-storage-b2");
+    let mut set = s.api.get(&path).unwrap();
+    set["status"] = json!({"replicas": 1, "readyReplicas": 0});
+    s.api.put(&path, set.clone());
+    s.reconcile().await;
+    let lv = s.api.get(LV).unwrap();
+    assert_eq!(lv["status"]["phase"], "Degraded");
+    let degraded = lv["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["message"], "orders-storage-b2: 0/1 ready");
+    assert_eq!(s.events("Degraded").len(), 1, "an Event for the transition");
+    set["status"] = json!({"replicas": 1, "readyReplicas": 1});
+    s.api.put(&path, set);
+    s.reconcile().await;
+    assert_eq!(s.api.get(LV).unwrap()["status"]["phase"], "Ready");
+
     // Idempotent: a second pass changes nothing it owns.
     let before = s.api.get(&format!("{SETS}/orders-storage-c2")).unwrap();
     s.reconcile().await;
