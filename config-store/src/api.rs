@@ -69,6 +69,7 @@ pub fn spec_to_proto(s: &model::VolumeSpec) -> proto::VolumeSpec {
         replicas: s.replicas,
         retention_seconds: s.retention_secs,
         zones: s.zones.clone(),
+        pool: s.pool.clone(),
     }
 }
 
@@ -84,6 +85,7 @@ pub fn spec_from_proto(s: proto::VolumeSpec) -> model::VolumeSpec {
         replicas: s.replicas,
         retention_secs: s.retention_seconds,
         zones: s.zones,
+        pool: s.pool,
     }
 }
 
@@ -183,6 +185,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
             address: r.address,
             capacity_bytes: r.capacity_bytes,
             now_ms: now_ms(),
+            pool: r.pool,
         })
         .await?;
         Ok(Response::new(proto::Empty {}))

@@ -11,6 +11,9 @@ pub enum Command {
         address: String,
         capacity_bytes: u64,
         now_ms: u64,
+        /// The storage pool the node serves ("" = any volume).
+        #[serde(default)]
+        pool: String,
     },
     Heartbeat {
         id: String,

@@ -15,6 +15,10 @@ pub struct VolumeSpec {
     pub retention_secs: u64,
     /// Exactly three distinct availability zones; each PG gets two members in each.
     pub zones: Vec<String>,
+    /// Place only on storage nodes of this pool ("" = nodes of no pool). On Kubernetes each
+    /// LogVolume's storage pods form its pool.
+    #[serde(default)]
+    pub pool: String,
 }
 
 pub const DEFAULT_SEGMENT_SIZE: u64 = 10 << 30;
@@ -130,4 +134,7 @@ pub struct NodeInfo {
     pub capacity_bytes: u64,
     /// Leader time (ms since the Unix epoch) of the last registration or heartbeat.
     pub last_heartbeat_ms: u64,
+    /// The storage pool it serves: only volumes of that pool are placed on it ("" = any).
+    #[serde(default)]
+    pub pool: String,
 }

@@ -69,6 +69,15 @@ impl State {
         load
     }
 
+    /// The storage nodes of `pool` (a volume is placed only there).
+    fn pool(&self, pool: &str) -> BTreeMap<String, NodeInfo> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.pool == pool)
+            .map(|(id, n)| (id.clone(), n.clone()))
+            .collect()
+    }
+
     fn volume_mut(&mut self, name: &str) -> Result<&mut Volume, ConfigError> {
         self.volumes
             .get_mut(name)
@@ -79,7 +88,7 @@ impl State {
         let members = placement::place(
             &volume.spec.zones,
             2,
-            &self.nodes,
+            &self.pool(&volume.spec.pool),
             &self.load(),
             &[],
             now_ms,
@@ -104,6 +113,7 @@ impl State {
                 address,
                 capacity_bytes,
                 now_ms,
+                pool,
             } => {
                 valid_name("node id", &id)?;
                 if zone.is_empty() || address.is_empty() {
@@ -119,6 +129,7 @@ impl State {
                         address,
                         capacity_bytes,
                         last_heartbeat_ms: now_ms,
+                        pool,
                     },
                 );
                 Ok(Response::Done)
@@ -323,14 +334,19 @@ impl State {
                             address: n.address.clone(),
                         }
                     }
-                    None => {
-                        placement::place(&[zone], 1, &self.nodes, &self.load(), &current, now_ms)
-                            .map_err(|reason| ConfigError::Placement {
-                                volume: volume.clone(),
-                                reason,
-                            })?
-                            .remove(0)
-                    }
+                    None => placement::place(
+                        &[zone],
+                        1,
+                        &self.pool(&v.spec.pool),
+                        &self.load(),
+                        &current,
+                        now_ms,
+                    )
+                    .map_err(|reason| ConfigError::Placement {
+                        volume: volume.clone(),
+                        reason,
+                    })?
+                    .remove(0),
                 };
                 let v = self.volume_mut(&volume)?;
                 let group = &mut v.pgs[pg as usize];
@@ -357,6 +373,7 @@ mod tests {
             replicas: 2,
             retention_secs: 86_400,
             zones: vec!["a".into(), "b".into(), "c".into()],
+            pool: String::new(),
         }
     }
 
@@ -370,6 +387,7 @@ mod tests {
                     address: format!("10.0.0.{n}:7600"),
                     capacity_bytes: 1 << 40,
                     now_ms: 1_000,
+                    pool: String::new(),
                 })
                 .unwrap();
             }
@@ -527,6 +545,56 @@ mod tests {
             e.to_string(),
             "ticket refused for volume v1: the caller knew epoch 1, the volume is at epoch 2"
         );
+    }
+
+    #[test]
+    fn a_volume_of_a_pool_is_placed_only_on_that_pools_nodes() {
+        let mut s = with_nodes(2);
+        for zone in ["a", "b", "c"] {
+            for n in 1..=2 {
+                s.apply(Command::RegisterNode {
+                    id: format!("orders-{zone}{n}"),
+                    zone: zone.into(),
+                    address: format!("10.0.1.{n}:7600"),
+                    capacity_bytes: 1 << 40,
+                    now_ms: 1_000,
+                    pool: "orders".into(),
+                })
+                .unwrap();
+            }
+        }
+        let mut pooled = spec();
+        pooled.pool = "orders".into();
+        let Response::Volume(v) = s
+            .apply(Command::CreateVolume {
+                name: "orders".into(),
+                spec: pooled.clone(),
+                now_ms: 2_000,
+            })
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert!(v.pgs[0]
+            .members
+            .iter()
+            .all(|m| m.node_id.starts_with("orders-")));
+        // A volume without a pool never lands on a pool's nodes.
+        let plain = create(&mut s, "plain");
+        assert!(plain.pgs[0]
+            .members
+            .iter()
+            .all(|m| !m.node_id.starts_with("orders-")));
+        // A pool with no nodes cannot be placed.
+        pooled.pool = "empty".into();
+        let e = s
+            .apply(Command::CreateVolume {
+                name: "other".into(),
+                spec: pooled,
+                now_ms: 2_000,
+            })
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::Placement { .. }), "{e}");
     }
 
     #[test]

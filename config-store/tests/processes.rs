@@ -81,6 +81,7 @@ fn spec(page_size: u32) -> proto::VolumeSpec {
         replicas: 1,
         retention_seconds: 3600,
         zones: vec!["a".into(), "b".into(), "c".into()],
+        pool: String::new(),
     }
 }
 
@@ -127,6 +128,7 @@ async fn a_three_process_group_survives_kill9_of_its_leader() {
                 zone: zone.into(),
                 address: format!("127.0.0.1:{}", 7600 + n),
                 capacity_bytes: 1 << 40,
+                pool: String::new(),
             };
             client
                 .call(|mut c| {

@@ -54,6 +54,7 @@ fn spec() -> VolumeSpec {
         replicas: 1,
         retention_secs: 3600,
         zones: vec!["a".into(), "b".into(), "c".into()],
+        pool: String::new(),
     }
 }
 
@@ -66,6 +67,7 @@ async fn setup_volume(m: &Member) {
                 address: format!("127.0.0.1:{n}"),
                 capacity_bytes: 1 << 40,
                 now_ms: 1_000,
+                pool: String::new(),
             })
             .await
             .unwrap();

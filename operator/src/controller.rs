@@ -234,7 +234,11 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
         ..old.clone()
     };
     let spec = match lv.spec.volume_spec(Target::Kubernetes) {
-        Ok(s) => s,
+        // Placed only on this LogVolume's own storage pods (they register in its pool).
+        Ok(s) => logdb_config_store::model::VolumeSpec {
+            pool: id.clone(),
+            ..s
+        },
         Err(msg) => {
             status.phase = "Failed".into();
             status.conditions = vec![condition(

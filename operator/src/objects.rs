@@ -234,6 +234,7 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
                     format!("--zone={zone}"),
                     format!("--config-store={config_store}"),
                     format!("--default-retention-secs={}", spec.retention_secs),
+                    format!("--pool={}", crate::controller::volume_id(lv)),
                 ]),
                 env: Some(vec![
                     env_field("POD_NAME", "metadata.name"),

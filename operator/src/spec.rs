@@ -173,6 +173,7 @@ impl LogVolumeSpec {
             replicas: self.replicas,
             retention_secs: parse_duration("spec.retention", &self.retention)?,
             zones: self.zones.clone(),
+            pool: String::new(),
         };
         spec.validate()?;
         if target == Target::Kubernetes && segment_size < MIN_KUBERNETES_SEGMENT {

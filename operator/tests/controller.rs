@@ -118,6 +118,7 @@ impl Setup {
                 address: format!("orders-storage-{id}-0.orders-storage.shop.svc:7600"),
                 capacity_bytes: 1 << 40,
                 now_ms: now_ms(),
+                pool: "shop-orders".into(),
             })
             .await;
         }

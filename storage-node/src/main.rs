@@ -53,6 +53,10 @@ struct Args {
     /// Address others reach this node on (default: the bound gRPC address).
     #[arg(long)]
     advertise: Option<String>,
+    /// The storage pool this node serves: only volumes of that pool are placed on it (on
+    /// Kubernetes, the LogVolume's storage pods form its pool).
+    #[arg(long, default_value = "")]
+    pool: String,
     /// Capacity reported to the config store, in bytes.
     #[arg(long, default_value_t = 1 << 40)]
     capacity_bytes: u64,
@@ -117,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| grpc_addr.to_string()),
             capacity_bytes: args.capacity_bytes,
             interval: Duration::from_secs(2),
+            pool: args.pool.clone(),
         };
         let client = logdb_config_store::client::ConfigClient::new(args.config_store.clone());
         tokio::spawn(logdb_storage::registration::run(client, me));

@@ -13,6 +13,8 @@ pub struct Registration {
     pub address: String,
     pub capacity_bytes: u64,
     pub interval: Duration,
+    /// The storage pool this node serves ("" = volumes without a pool).
+    pub pool: String,
 }
 
 pub async fn run(client: ConfigClient, me: Registration) {
@@ -35,6 +37,7 @@ pub async fn run(client: ConfigClient, me: Registration) {
                 zone: me.zone.clone(),
                 address: me.address.clone(),
                 capacity_bytes: me.capacity_bytes,
+                pool: me.pool.clone(),
             };
             client
                 .call(|mut c| {

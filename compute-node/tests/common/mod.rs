@@ -277,6 +277,7 @@ pub async fn setup(name: &str, segment_size: u64, max_size: u64) -> Setup {
         replicas: 0,
         retention_seconds: 3600,
         zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
+        pool: String::new(),
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let volume = loop {

@@ -113,6 +113,7 @@ async fn logdb(bin_dir: &Path, dir: &Path, args: &Args) -> anyhow::Result<()> {
                 zone: zone.into(),
                 address: format!("127.0.0.1:{n}"),
                 capacity_bytes: 1 << 40,
+                pool: String::new(),
             };
             client
                 .call(|mut c| {
@@ -129,6 +130,7 @@ async fn logdb(bin_dir: &Path, dir: &Path, args: &Args) -> anyhow::Result<()> {
         replicas: 0,
         retention_seconds: 3600,
         zones: vec!["a".into(), "b".into(), "c".into()],
+        pool: String::new(),
     };
     client
         .call(|mut c| {
