@@ -161,3 +161,15 @@ pub fn start_writer(bin_dir: &Path, layout: &Path) -> anyhow::Result<WriterProc>
         metrics,
     })
 }
+
+/// A client session on a logdb PostgreSQL endpoint (the benchmark password; ignored where the
+/// server trusts everyone, as `logdb up` does).
+pub async fn connect(port: u16, db: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=logdb password={PASSWORD} dbname={db} connect_timeout=5"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}

@@ -3,6 +3,19 @@
 
 use std::collections::BTreeSet;
 
+/// A DNS label (RFC 1123) of at most `max` characters: lowercase letters, digits and '-', not
+/// starting or ending with '-'. Volume, node and compute names must be one (Kubernetes objects
+/// are named after them).
+pub fn is_dns_label(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 /// A volume as a user asks for it (the `LogVolume` spec's storage part).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VolumeSpec {

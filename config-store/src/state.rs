@@ -39,19 +39,22 @@ pub struct State {
 }
 
 fn valid_name(what: &str, name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if crate::model::is_dns_label(name, 63) {
         Ok(())
     } else {
         Err(ConfigError::Invalid(format!(
             "{what} {name:?}: use 1-63 lowercase letters, digits and '-', not starting or ending with '-'"
         )))
+    }
+}
+
+/// Bumps the volume's epoch and names its writer: how every ticket and failover ends.
+fn name_writer(v: &mut Volume, writer: String) -> Response {
+    v.epoch += 1;
+    v.writer = Some(writer);
+    Response::Ticket {
+        epoch: v.epoch,
+        volume: v.clone(),
     }
 }
 
@@ -181,12 +184,7 @@ impl State {
                         current: v.epoch,
                     });
                 }
-                v.epoch += 1;
-                v.writer = Some(writer);
-                Ok(Response::Ticket {
-                    epoch: v.epoch,
-                    volume: v.clone(),
-                })
+                Ok(name_writer(v, writer))
             }
             Command::RegisterCompute {
                 volume,
@@ -248,12 +246,7 @@ impl State {
                         }
                     },
                 };
-                v.epoch += 1;
-                v.writer = Some(target);
-                Ok(Response::Ticket {
-                    epoch: v.epoch,
-                    volume: v.clone(),
-                })
+                Ok(name_writer(v, target))
             }
             Command::ReportUsage {
                 volume,

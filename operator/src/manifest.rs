@@ -79,14 +79,7 @@ pub fn parse(text: &str, origin: &str, target: Target) -> Result<LogVolume, Mani
 
 /// A DNS-1123 label of at most 40 characters (the operator derives object names from it).
 fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 40
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if logdb_config_store::model::is_dns_label(name, 40) {
         Ok(())
     } else {
         Err(format!(

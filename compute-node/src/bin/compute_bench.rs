@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use logdb_compute::benchkit::{pgbench, schema, start_writer, PASSWORD};
+use logdb_compute::benchkit::{connect, pgbench, schema, start_writer};
 use logdb_compute::layout::{Layout, Member, ProtectionGroup};
 use logdb_compute::tcp_proxy::Proxy;
 use logdb_storage::testkit::{percentile, scrape, StorageProcess, TempDir};
@@ -86,16 +86,6 @@ fn wchar() -> u64 {
 /// Sum of the writer's metric lines starting with `prefix`.
 async fn scrape_sum(addr: &str, prefix: &str) -> f64 {
     logdb_common::metrics_http::sum(&scrape(addr).await, prefix)
-}
-
-async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=logdb password={PASSWORD} dbname=vol1"),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(conn);
-    Ok(client)
 }
 
 fn sqlite_open(path: &Path, journal: &str) -> anyhow::Result<rusqlite::Connection> {
@@ -243,7 +233,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&layout_path, serde_json::to_vec_pretty(&layout)?)?;
     let writer = start_writer(&bin_dir, &layout_path)?;
 
-    let client = connect(writer.port).await?;
+    let client = connect(writer.port, "vol1").await?;
     let load = Instant::now();
     for s in schema(args.scale) {
         client
@@ -319,7 +309,7 @@ async fn main() -> anyhow::Result<()> {
     let writer = start_writer(&bin_dir, &layout_path)?;
     // A restarted writer starts with a cold buffer pool: read every table once, as a running
     // database would have.
-    let client = connect(writer.port).await?;
+    let client = connect(writer.port, "vol1").await?;
     for t in [
         "pgbench_accounts",
         "pgbench_tellers",

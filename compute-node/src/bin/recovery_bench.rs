@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use logdb_common::metrics_http::{scrape, sum};
-use logdb_compute::benchkit::{start_writer, PASSWORD};
+use logdb_compute::benchkit::{connect, start_writer};
 use logdb_compute::layout::{Layout, Member, ProtectionGroup};
 use logdb_storage::testkit::{StorageProcess, TempDir};
 use serde_json::json;
@@ -31,16 +31,6 @@ struct Args {
 const PAGE: u32 = 8192;
 /// Rows of 4000 random bytes per loading transaction (about 1 MB of redo).
 const ROWS_PER_TX: u64 = 250;
-
-async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=logdb password={PASSWORD} dbname=vol1"),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -87,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
     let layout_path = dir.join("layout.json");
     std::fs::write(&layout_path, serde_json::to_vec_pretty(&layout)?)?;
     let mut writer = start_writer(&bin_dir, &layout_path)?;
-    connect(writer.port)
+    connect(writer.port, "vol1")
         .await?
         .batch_execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB)")
         .await?;
@@ -95,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
     let mut shipped_before_restarts = 0.0;
     for mb in &args.sizes_mb {
         // Load until each segment holds `mb` MB of redo it has not materialized.
-        let c = connect(writer.port).await?;
+        let c = connect(writer.port, "vol1").await?;
         let load = Instant::now();
         loop {
             let shipped = shipped_before_restarts
@@ -126,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let w = start_writer(&bin_dir, &layout_path)?;
         let announced = started.elapsed();
-        let c = connect(w.port).await?;
+        let c = connect(w.port, "vol1").await?;
         c.batch_execute(&format!("INSERT INTO blobs VALUES ({}, x'00')", next))
             .await?;
         next += 1;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use logdb_common::metrics_http::{histogram_quantile, scrape, sum};
-use logdb_compute::benchkit::{pgbench, schema};
+use logdb_compute::benchkit::{connect, pgbench, schema};
 use logdb_operator::local::control::{self, Reply, Request};
 use serde_json::json;
 
@@ -107,16 +107,6 @@ fn port_of(url: &str) -> anyhow::Result<u16> {
         .context("port")
 }
 
-async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=logdb dbname=bench connect_timeout=5"),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
 /// The metrics address of each compute node, from the data dir's state file.
 fn compute_metrics(data: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let state: serde_json::Value =
@@ -162,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
 
     let load = Instant::now();
-    let c = connect(rw).await?;
+    let c = connect(rw, "bench").await?;
     for s in schema(args.scale) {
         c.batch_execute(&s)
             .await
@@ -187,7 +177,9 @@ async fn main() -> anyhow::Result<()> {
     let reader = {
         let (stop, reads, accounts) = (Arc::clone(&stop), Arc::clone(&reads), 100_000 * args.scale);
         tokio::spawn(async move {
-            let Ok(r) = connect(ro).await else { return };
+            let Ok(r) = connect(ro, "bench").await else {
+                return;
+            };
             let mut aid = 1u64;
             while !stop.load(Ordering::Relaxed) {
                 aid = (aid * 7919 + 13) % accounts + 1;
@@ -225,7 +217,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Failover under a write loop: request → first write accepted by the new writer.
-    let c = connect(rw).await?;
+    let c = connect(rw, "bench").await?;
     c.batch_execute("CREATE TABLE fo (id INTEGER PRIMARY KEY, at TEXT)")
         .await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -236,7 +228,7 @@ async fn main() -> anyhow::Result<()> {
             let mut client = None;
             while !stop.load(Ordering::Relaxed) {
                 if client.is_none() {
-                    client = connect(rw).await.ok();
+                    client = connect(rw, "bench").await.ok();
                 }
                 let Some(c) = &client else { continue };
                 let id = next_id.fetch_add(1, Ordering::Relaxed);
@@ -259,7 +251,7 @@ async fn main() -> anyhow::Result<()> {
         let Reply::Done { message } = answer else {
             bail!("failover failed: {answer:?}")
         };
-        let c = connect(rw).await?;
+        let c = connect(rw, "bench").await?;
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         c.execute(&format!("INSERT INTO fo VALUES ({id}, 'probe')"), &[])
             .await?;
