@@ -88,20 +88,20 @@ impl State {
     }
 
     fn new_pg(&self, volume: &Volume, now_ms: u64) -> Result<ProtectionGroup, ConfigError> {
-        let members = placement::place(
-            &volume.spec.zones,
-            2,
-            &self.pool(&volume.spec.pool),
-            &self.load(),
-            &[],
-            now_ms,
-        )
-        .map_err(|reason| ConfigError::Placement {
-            volume: volume.name.clone(),
-            reason,
-        })?;
+        let k = volume.pgs.len();
+        let mut nodes = self.pool(&volume.spec.pool);
+        if !volume.spec.pool.is_empty() {
+            // In a pool (a LogVolume's own StatefulSets), PG k lives on pod k of each set.
+            let ordinal = format!("-{k}");
+            nodes.retain(|id, _| id.ends_with(&ordinal));
+        }
+        let members = placement::place(&volume.spec.zones, 2, &nodes, &self.load(), &[], now_ms)
+            .map_err(|reason| ConfigError::Placement {
+                volume: volume.name.clone(),
+                reason,
+            })?;
         Ok(ProtectionGroup {
-            index: volume.pgs.len() as u32,
+            index: k as u32,
             members,
             membership_epoch: 1,
         })
@@ -260,8 +260,10 @@ impl State {
                 let allocated = v.allocated_bytes();
                 let wants_growth = used_bytes as f64 > GROWTH_THRESHOLD * allocated as f64
                     && allocated + v.spec.segment_size <= v.spec.max_size;
+                // A growth that cannot be placed yet (its pods are still coming) is retried at
+                // the next report; the usage is recorded either way.
                 let grown = if wants_growth {
-                    Some(self.new_pg(v, now_ms)?)
+                    self.new_pg(v, now_ms).ok()
                 } else {
                     None
                 };
@@ -546,7 +548,7 @@ mod tests {
         for zone in ["a", "b", "c"] {
             for n in 1..=2 {
                 s.apply(Command::RegisterNode {
-                    id: format!("orders-{zone}{n}"),
+                    id: format!("orders-{zone}{n}-0"),
                     zone: zone.into(),
                     address: format!("10.0.1.{n}:7600"),
                     capacity_bytes: 1 << 40,

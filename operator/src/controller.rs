@@ -42,6 +42,8 @@ pub const FINALIZER: &str = "logdb.io/volume";
 /// `kubectl annotate lv NAME logdb.io/failover=<compute pod>|auto`.
 pub const FAILOVER_ANNOTATION: &str = "logdb.io/failover";
 const MANAGER: &str = "logdb-operator";
+/// Used share of the allocated size past which the next PG's storage pods are started.
+const PREPROVISION_AT: f64 = 0.7;
 /// How long a promoted replica may take to serve as writer before the failover counts as failed.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -254,10 +256,18 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
         }
     };
 
-    // 3. Objects, sized by the PGs the config store holds.
+    // 3. Objects, sized by the PGs the config store holds — plus, once the volume fills past
+    //    PREPROVISION_AT, the pods of the next PG, so that the config store's growth (at 80%)
+    //    finds pod k of every set registered when it places PG k there.
     let mut volume = get_volume(&ctx, &id).await?;
     let pgs = volume.as_ref().map_or(1, |v| v.pgs.len().max(1) as u32);
-    let desired = objects::desired(&lv, &ctx.settings, pgs).map_err(ControllerError::Config)?;
+    let next = volume.as_ref().is_some_and(|v| {
+        v.used_bytes as f64 > PREPROVISION_AT * v.allocated_bytes as f64
+            && v.allocated_bytes + spec.segment_size <= spec.max_size
+    });
+    let storage_pods = pgs + next as u32;
+    let desired =
+        objects::desired(&lv, &ctx.settings, storage_pods).map_err(ControllerError::Config)?;
     apply_all(&ctx.client, &ns, &desired).await?;
 
     // 4. The volume in the config store.
@@ -434,6 +444,7 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
         let set_name = s.metadata.name.clone().unwrap_or_default();
         if let Some(st) = sets.get_opt(&set_name).await?.and_then(|s| s.status) {
             let ready = st.ready_replicas.unwrap_or(0);
+            // Pods holding a PG (a pod started ahead of growth holds none yet).
             if ready < pgs as i32 {
                 short.push(format!("{set_name}: {ready}/{pgs} ready"));
             }
@@ -484,9 +495,12 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
     ));
     conditions.push(condition(
         "Growing",
-        volume.pgs.len() as u32 > pgs,
+        volume.pgs.len() as u32 > pgs || storage_pods > pgs,
         "ProtectionGroups",
-        format!("{} protection groups", volume.pgs.len()),
+        format!(
+            "{} protection groups; storage pods for {storage_pods} per set",
+            volume.pgs.len()
+        ),
         generation,
     ));
     status.conditions = conditions;

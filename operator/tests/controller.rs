@@ -3,7 +3,7 @@
 //! pinned StatefulSets, Services and a finalizer; the writer registers → Ready, pods labelled;
 //! annotate → failover → the target takes its ticket → `<name>-rw` moves, annotation removed,
 //! status and Events; a bad target → Warning and a
-//! condition; growth → every storage set scales by one; delete → the finalizer removes the
+//! condition; growth → every storage set scales by one, PG k on pod k; delete → the finalizer removes the
 //! volume from the config store.
 
 mod common;
@@ -102,8 +102,8 @@ impl Setup {
         panic!("no leader");
     }
 
-    /// Storage pods registering (what the six StatefulSets' pods do on a cluster).
-    async fn register_storage(&self) {
+    /// Pod `ordinal` of each storage set registering (what they do on a cluster).
+    async fn register_storage(&self, ordinal: u32) {
         for (id, zone) in [
             ("a1", "eu-west-1a"),
             ("a2", "eu-west-1a"),
@@ -113,9 +113,9 @@ impl Setup {
             ("c2", "eu-west-1c"),
         ] {
             self.write(Command::RegisterNode {
-                id: format!("shop-orders-storage-{id}-0"),
+                id: format!("shop-orders-storage-{id}-{ordinal}"),
                 zone: zone.into(),
-                address: format!("orders-storage-{id}-0.orders-storage.shop.svc:7600"),
+                address: format!("orders-storage-{id}-{ordinal}.orders-storage.shop.svc:7600"),
                 capacity_bytes: 1 << 40,
                 now_ms: now_ms(),
                 pool: "shop-orders".into(),
@@ -189,7 +189,7 @@ async fn create_failover_grow_and_delete() {
     assert_eq!(lv["status"]["observedGeneration"], 1);
 
     // Storage registers, the first compute pod takes the writer ticket: Ready.
-    s.register_storage().await;
+    s.register_storage(0).await;
     s.reconcile().await;
     assert_eq!(s.events("Created").len(), 1);
     s.register_compute(0, true).await;
@@ -316,13 +316,14 @@ async fn create_failover_grow_and_delete() {
         "nothing changed"
     );
 
-    // Growth: the config store adds a PG → every storage set scales by one.
-    s.write(Command::ReportUsage {
+    // Growth: past 70% used the next PG's pods start (every set scales by one); at 80% the config
+    // store places PG 1 on pod 1 of each set once those have registered.
+    let usage = |used: u64| Command::ReportUsage {
         volume: "shop-orders".into(),
-        used_bytes: 9 << 30,
+        used_bytes: used,
         now_ms: now_ms(),
-    })
-    .await;
+    };
+    s.write(usage(15 << 29)).await; // 7.5 GiB of 10
     s.reconcile().await;
     for id in ["a1", "a2", "b1", "b2", "c1", "c2"] {
         assert_eq!(
@@ -331,6 +332,32 @@ async fn create_failover_grow_and_delete() {
             "{id}"
         );
     }
+    let lv = s.api.get(LV).unwrap();
+    assert_eq!(lv["status"]["protectionGroups"], 1);
+    let growing = lv["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Growing")
+        .unwrap()
+        .clone();
+    assert_eq!(growing["status"], "True");
+    s.write(usage(9 << 30)).await;
+    assert_eq!(
+        s.member.state().await.volumes["shop-orders"].pgs.len(),
+        1,
+        "pod 1 not registered yet"
+    );
+    s.register_storage(1).await;
+    s.write(usage(9 << 30)).await;
+    let pgs = s.member.state().await.volumes["shop-orders"].pgs.clone();
+    assert_eq!(pgs.len(), 2);
+    assert!(
+        pgs[1].members.iter().all(|m| m.node_id.ends_with("-1")),
+        "PG 1 on pod 1 of each set: {:?}",
+        pgs[1]
+    );
+    s.reconcile().await;
     assert_eq!(s.api.get(LV).unwrap()["status"]["protectionGroups"], 2);
 
     // Deletion: the finalizer removes the volume from the config store, then lets go.
