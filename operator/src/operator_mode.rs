@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ use tokio::net::TcpListener;
 
 use crate::controller::{self, Context};
 use crate::objects::Settings;
+
+/// How often a member checks whether it leads the config store.
+const LEADER_CHECK: Duration = Duration::from_millis(500);
 
 pub struct OperatorOptions {
     pub listen: SocketAddr,
@@ -60,8 +64,41 @@ pub fn peers(opts: &OperatorOptions) -> BTreeMap<u64, String> {
 }
 
 pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
-    let id = member_id(&opts.pod_name)?;
+    let leader = Arc::new(AtomicBool::new(false));
+    let metrics = TcpListener::bind(opts.metrics_listen)
+        .await
+        .with_context(|| format!("binding {}", opts.metrics_listen))?;
+    let flag = Arc::clone(&leader);
+    tokio::spawn(logdb_common::metrics_http::serve(metrics, move || {
+        format!(
+            "# HELP logdb_operator_leader 1 while this pod runs the controller\n# TYPE logdb_operator_leader gauge\nlogdb_operator_leader {}\n",
+            flag.load(Ordering::Relaxed) as u8
+        )
+    }));
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
     let peers = peers(&opts);
+    run_with(
+        &opts,
+        client,
+        peers,
+        leader,
+        logdb_common::shutdown::signal(),
+    )
+    .await
+}
+
+/// The operator on `client`, with the config store group `peers` (raft id → address); `leader`
+/// is set while this pod runs the controller. Ends when `stop` does.
+pub async fn run_with(
+    opts: &OperatorOptions,
+    client: kube::Client,
+    peers: BTreeMap<u64, String>,
+    leader: Arc<AtomicBool>,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let id = member_id(&opts.pod_name)?;
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
@@ -73,20 +110,6 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
             .context("forming the config store group")?;
         tracing::info!(members = peers.len(), "config store group formed");
     }
-    let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let metrics = TcpListener::bind(opts.metrics_listen)
-        .await
-        .with_context(|| format!("binding {}", opts.metrics_listen))?;
-    let flag = Arc::clone(&leader);
-    tokio::spawn(logdb_common::metrics_http::serve(metrics, move || {
-        format!(
-            "# HELP logdb_operator_leader 1 while this pod runs the controller\n# TYPE logdb_operator_leader gauge\nlogdb_operator_leader {}\n",
-            flag.load(std::sync::atomic::Ordering::Relaxed) as u8
-        )
-    }));
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API")?;
     let settings = Settings {
         image: opts.image.clone(),
         config_store: peers.values().cloned().collect(),
@@ -102,25 +125,26 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
         loop {
             // Stand by until this member leads the config store.
             while member.leader().await != Some(id) {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(LEADER_CHECK).await;
             }
             tracing::info!("leading the config store: running the LogVolume controller");
-            leader.store(true, std::sync::atomic::Ordering::Relaxed);
+            leader.store(true, Ordering::Relaxed);
             let m = Arc::clone(&member);
             let lost = async move {
                 while m.leader().await == Some(id) {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(LEADER_CHECK).await;
                 }
             };
             controller::run(Arc::clone(&ctx), lost).await;
-            leader.store(false, std::sync::atomic::Ordering::Relaxed);
+            leader.store(false, Ordering::Relaxed);
             tracing::info!("no longer the leader: controller stopped, standing by");
         }
     };
     tokio::select! {
         _ = work => {}
-        _ = logdb_common::shutdown::signal() => {}
+        _ = stop => {}
     }
+    leader.store(false, Ordering::Relaxed);
     drop(ctx);
     if let Ok(m) = Arc::try_unwrap(member) {
         m.stop().await;

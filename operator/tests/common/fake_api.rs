@@ -1,7 +1,8 @@
 //! An in-memory Kubernetes API server behind a real `kube::Client` (a tower service instead of
 //! HTTP): objects stored as JSON by path; GET of objects and lists (label selectors with `=`),
 //! POST, server-side apply (creates or merges), JSON merge patches of objects and of `/status`,
-//! resource versions and uids. Enough for the controller's calls; every request is recorded.
+//! resource versions and uids, and watches that end without events (the watcher lists again).
+//! Enough for the controller's calls; every request is recorded.
 
 #![allow(dead_code)]
 
@@ -19,6 +20,30 @@ pub struct Store {
     pub objects: BTreeMap<String, Value>,
     pub requests: Vec<String>,
     version: u64,
+    /// Every change, for watches: (resource version, event type, path, object).
+    events: Vec<(u64, &'static str, String, Value)>,
+}
+
+impl Store {
+    fn record(&mut self, kind: &'static str, path: &str, obj: &Value) {
+        let v = self.version;
+        self.events.push((v, kind, path.to_string(), obj.clone()));
+    }
+}
+
+/// Is the object at `path` in the collection `key` (a namespaced collection, or all namespaces
+/// for `/apis/g/v/things`)?
+fn in_collection(key: &str, path: &str) -> bool {
+    if key.contains("/namespaces/") {
+        let prefix = format!("{key}/");
+        return path.starts_with(&prefix) && !path[prefix.len()..].contains('/');
+    }
+    let (group, resource) = key.rsplit_once('/').unwrap_or(("", ""));
+    let Some(rest) = path.strip_prefix(&format!("{group}/namespaces/")) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    parts.len() == 3 && parts[1] == resource
 }
 
 #[derive(Clone, Default)]
@@ -80,6 +105,12 @@ impl FakeApi {
         if obj["metadata"]["uid"].is_null() {
             obj["metadata"]["uid"] = format!("uid-{}", s.version).into();
         }
+        let kind = if s.objects.contains_key(path) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        s.record(kind, path, &obj);
         s.objects.insert(path.to_string(), obj);
     }
 
@@ -113,6 +144,32 @@ impl FakeApi {
         } else {
             serde_json::from_slice(&body).unwrap_or(Value::Null)
         };
+        if method == Method::GET && (query.contains("watch=true") || query.contains("watch=1")) {
+            // The changes since the caller's resource version, then the end of the watch (as a
+            // server-side timeout); when there are none, after a pause, so nobody spins.
+            let since: u64 = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("resourceVersion="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let lines = |s: &Store| -> Vec<u8> {
+                let mut out = Vec::new();
+                for (v, kind, p, obj) in &s.events {
+                    if *v > since && in_collection(&path, p) {
+                        out.extend(
+                            serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap(),
+                        );
+                        out.push(b'\n');
+                    }
+                }
+                out
+            };
+            let body = lines(&self.store.lock().unwrap());
+            if body.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            return Response::new(Body::from(body));
+        }
         let mut s = self.store.lock().unwrap();
         s.requests.push(format!("{method} {path}"));
         let (key, sub) = match path.strip_suffix("/status") {
@@ -122,11 +179,10 @@ impl FakeApi {
         match method {
             Method::GET if s.objects.contains_key(&key) => ok(&s.objects[&key]),
             Method::GET => {
-                let prefix = format!("{key}/");
                 let items: Vec<Value> = s
                     .objects
                     .iter()
-                    .filter(|(p, _)| p.starts_with(&prefix) && !p[prefix.len()..].contains('/'))
+                    .filter(|(p, _)| in_collection(&key, p))
                     .map(|(_, v)| v.clone())
                     .filter(|v| {
                         let sel = query
@@ -169,7 +225,9 @@ impl FakeApi {
                 obj["metadata"]["name"] = name.clone().into();
                 obj["metadata"]["resourceVersion"] = s.version.to_string().into();
                 obj["metadata"]["uid"] = format!("uid-{}", s.version).into();
-                s.objects.insert(format!("{key}/{name}"), obj.clone());
+                let path = format!("{key}/{name}");
+                s.record("ADDED", &path, &obj);
+                s.objects.insert(path, obj.clone());
                 ok(&obj)
             }
             Method::PATCH => {
@@ -207,11 +265,21 @@ impl FakeApi {
                     merge(&mut obj, &body);
                 }
                 obj["metadata"]["resourceVersion"] = version.to_string().into();
+                let kind = if s.objects.contains_key(&key) {
+                    "MODIFIED"
+                } else {
+                    "ADDED"
+                };
+                s.record(kind, &key, &obj);
                 s.objects.insert(key, obj.clone());
                 ok(&obj)
             }
             Method::DELETE => match s.objects.remove(&key) {
-                Some(o) => ok(&o),
+                Some(o) => {
+                    s.version += 1;
+                    s.record("DELETED", &key, &o);
+                    ok(&o)
+                }
                 None => status(
                     StatusCode::NOT_FOUND,
                     "NotFound",
