@@ -34,8 +34,9 @@ use logdb_config_store::client::ConfigClient;
 use serde_json::json;
 
 use crate::objects::{self, Desired, Settings, ROLE_LABEL};
-use crate::spec::{LogVolume, LogVolumeStatus, PendingFailover, Target};
+use crate::spec::{LogVolume, LogVolumeStatus, PendingFailover, ReplicaState, Target};
 use crate::units::human_bytes;
+use logdb_common::metrics_http::{scrape, sum};
 
 /// Removes the volume from the config store before the LogVolume goes.
 pub const FINALIZER: &str = "logdb.io/volume";
@@ -415,15 +416,16 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=compute");
     let compute = pods.list(&ListParams::default().labels(&selector)).await?;
-    let mut ready_replicas = 0;
-    for pod in compute.items.iter().filter(|_| !promoting) {
+    let mut replicas = Vec::new();
+    for pod in &compute.items {
         let pod_name = pod.name_any();
         let role = if pod_name == volume.writer {
             "writer"
         } else {
             "replica"
         };
-        if pod.labels().get(ROLE_LABEL).map(String::as_str) != Some(role) {
+        // During a promotion the labels stay: `<name>-rw` moves once the target serves.
+        if !promoting && pod.labels().get(ROLE_LABEL).map(String::as_str) != Some(role) {
             pods.patch(
                 &pod_name,
                 &PatchParams::default(),
@@ -432,7 +434,7 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
             .await?;
         }
         if role == "replica" {
-            ready_replicas += 1;
+            replicas.push(replica_state(pod).await);
         }
     }
 
@@ -481,7 +483,15 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
     status.allocated = human_bytes(volume.allocated_bytes)
         .replace(".0 ", "")
         .replace("iB", "i");
-    status.replicas_ready = format!("{ready_replicas}/{}", spec.replicas);
+    let ready = replicas.iter().filter(|r| r.ready).count();
+    status.replicas_ready = format!("{ready}/{}", spec.replicas);
+    status.lag = replicas
+        .iter()
+        .filter_map(|r| r.lag_ms)
+        .reduce(f64::max)
+        .map(|ms| format!("{ms:.1}ms"))
+        .unwrap_or_default();
+    status.replicas = replicas;
     conditions.push(condition(
         "Ready",
         registered,
@@ -541,6 +551,29 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
     Ok(Action::requeue(Duration::from_secs(10)))
+}
+
+/// A replica pod as the status shows it: ready per its Ready condition; read point and mean lag
+/// from its metrics endpoint (when the pod has an address and answers).
+async fn replica_state(pod: &Pod) -> ReplicaState {
+    let st = pod.status.as_ref();
+    let ready = st
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let mut state = ReplicaState {
+        name: pod.name_any(),
+        ready,
+        read_point: 0,
+        lag_ms: None,
+    };
+    if let Some(ip) = st.and_then(|s| s.pod_ip.clone()) {
+        let text = scrape(&format!("{ip}:{}", objects::COMPUTE_METRICS_PORT)).await;
+        let name = "logdb_compute_replica_lag_seconds";
+        let n = sum(&text, &format!("{name}_count"));
+        state.read_point = sum(&text, "logdb_compute_read_point ") as u64;
+        state.lag_ms = (n > 0.0).then(|| sum(&text, &format!("{name}_sum")) / n * 1000.0);
+    }
+    state
 }
 
 /// Asks the config store to make `target` (a compute pod, or `auto`) the writer.

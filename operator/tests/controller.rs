@@ -204,6 +204,18 @@ async fn create_failover_grow_and_delete() {
     assert_eq!(lv["status"]["allocated"], "10Gi");
     assert_eq!(s.role("orders-compute-0").as_deref(), Some("writer"));
     assert_eq!(s.role("orders-compute-1").as_deref(), Some("replica"));
+    assert_eq!(
+        lv["status"]["replicasReady"], "0/2",
+        "no pod reports Ready yet"
+    );
+    let mut pod = s.api.get(&format!("{PODS}/orders-compute-2")).unwrap();
+    pod["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+    s.api.put(&format!("{PODS}/orders-compute-2"), pod);
+    s.reconcile().await;
+    let lv = s.api.get(LV).unwrap();
+    assert_eq!(lv["status"]["replicasReady"], "1/2");
+    assert_eq!(lv["status"]["replicas"][1]["name"], "orders-compute-2");
+    assert_eq!(lv["status"]["replicas"][1]["ready"], true);
     // A storage pod down: Degraded (with which set), then Ready again.
     let path = format!("{SETS}/orders-storage-b2");
     let mut set = s.api.get(&path).unwrap();
