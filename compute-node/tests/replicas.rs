@@ -178,7 +178,13 @@ async fn failover_mid_workload_loses_no_acknowledged_commit() {
         }
         acked
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Fail over once the workload is well under way.
+    let probe = writer.client().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&probe).await < 20 {
+        assert!(Instant::now() < deadline, "the workload did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let started = Instant::now();
     let v = failover(&s, "c1").await;
     assert_eq!(v.writer, "c1");
