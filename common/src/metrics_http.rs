@@ -124,6 +124,17 @@ pub fn histogram_quantile(before: &str, after: &str, name: &str, q: f64) -> Opti
     Some(lower)
 }
 
+/// The mean of histogram `name` over the observations made between two scrapes (`before` may be
+/// empty: since the process started). `None` when nothing was observed.
+pub fn histogram_mean(before: &str, after: &str, name: &str) -> Option<f64> {
+    let delta = |series: &str| {
+        let metric = format!("{name}_{series}");
+        sum(after, &metric) - sum(before, &metric)
+    };
+    let n = delta("count");
+    (n > 0.0).then(|| delta("sum") / n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +150,9 @@ mod tests {
         assert_eq!(histogram_quantile(before, after, "h", 0.99), Some(1.98));
         assert_eq!(histogram_quantile(after, after, "h", 0.5), None);
         assert_eq!(sum(after, "h_bucket{le=\"1.0\"}"), 60.0);
+        let (b, a) = ("h_sum 10\nh_count 4\n", "h_sum 40\nh_count 14\n");
+        assert_eq!(histogram_mean(b, a, "h"), Some(3.0));
+        assert_eq!(histogram_mean("", a, "h"), Some(40.0 / 14.0));
+        assert_eq!(histogram_mean(a, a, "h"), None);
     }
 }

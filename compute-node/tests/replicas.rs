@@ -31,6 +31,15 @@ async fn lsn(c: &tokio_postgres::Client, sql: &str) -> u64 {
     row.get::<_, i64>(0) as u64
 }
 
+/// Inserts rows `ids` with value `v`, one autocommit statement each (each must succeed).
+async fn insert(c: &tokio_postgres::Client, ids: std::ops::Range<i64>, v: &str) {
+    for i in ids {
+        c.execute(&format!("INSERT INTO t VALUES ({i}, '{v}')"), &[])
+            .await
+            .unwrap();
+    }
+}
+
 async fn count(c: &tokio_postgres::Client) -> i64 {
     c.query_one("SELECT count(*) FROM t", &[])
         .await
@@ -78,11 +87,7 @@ async fn replicas_follow_read_your_writes_and_never_go_back() {
     w.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
         .await
         .unwrap();
-    for i in 0..50 {
-        w.execute(&format!("INSERT INTO t VALUES ({}, 'x')", (i as i64)), &[])
-            .await
-            .unwrap();
-    }
+    insert(&w, 0..50, "x").await;
     let committed = lsn(&w, "SELECT logdb_commit_lsn()").await;
     assert!(committed > 0);
 
@@ -114,11 +119,7 @@ async fn replicas_follow_read_your_writes_and_never_go_back() {
     // while the writer commits more; the next one sees them.
     r.batch_execute("BEGIN").await.unwrap();
     assert_eq!(count(&r).await, 50);
-    for i in 50..60 {
-        w.execute(&format!("INSERT INTO t VALUES ({}, 'y')", (i as i64)), &[])
-            .await
-            .unwrap();
-    }
+    insert(&w, 50..60, "y").await;
     let committed = lsn(&w, "SELECT logdb_commit_lsn()").await;
     assert_eq!(
         count(&r).await,
@@ -250,11 +251,7 @@ async fn a_paused_old_writer_cannot_write_after_a_failover() {
     failover(&s, "c1").await;
     let c1 = await_role(c1, "writer").await;
     let nw = c1.client().await;
-    for i in 2..=20i64 {
-        nw.execute(&format!("INSERT INTO t VALUES ({}, 'new')", i), &[])
-            .await
-            .unwrap();
-    }
+    insert(&nw, 2..21, "new").await;
     writer.signal("CONT");
     // Every write the old writer then tries fails: storage refuses its epoch (or it has
     // already stepped down); nothing it does becomes durable.
@@ -290,22 +287,13 @@ async fn zone_loss_keeps_writing_and_zone_plus_one_keeps_reading() {
     w.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
         .await
         .unwrap();
-    let mut acked = Vec::new();
-    for i in 0..20i64 {
-        w.execute(&format!("INSERT INTO t VALUES ({}, 'a')", i), &[])
-            .await
-            .unwrap();
-        acked.push(i);
-    }
+    let mut acked: Vec<i64> = (0..20).collect();
+    insert(&w, 0..20, "a").await;
     // Zone a gone (a1, a2): writes go on.
     s.cluster.nodes[0].kill9();
     s.cluster.nodes[1].kill9();
-    for i in 20..40i64 {
-        w.execute(&format!("INSERT INTO t VALUES ({}, 'b')", i), &[])
-            .await
-            .unwrap();
-        acked.push(i);
-    }
+    insert(&w, 20..40, "b").await;
+    acked.extend(20..40);
     // Zone + 1 (b1 too): no write quorum — a commit waits; the replica keeps reading.
     s.cluster.nodes[2].kill9();
     let w2 = writer.client().await;

@@ -36,7 +36,7 @@ use serde_json::json;
 use crate::objects::{self, Desired, Settings, ROLE_LABEL};
 use crate::spec::{LogVolume, LogVolumeStatus, PendingFailover, ReplicaState, Target};
 use crate::units::human_bytes;
-use logdb_common::metrics_http::{scrape, sum};
+use logdb_common::metrics_http::{histogram_mean, scrape, sum};
 
 /// Removes the volume from the config store before the LogVolume goes.
 pub const FINALIZER: &str = "logdb.io/volume";
@@ -568,10 +568,9 @@ async fn replica_state(pod: &Pod) -> ReplicaState {
     };
     if let Some(ip) = st.and_then(|s| s.pod_ip.clone()) {
         let text = scrape(&format!("{ip}:{}", objects::COMPUTE_METRICS_PORT)).await;
-        let name = "logdb_compute_replica_lag_seconds";
-        let n = sum(&text, &format!("{name}_count"));
         state.read_point = sum(&text, "logdb_compute_read_point ") as u64;
-        state.lag_ms = (n > 0.0).then(|| sum(&text, &format!("{name}_sum")) / n * 1000.0);
+        state.lag_ms =
+            histogram_mean("", &text, "logdb_compute_replica_lag_seconds").map(|s| s * 1000.0);
     }
     state
 }

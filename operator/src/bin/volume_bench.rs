@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use logdb_common::metrics_http::{histogram_quantile, scrape, sum};
+use logdb_common::metrics_http::{histogram_mean, histogram_quantile, scrape, sum};
 use logdb_compute::benchkit::{connect, pgbench, schema};
 use logdb_operator::local::control::{self, Reply, Request};
 use serde_json::json;
@@ -207,8 +207,7 @@ async fn main() -> anyhow::Result<()> {
     let name = "logdb_compute_replica_lag_seconds";
     let ms = |q| histogram_quantile(&before, &after, name, q).map(|s| (s * 1e5).round() / 100.0);
     let n = sum(&after, &format!("{name}_count")) - sum(&before, &format!("{name}_count"));
-    let mean =
-        (sum(&after, &format!("{name}_sum")) - sum(&before, &format!("{name}_sum"))) / n.max(1.0);
+    let mean = histogram_mean(&before, &after, name).unwrap_or(0.0);
     println!(
         "{}",
         json!({"bench": "replica_lag", "clients": args.clients, "seconds": args.seconds, "writer_tps": tps, "transactions": tx,

@@ -630,17 +630,17 @@ impl Supervisor {
                     vdl: gauge(text, "logdb_compute_vdl "),
                 });
             } else {
-                let metric = |name| logdb_common::metrics_http::sum(text, name);
-                let (sum, n) = (
-                    metric("logdb_compute_replica_lag_seconds_sum"),
-                    metric("logdb_compute_replica_lag_seconds_count"),
+                let lag = logdb_common::metrics_http::histogram_mean(
+                    "",
+                    text,
+                    "logdb_compute_replica_lag_seconds",
                 );
                 replicas.push(ReplicaStatus {
                     id: c.id.clone(),
                     address,
                     process: process(&c.id),
                     read_point: gauge(text, "logdb_compute_read_point "),
-                    mean_lag_ms: (n > 0.0).then(|| sum / n * 1000.0),
+                    mean_lag_ms: lag.map(|s| s * 1000.0),
                 });
             }
         }
