@@ -93,6 +93,7 @@ pub async fn follow_volume<F>(
                 }
                 continue;
             };
+            shipper.follow_addresses(&layout);
             while shipper.pg_count() < layout.pgs.len() {
                 let k = shipper.pg_count();
                 if let Err(e) = shipper.add_pg(&layout.pgs[k]).await {

@@ -33,7 +33,9 @@ struct ReadState {
 
 pub struct Replica {
     layout: RwLock<Layout>,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Per segment: the address its node served at when last asked, and a channel there (a node
+    /// that moved gets a new channel once the layout says so).
+    channels: Mutex<HashMap<String, (String, Channel)>>,
     state: Mutex<ReadState>,
     read_point_tx: watch::Sender<Lsn>,
     metrics: Arc<ComputeMetrics>,
@@ -107,15 +109,17 @@ impl Replica {
 
     fn channel(&self, segment: &str, address: &str) -> Option<Channel> {
         let mut channels = self.channels.lock().expect("channels");
-        if let Some(c) = channels.get(segment) {
-            return Some(c.clone());
+        if let Some((at, c)) = channels.get(segment) {
+            if at == address {
+                return Some(c.clone());
+            }
         }
         let c = Endpoint::from_shared(format!("http://{address}"))
             .ok()?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect_lazy();
-        channels.insert(segment.to_string(), c.clone());
+        channels.insert(segment.to_string(), (address.to_string(), c.clone()));
         Some(c)
     }
 

@@ -96,8 +96,11 @@ struct LinkQueue {
 struct Link {
     pg: usize,
     idx: usize,
+    /// Segment name and zone (fixed); `member.address` is where the segment was first found.
     member: Member,
-    channel: Channel,
+    /// Where the segment's node serves now, and the channel to it: a node that comes back on
+    /// another address re-registers, and the volume's watch moves the link (`follow_addresses`).
+    target: Mutex<(String, Channel)>,
     queue: Mutex<LinkQueue>,
     wake: Notify,
     /// Set while the segment still holds an old writer's tail above this LSN.
@@ -106,18 +109,41 @@ struct Link {
     bytes_sent: AtomicU64,
 }
 
+/// A lazily connecting channel to the storage node at `address`.
+fn storage_channel(address: &str) -> Result<Channel, ShipError> {
+    Ok(Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| ShipError::Recovery(format!("address {address}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
 impl Link {
+    fn channel(&self) -> Channel {
+        self.target.lock().expect("target").1.clone()
+    }
+
+    fn address(&self) -> String {
+        self.target.lock().expect("target").0.clone()
+    }
+
+    /// Points the link at `address` if it moved; answers whether it did.
+    fn retarget(&self, address: &str) -> Result<bool, ShipError> {
+        let mut t = self.target.lock().expect("target");
+        if t.0 == address {
+            return Ok(false);
+        }
+        *t = (address.to_string(), storage_channel(address)?);
+        Ok(true)
+    }
+
     fn new(pg: usize, idx: usize, member: &Member) -> Result<Arc<Link>, ShipError> {
-        let channel = Endpoint::from_shared(format!("http://{}", member.address))
-            .map_err(|e| ShipError::Recovery(format!("address {}: {e}", member.address)))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = storage_channel(&member.address)?;
         Ok(Arc::new(Link {
             pg,
             idx,
             member: member.clone(),
-            channel,
+            target: Mutex::new((member.address.clone(), channel)),
             queue: Mutex::new(LinkQueue {
                 records: VecDeque::new(),
                 bytes: 0,
@@ -239,7 +265,7 @@ impl Shipper {
                     };
                     let r = tokio::time::timeout(
                         Duration::from_secs(3),
-                        client(&link.channel).create_segment(req),
+                        client(&link.channel()).create_segment(req),
                     )
                     .await;
                     got.push(match r {
@@ -251,7 +277,7 @@ impl Shipper {
                             return Err(rec_err(format!(
                                 "segment {} on {}: {}",
                                 link.member.segment,
-                                link.member.address,
+                                link.address(),
                                 e.message()
                             )));
                         }
@@ -314,7 +340,7 @@ impl Shipper {
                     segment_id: link.member.segment.clone(),
                     epoch: epoch.0,
                 };
-                match client(&link.channel).install_epoch(req).await {
+                match client(&link.channel()).install_epoch(req).await {
                     Ok(s) => {
                         ok += 1;
                         states[k][i] = Some(s.into_inner());
@@ -392,7 +418,7 @@ impl Shipper {
                     epoch: epoch.0,
                     above_lsn: tail.0,
                 };
-                if let Err(e) = client(&row[*i].channel).truncate(req).await {
+                if let Err(e) = client(&row[*i].channel()).truncate(req).await {
                     tracing::warn!(segment = %row[*i].member.segment, error = %e.message(), "truncate failed; will retry before shipping");
                     *row[*i].truncate_above.lock().expect("lock") = Some(tail);
                 }
@@ -713,7 +739,7 @@ impl Shipper {
                     epoch: self.epoch.0,
                     above_lsn: above.0,
                 };
-                match client(&link.channel).truncate(req).await {
+                match client(&link.channel()).truncate(req).await {
                     Ok(_) => *link.truncate_above.lock().expect("lock") = None,
                     Err(e) => {
                         self.link_down(&link, &mut down_since, &e.to_string());
@@ -732,7 +758,7 @@ impl Shipper {
             };
             let size = prost::Message::encoded_len(&req) as u64;
             let sent =
-                tokio::time::timeout(WRITE_TIMEOUT, client(&link.channel).write_records(req))
+                tokio::time::timeout(WRITE_TIMEOUT, client(&link.channel()).write_records(req))
                     .await
                     .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")));
             match sent {
@@ -749,7 +775,7 @@ impl Shipper {
                     last_send = Instant::now();
                     backoff = Duration::from_millis(20);
                     if let Some(since) = down_since.take() {
-                        tracing::info!(segment = %link.member.segment, address = %link.member.address, down_for_ms = since.elapsed().as_millis() as u64, "storage segment is back");
+                        tracing::info!(segment = %link.member.segment, address = %link.address(), down_for_ms = since.elapsed().as_millis() as u64, "storage segment is back");
                     }
                     link.up.store(true, Ordering::Relaxed);
                     {
@@ -792,7 +818,7 @@ impl Shipper {
         link.up.store(false, Ordering::Relaxed);
         if down_since.is_none() {
             *down_since = Some(Instant::now());
-            tracing::warn!(segment = %link.member.segment, address = %link.member.address, error = %why, "storage segment unreachable; retrying (commits continue while 4 of 6 acknowledge)");
+            tracing::warn!(segment = %link.member.segment, address = %link.address(), error = %why, "storage segment unreachable; retrying (commits continue while 4 of 6 acknowledge)");
         }
     }
 
@@ -807,7 +833,7 @@ impl Shipper {
             .map(|l| SegmentStatus {
                 pg: l.pg as u32,
                 segment: l.member.segment.clone(),
-                address: l.member.address.clone(),
+                address: l.address(),
                 zone: l.member.zone.clone(),
                 up: l.up.load(Ordering::Relaxed),
                 scl: s.seg_scl[l.pg][l.idx],
@@ -842,7 +868,7 @@ impl Shipper {
                 // Prefer segments known to be up.
                 c.sort_by_key(|l| !l.up.load(Ordering::Relaxed));
                 c.into_iter()
-                    .map(|l| (l.member.segment.clone(), l.channel.clone()))
+                    .map(|l| (l.member.segment.clone(), l.channel()))
                     .collect()
             };
             let last_err =
@@ -886,6 +912,29 @@ impl Shipper {
         self.pg_count.load(Ordering::Acquire)
     }
 
+    /// Follows storage nodes that moved: every link whose segment's node now serves elsewhere in
+    /// `layout` is pointed there (its sender uses the new address from its next try).
+    pub fn follow_addresses(&self, layout: &Layout) {
+        let links = self.links.read().expect("links");
+        for (row, pg) in links.iter().zip(&layout.pgs) {
+            for link in row {
+                let Some(m) = pg.members.iter().find(|m| m.segment == link.member.segment) else {
+                    continue;
+                };
+                match link.retarget(&m.address) {
+                    Ok(true) => {
+                        tracing::info!(segment = %link.member.segment, address = %m.address, "storage node moved; shipping to its new address");
+                        link.wake.notify_one();
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(segment = %link.member.segment, error = %e, "unusable address for a storage node")
+                    }
+                }
+            }
+        }
+    }
+
     /// The volume grew: creates the new PG's segments (a write quorum must answer), starts
     /// shipping to them and only then lets LSNs be allocated for its pages.
     pub async fn add_pg(
@@ -909,7 +958,7 @@ impl Shipper {
             };
             let ok = tokio::time::timeout(
                 Duration::from_secs(3),
-                client(&link.channel).create_segment(req),
+                client(&link.channel()).create_segment(req),
             )
             .await;
             if matches!(ok, Ok(Ok(_))) {
@@ -961,7 +1010,7 @@ async fn copy_records(
     to: Lsn,
     epoch: Epoch,
 ) -> Result<Lsn, String> {
-    let mut stream = client(&src.channel)
+    let mut stream = client(&src.channel())
         .stream_records(StreamRecordsRequest {
             volume_id: layout.volume.clone(),
             segment_id: src.member.segment.clone(),
@@ -990,7 +1039,7 @@ async fn copy_records(
                 last_committed_lsn: 0,
                 epoch: epoch.0,
             };
-            let ack = client(&dst.channel)
+            let ack = client(&dst.channel())
                 .write_records(req)
                 .await
                 .map_err(|e| e.message().to_string())?;

@@ -156,6 +156,11 @@ impl Member {
         self.sm.state().await
     }
 
+    /// Resolves at the next change of this member's applied state.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sm.subscribe()
+    }
+
     pub async fn leader(&self) -> Option<NodeId> {
         self.raft.current_leader().await
     }

@@ -124,6 +124,16 @@ impl State {
                         "node {id}: zone and address must not be empty"
                     )));
                 }
+                // A node is its id (and data dir), not its address: one that comes back
+                // elsewhere moves every segment it holds with it, and the writers and replicas
+                // watching those volumes follow.
+                for v in self.volumes.values_mut() {
+                    for m in v.pgs.iter_mut().flat_map(|pg| pg.members.iter_mut()) {
+                        if m.node_id == id && m.address != address {
+                            m.address = address.clone();
+                        }
+                    }
+                }
                 self.nodes.insert(
                     id.clone(),
                     NodeInfo {
@@ -402,6 +412,40 @@ mod tests {
             Response::Volume(v) => v,
             r => panic!("{r:?}"),
         }
+    }
+
+    #[test]
+    fn a_node_that_registers_at_a_new_address_takes_its_segments_along() {
+        let mut s = with_nodes(2);
+        let v = create(&mut s, "v1");
+        let member = v.pgs[0].members[0].clone();
+        let moved = "10.9.9.9:1234".to_string();
+        s.apply(Command::RegisterNode {
+            id: member.node_id.clone(),
+            zone: member.zone.clone(),
+            address: moved.clone(),
+            capacity_bytes: 1 << 40,
+            now_ms: 3_000,
+            pool: String::new(),
+        })
+        .unwrap();
+        let after = &s.volumes["v1"];
+        for pg in &after.pgs {
+            for m in &pg.members {
+                if m.node_id == member.node_id {
+                    assert_eq!(m.address, moved);
+                } else {
+                    assert_ne!(m.address, moved, "{m:?}");
+                }
+            }
+        }
+        assert_eq!(s.nodes[&member.node_id].address, moved);
+        // Nothing else about the volume changed: same members, same epochs.
+        let ids = |v: &Volume| -> Vec<String> {
+            v.pgs[0].members.iter().map(|m| m.node_id.clone()).collect()
+        };
+        assert_eq!(ids(after), ids(&v));
+        assert_eq!(after.pgs[0].membership_epoch, v.pgs[0].membership_epoch);
     }
 
     #[test]

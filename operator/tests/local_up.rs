@@ -3,202 +3,11 @@
 //! stop` takes storage nodes away while writes go on, `logdb down` stops it, and `up` again
 //! resumes the same volume with every row. Every process is stopped even when a test fails.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
-use logdb_storage::testkit::workspace_binary;
-
-/// Where `logdb-storage` and `logdb-compute` of this build are.
-fn bin_dir() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        workspace_binary("logdb-compute", "logdb-compute");
-        let storage = workspace_binary("logdb-storage", "logdb-storage");
-        storage.parent().unwrap().to_path_buf()
-    })
-    .clone()
-}
-
-fn logdb(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_logdb"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run logdb")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "logdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn refused(out: Output) -> String {
-    assert!(!out.status.success(), "logdb should have refused");
-    String::from_utf8(out.stderr).unwrap()
-}
-
-/// A running `logdb up`; stopped (SIGTERM, then SIGKILL) when dropped. Its children stop with it:
-/// they are told to on their parent's death.
-struct Up {
-    child: Option<Child>,
-    ready: serde_json::Value,
-}
-
-impl Up {
-    fn start(dir: &Path, extra: &[&str]) -> Up {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_logdb"))
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["up", "-o", "json", "--bin-dir"])
-            .arg(bin_dir())
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start logdb up");
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut up = Up {
-            child: Some(child),
-            ready: serde_json::Value::Null,
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("logdb up never became ready"));
-            let v: serde_json::Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("logdb up -o json printed {line:?}: {e}"));
-            if v["event"] == "ready" {
-                up.ready = v;
-                return up;
-            }
-        }
-    }
-
-    fn psql_url(&self) -> String {
-        self.ready["psql"].as_str().unwrap().to_string()
-    }
-
-    /// Waits for `logdb up` to exit by itself (after `logdb down`).
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "logdb up did not exit after `logdb down`"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Runs SQL through psql; Err carries psql's stderr.
-fn psql(url: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new("psql")
-        .args([
-            url,
-            "-X",
-            "-q",
-            "-t",
-            "-A",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("psql is installed");
-    if out.status.success() {
-        Ok(String::from_utf8(out.stdout).unwrap().trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn status(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&ok(logdb(dir, &["status", "-o", "json"]))).unwrap()
-}
-
-/// Waits until `check` holds for `logdb status`.
-fn await_status(
-    dir: &Path,
-    what: &str,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = status(dir);
-        if check(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed {what}: {s:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Every port of the volume is free again (its processes are gone).
-fn ports_free(dir: &Path) -> bool {
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("volume.json")).unwrap()).unwrap();
-    let mut ports = vec![
-        state["config_port"].as_u64().unwrap(),
-        state["rw_port"].as_u64().unwrap(),
-        state["ro_port"].as_u64().unwrap(),
-    ];
-    ports.extend(
-        state["computes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["port"].as_u64().unwrap()),
-    );
-    ports.extend(
-        state["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["port"].as_u64().unwrap()),
-    );
-    ports
-        .into_iter()
-        .all(|p| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok())
-}
+use common::local_up::{
+    await_status, bin_dir, listening_ports, logdb, ok, port_free, psql, refused, status, Up,
+};
 
 #[test]
 fn up_write_stop_two_nodes_down_and_up_again() {
@@ -293,9 +102,17 @@ fn up_write_stop_two_nodes_down_and_up_again() {
     assert!(err.contains("no replica \"compute-7\""), "{err}");
 
     // `logdb down` stops everything and waits for it.
+    let ports = listening_ports(&status(&dir));
+    // Two endpoints, the config store, two compute nodes (PostgreSQL, metrics), the five storage
+    // nodes still running (b1 stays stopped).
+    assert_eq!(ports.len(), 2 + 1 + 2 * 2 + 5, "{ports:?}");
     assert!(ok(logdb(&dir, &["down"])).contains("stopped"));
     assert!(up.wait_exit().success());
-    assert!(ports_free(&dir), "every process of the volume is gone");
+    let busy: Vec<u16> = ports.into_iter().filter(|p| !port_free(*p)).collect();
+    assert!(
+        busy.is_empty(),
+        "every process of the volume is gone, but {busy:?} are bound"
+    );
     let err = refused(logdb(&dir, &["status"]));
     assert!(err.contains("no `logdb up` is running"), "{err}");
     drop(up);

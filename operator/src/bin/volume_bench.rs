@@ -107,20 +107,17 @@ fn port_of(url: &str) -> anyhow::Result<u16> {
         .context("port")
 }
 
-/// The metrics address of each compute node, from the data dir's state file.
-fn compute_metrics(data: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.join("volume.json"))?)?;
-    Ok(state["computes"]
-        .as_array()
-        .context("computes")?
-        .iter()
-        .map(|c| {
-            (
-                c["id"].as_str().unwrap_or_default().to_string(),
-                format!("127.0.0.1:{}", c["metrics_port"]),
-            )
-        })
+/// The metrics address of each running compute node, as `logdb status` reports it.
+async fn compute_metrics(data: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let s = match control::request(data, &Request::Status).await? {
+        Reply::Status(s) => s,
+        other => bail!("unexpected answer {other:?}"),
+    };
+    let writer = std::iter::once((s.writer.id, s.writer.metrics));
+    let replicas = s.replicas.into_iter().map(|r| (r.id, r.metrics));
+    Ok(writer
+        .chain(replicas)
+        .filter_map(|(id, m)| Some((id, m?)))
         .collect())
 }
 
@@ -164,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Replica lag under load, from the replica's histogram, with a reader on the replica.
-    let metrics = compute_metrics(&data)?;
+    let metrics = compute_metrics(&data).await?;
     let writer = writer_id(&data).await?;
     let (_, replica_metrics) = metrics
         .iter()

@@ -1,10 +1,13 @@
 //! One supervised logdb process: started in its own process group (Ctrl-C reaches only
 //! `logdb up`, which then stops everything in order), told to stop when `logdb up` dies, its
 //! stderr and the rest of its stdout appended to one log file, and ready once it prints the JSON
-//! line every logdb binary announces itself with.
+//! line every logdb binary announces itself with. The addresses a process listens on are learned
+//! from that line (every process binds port 0), and again from any later one: a compute node that
+//! changes role restarts in place on new ports and announces them.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -15,8 +18,8 @@ use super::LocalError;
 pub struct Child {
     pub name: String,
     process: tokio::process::Child,
-    /// The JSON line the process announced itself with.
-    pub announce: serde_json::Value,
+    /// The last JSON line the process announced itself with.
+    announce: Arc<Mutex<serde_json::Value>>,
     pub log: PathBuf,
 }
 
@@ -86,10 +89,17 @@ impl Child {
                 log.display()
             )));
         };
+        let announce = Arc::new(Mutex::new(announce));
         let mut rest = tokio::fs::File::from_std(open_log()?);
+        let latest = Arc::clone(&announce);
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["event"] == "listening" {
+                        *latest.lock().expect("announce") = v;
+                    }
+                }
                 let _ = rest.write_all(format!("{line}\n").as_bytes()).await;
             }
         });
@@ -99,6 +109,18 @@ impl Child {
             announce,
             log: log.to_path_buf(),
         })
+    }
+
+    /// The field `key` of the process's latest announcement (`grpc`, `pg`, `metrics`, ...).
+    pub fn announced(&self, key: &str) -> Option<String> {
+        self.announce.lock().expect("announce")[key]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// The process's latest announcement.
+    pub fn announcement(&self) -> serde_json::Value {
+        self.announce.lock().expect("announce").clone()
     }
 
     /// `None` while running, else how it ended.

@@ -1,7 +1,9 @@
-//! What a local data dir remembers between runs: which volume it holds, its spec, and the
-//! loopback ports of every process (so storage nodes come back at the addresses the config store
-//! placed them under). Also the lock that keeps two `logdb up` off one data dir, and the runtime
-//! file through which `logdb status`/`down`/`node` find the running `logdb up`.
+//! What a local data dir remembers between runs: which volume it holds, its spec, its node and
+//! compute names, and the two user-facing PostgreSQL ports. No other port is remembered or picked
+//! ahead: every process binds its own listeners on port 0 and announces them, and a storage node
+//! is known by its id and data dir, never by its address (it re-registers wherever it lands).
+//! Also the lock that keeps two `logdb up` off one data dir, and the runtime file through which
+//! `logdb status`/`down`/`node` find the running `logdb up`.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -16,7 +18,9 @@ use crate::spec::LogVolumeSpec;
 const STATE_FILE: &str = "volume.json";
 const RUNTIME_FILE: &str = "up.json";
 const LOCK_FILE: &str = "lock";
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
+/// Format 2 also stored every process's port; those fields are ignored now.
+const OLDER_FORMATS: [u32; 1] = [2];
 
 /// The PostgreSQL port of a new local volume's read-write endpoint unless told otherwise; its
 /// read-only endpoint is the next port.
@@ -27,8 +31,8 @@ pub struct LocalState {
     pub format: u32,
     pub volume: String,
     pub spec: LogVolumeSpec,
-    pub config_port: u16,
-    /// The read-write endpoint: always forwards to the current writer (like `<name>-rw`).
+    /// The read-write endpoint: always forwards to the current writer (like `<name>-rw`). 0
+    /// until the endpoint is first bound (a new volume started with `--port 0`).
     pub rw_port: u16,
     /// The read-only endpoint: spreads connections over the replicas (like `<name>-ro`).
     pub ro_port: u16,
@@ -40,9 +44,6 @@ pub struct LocalState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ComputeEntry {
     pub id: String,
-    pub port: u16,
-    pub metrics_port: u16,
-    pub replication_port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,8 +51,6 @@ pub struct NodeEntry {
     /// `a1`, `a2`, `b1`, ...: the zone's letter and the node's number in it.
     pub id: String,
     pub zone: String,
-    pub port: u16,
-    pub metrics_port: u16,
 }
 
 /// The running `logdb up`: where its control endpoint listens.
@@ -62,8 +61,9 @@ pub struct Runtime {
 }
 
 impl LocalState {
-    /// A new volume's state: node names from the zones, free loopback ports for everything but
-    /// the read-write endpoint (`pg_port`, 0 = any free one; read-only is the next port then).
+    /// A new volume's state: node names from the zones, the read-write endpoint on `pg_port`
+    /// and the read-only one on the next port (`pg_port` 0: both on any free port, chosen when
+    /// they are bound).
     pub fn new(volume: &str, spec: &LogVolumeSpec, pg_port: u16) -> Result<LocalState, LocalError> {
         let mut nodes = Vec::new();
         for (z, zone) in spec.zones.iter().enumerate() {
@@ -71,13 +71,11 @@ impl LocalState {
                 nodes.push(NodeEntry {
                     id: format!("{}{n}", (b'a' + z as u8) as char),
                     zone: zone.clone(),
-                    port: free_port()?,
-                    metrics_port: free_port()?,
                 });
             }
         }
         let (rw_port, ro_port) = match pg_port {
-            0 => (free_port()?, free_port()?),
+            0 => (0, 0),
             p => (
                 p,
                 p.checked_add(1).ok_or_else(|| {
@@ -91,27 +89,22 @@ impl LocalState {
             format: FORMAT,
             volume: volume.to_string(),
             spec: spec.clone(),
-            config_port: free_port()?,
             rw_port,
             ro_port,
             computes: Vec::new(),
             nodes,
         };
-        state.ensure_computes()?;
+        state.ensure_computes();
         Ok(state)
     }
 
-    /// One compute node per replica the spec asks for, plus the writer (new ones get ports).
-    pub fn ensure_computes(&mut self) -> Result<(), LocalError> {
+    /// One compute node per replica the spec asks for, plus the writer.
+    pub fn ensure_computes(&mut self) {
         while self.computes.len() < 1 + self.spec.replicas as usize {
             self.computes.push(ComputeEntry {
                 id: format!("compute-{}", self.computes.len()),
-                port: free_port()?,
-                metrics_port: free_port()?,
-                replication_port: free_port()?,
             });
         }
-        Ok(())
     }
 
     pub fn load(dir: &Path) -> Result<Option<LocalState>, LocalError> {
@@ -121,12 +114,15 @@ impl LocalState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(LocalError::io(format!("reading {}", path.display()))(e)),
         };
-        let state: LocalState = serde_json::from_slice(&text).map_err(|e| {
+        let mut state: LocalState = serde_json::from_slice(&text).map_err(|e| {
             LocalError::Refused(format!(
                 "{} is not a logdb data dir state file: {e}",
                 path.display()
             ))
         })?;
+        if OLDER_FORMATS.contains(&state.format) {
+            state.format = FORMAT;
+        }
         if state.format != FORMAT {
             return Err(LocalError::Refused(format!(
                 "{}: format {} is not the {FORMAT} this logdb understands",
@@ -187,31 +183,6 @@ impl LocalState {
         Ok(())
     }
 
-    /// Every port this volume's processes listen on, with who listens there.
-    pub fn ports(&self) -> Vec<(u16, String)> {
-        let mut ports = vec![
-            (self.config_port, "the config store".to_string()),
-            (
-                self.rw_port,
-                "the read-write PostgreSQL endpoint".to_string(),
-            ),
-            (
-                self.ro_port,
-                "the read-only PostgreSQL endpoint".to_string(),
-            ),
-        ];
-        for c in &self.computes {
-            ports.push((c.port, format!("{}'s PostgreSQL port", c.id)));
-            ports.push((c.metrics_port, format!("{}'s metrics", c.id)));
-            ports.push((c.replication_port, format!("{}'s record feed", c.id)));
-        }
-        for n in &self.nodes {
-            ports.push((n.port, format!("storage node {}", n.id)));
-            ports.push((n.metrics_port, format!("storage node {}'s metrics", n.id)));
-        }
-        ports
-    }
-
     pub fn node(&self, id: &str) -> Result<&NodeEntry, LocalError> {
         self.nodes.iter().find(|n| n.id == id).ok_or_else(|| {
             let ids: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
@@ -224,27 +195,18 @@ impl LocalState {
     }
 }
 
-/// Checks `port` is free on loopback; the error says who needs it.
-pub fn check_port_free(port: u16, who: &str) -> Result<(), LocalError> {
-    TcpListener::bind(("127.0.0.1", port))
-        .map(drop)
-        .map_err(|e| {
-            LocalError::Refused(format!(
-                "port {port} on 127.0.0.1 ({who}) is taken: {e}. Stop what listens there{}",
-                if who.contains("endpoint") {
-                    ", or pass --port (first run only)"
-                } else {
-                    ""
-                }
-            ))
-        })
-}
-
-fn free_port() -> Result<u16, LocalError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(LocalError::io("picking a free port"))?;
-    Ok(l.local_addr()
-        .map_err(LocalError::io("picking a free port"))?
-        .port())
+/// Binds `port` on loopback (0: any free port) and keeps it; the error says who needs it.
+pub fn bind_port(port: u16, who: &str) -> Result<TcpListener, LocalError> {
+    TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
+        LocalError::Refused(format!(
+            "port {port} on 127.0.0.1 ({who}) is taken: {e}. Stop what listens there{}",
+            if who.contains("endpoint") {
+                ", or pass --port (first run only)"
+            } else {
+                ""
+            }
+        ))
+    })
 }
 
 /// Held while `logdb up` runs on a data dir; a second one is refused.
@@ -309,7 +271,17 @@ mod tests {
         let ids: Vec<&str> = s.nodes.iter().map(|n| n.id.as_str()).collect();
         assert_eq!(ids, ["a1", "a2", "b1", "b2", "c1", "c2"]);
         assert_eq!(s.nodes[2].zone, "zone-b");
-        assert_eq!(s.ports().len(), 3 + 3 + 12);
+        // No port is picked ahead: the endpoints get theirs when bound.
+        assert_eq!((s.rw_port, s.ro_port), (0, 0));
+        let fixed = LocalState::new("v", &spec(), 7000).unwrap();
+        assert_eq!((fixed.rw_port, fixed.ro_port), (7000, 7001));
+        let err = LocalState::new("v", &spec(), 65535)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--port 65535: the read-only endpoint needs the next port"
+        );
         let mut two = spec();
         two.replicas = 2;
         let s = LocalState::new("v", &two, 0).unwrap();
@@ -345,10 +317,32 @@ mod tests {
     }
 
     #[test]
+    fn a_format_2_state_file_resumes_without_its_old_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalState::new("v", &spec(), 7000).unwrap();
+        let mut old = serde_json::to_value(&s).unwrap();
+        old["format"] = 2.into();
+        old["config_port"] = 41000.into();
+        old["nodes"][0]["port"] = 41001.into();
+        old["nodes"][0]["metrics_port"] = 41002.into();
+        old["computes"][0]["port"] = 41003.into();
+        std::fs::write(dir.path().join(STATE_FILE), old.to_string()).unwrap();
+        let back = LocalState::load(dir.path()).unwrap().unwrap();
+        assert_eq!(back, s);
+        old["format"] = 9.into();
+        std::fs::write(dir.path().join(STATE_FILE), old.to_string()).unwrap();
+        let err = LocalState::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.ends_with("format 9 is not the 3 this logdb understands"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_taken_port_and_a_held_lock_are_refused() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let err = check_port_free(port, "the read-write PostgreSQL endpoint")
+        let err = bind_port(port, "the read-write PostgreSQL endpoint")
             .unwrap_err()
             .to_string();
         assert!(

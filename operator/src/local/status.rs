@@ -15,6 +15,8 @@ use crate::units::human_bytes;
 pub struct LocalStatus {
     pub volume: String,
     pub data_dir: String,
+    /// The config store's address (it listens on any free port).
+    pub config_store: String,
     /// `Ready` (all six copies healthy), `Degraded` (a write quorum in every PG), `Unavailable`.
     pub phase: String,
     pub epoch: u64,
@@ -35,6 +37,8 @@ pub struct WriterStatus {
     pub id: String,
     /// Its own PostgreSQL address (the read-write endpoint forwards there).
     pub address: String,
+    /// Its Prometheus metrics address.
+    pub metrics: Option<String>,
     /// The read-write endpoint.
     pub psql: String,
     /// `running`, or how it ended.
@@ -46,6 +50,7 @@ pub struct WriterStatus {
 pub struct ReplicaStatus {
     pub id: String,
     pub address: String,
+    pub metrics: Option<String>,
     pub process: String,
     pub read_point: Option<u64>,
     /// Mean lag (writer VDL advance → this read point passing it) since the replica started.
@@ -228,12 +233,14 @@ mod tests {
         let s = LocalStatus {
             volume: "demo".into(),
             data_dir: "/d".into(),
+            config_store: "127.0.0.1:9".into(),
             phase: "Degraded".into(),
             epoch: 2,
             read_only_psql: "postgresql://logdb@127.0.0.1:5434/demo".into(),
             replicas: vec![ReplicaStatus {
                 id: "compute-1".into(),
                 address: "127.0.0.1:7".into(),
+                metrics: Some("127.0.0.1:8".into()),
                 process: "running".into(),
                 read_point: Some(41),
                 mean_lag_ms: Some(0.5),
@@ -241,6 +248,7 @@ mod tests {
             writer: WriterStatus {
                 id: "compute-0".into(),
                 address: "127.0.0.1:5433".into(),
+                metrics: None,
                 psql: "postgresql://logdb@127.0.0.1:5433/demo".into(),
                 process: "running".into(),
                 vdl: Some(42),

@@ -3,6 +3,12 @@
 //! crashed (as Kubernetes would restart its pod) unless the user stopped it, and on Ctrl-C,
 //! SIGTERM or `logdb down` stops everything in order: writer first, then storage, then the config
 //! store. Running it again on the same data dir resumes the same volume.
+//!
+//! No port is picked for a child: each binds its own listeners on port 0 and announces them, and
+//! `logdb up` learns every address from those announcements and from the config store's
+//! registry (a storage node is its id and data dir; it registers wherever it lands, and the
+//! writer and replicas follow). Only the two user-facing endpoints have fixed ports, and they
+//! are bound before any child starts.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +25,7 @@ use super::binaries::Binaries;
 use super::child::Child;
 use super::control::{self, Reply, Request};
 use super::endpoint::{self, Endpoint};
-use super::state::{check_port_free, DirLock, LocalState, Runtime, DEFAULT_PG_PORT};
+use super::state::{bind_port, DirLock, LocalState, Runtime, DEFAULT_PG_PORT};
 use super::status::{self, LocalStatus, NodeStatus, ReplicaStatus, WriterStatus};
 use super::LocalError;
 use crate::manifest;
@@ -35,6 +41,8 @@ const FAILOVER_TIMEOUT: Duration = Duration::from_secs(60);
 const PLACEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// A crashed process is started again after this pause.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
+/// How long a started storage node has to register its address with the config store.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct UpOptions {
     pub data_dir: PathBuf,
@@ -85,16 +93,15 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
     std::fs::create_dir_all(dir.join("logs"))
         .map_err(LocalError::io(format!("creating {}", dir.display())))?;
     let _lock = DirLock::acquire(dir)?;
-    let state = prepare_state(&opts)?;
+    let mut state = prepare_state(&opts)?;
+    let endpoints = bind_endpoints(&mut state)?;
+    state.save(dir)?;
     let bins = Binaries::find(opts.bin_dir.as_deref())?;
-    for (port, who) in state.ports() {
-        check_port_free(port, &who)?;
-    }
     let control = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(LocalError::io("binding the control endpoint"))?;
 
-    let member = start_config_store(dir, &state).await?;
+    let member = start_config_store(dir).await?;
     let config_line = format!(
         "  config store {} (in-process, raft data in {})",
         member.addr,
@@ -121,7 +128,7 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
         ),
     );
     sup.say("started", &config_line);
-    let result = sup.clone().run(control).await;
+    let result = sup.clone().run(control, endpoints).await;
     sup.shutdown().await;
     let _ = std::fs::remove_file(Runtime::path(dir));
     // The last request handlers may still hold the supervisor for a moment.
@@ -183,8 +190,7 @@ fn prepare_state(opts: &UpOptions) -> Result<LocalState, LocalError> {
                 )));
             }
             state.spec = m.spec;
-            state.ensure_computes()?;
-            state.save(dir)?;
+            state.ensure_computes();
             Ok(state)
         }
         (Some(state), None) => Ok(state),
@@ -199,22 +205,36 @@ fn prepare_state(opts: &UpOptions) -> Result<LocalState, LocalError> {
                 .map_err(|e| LocalError::Refused(e.to_string()))?,
             };
             let name = m.metadata.name.clone().unwrap_or_default();
-            let state = LocalState::new(&name, &m.spec, opts.port.unwrap_or(DEFAULT_PG_PORT))?;
-            check_port_free(state.rw_port, "the read-write PostgreSQL endpoint")?;
-            check_port_free(state.ro_port, "the read-only PostgreSQL endpoint")?;
-            state.save(dir)?;
-            Ok(state)
+            LocalState::new(&name, &m.spec, opts.port.unwrap_or(DEFAULT_PG_PORT))
         }
     }
 }
 
-async fn start_config_store(dir: &Path, state: &LocalState) -> Result<Member, LocalError> {
-    let addr = format!("127.0.0.1:{}", state.config_port);
-    let listener = TcpListener::bind(&addr)
+/// Binds the two user-facing endpoints before any child starts, so no child can take them and
+/// they never take each other's port (port 0: any free port, remembered from now on).
+fn bind_endpoints(state: &mut LocalState) -> Result<[TcpListener; 2], LocalError> {
+    let mut bound = Vec::new();
+    for (port, who) in [
+        (&mut state.rw_port, "the read-write PostgreSQL endpoint"),
+        (&mut state.ro_port, "the read-only PostgreSQL endpoint"),
+    ] {
+        let l = bind_port(*port, who)?;
+        let io = |e| LocalError::io(format!("binding {who}"))(e);
+        *port = l.local_addr().map_err(io)?.port();
+        l.set_nonblocking(true).map_err(io)?;
+        bound.push(TcpListener::from_std(l).map_err(io)?);
+    }
+    let ro = bound.pop().expect("two");
+    let rw = bound.pop().expect("two");
+    Ok([rw, ro])
+}
+
+async fn start_config_store(dir: &Path) -> Result<Member, LocalError> {
+    // In-process and alone in its group: the children learn its address from their arguments,
+    // so it listens anywhere; nobody dials the address raft remembers for it.
+    let listener = TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(LocalError::io(format!(
-            "binding the config store on {addr}"
-        )))?;
+        .map_err(LocalError::io("binding the config store"))?;
     let member = Member::start(CONFIG_MEMBER, &dir.join("config"), listener)
         .await
         .map_err(|e| LocalError::Refused(e.to_string()))?;
@@ -228,7 +248,11 @@ async fn start_config_store(dir: &Path, state: &LocalState) -> Result<Member, Lo
 }
 
 impl Supervisor {
-    async fn run(self: Arc<Self>, control: TcpListener) -> Result<(), LocalError> {
+    async fn run(
+        self: Arc<Self>,
+        control: TcpListener,
+        endpoints: [TcpListener; 2],
+    ) -> Result<(), LocalError> {
         for node in &self.state.nodes {
             self.start(&node.id).await?;
         }
@@ -250,13 +274,10 @@ impl Supervisor {
                 self.start(&c.id).await?;
             }
         }
-        for (port, endpoint) in [
-            (self.state.rw_port, Endpoint::ReadWrite),
-            (self.state.ro_port, Endpoint::ReadOnly),
-        ] {
-            let listener = TcpListener::bind(("127.0.0.1", port))
-                .await
-                .map_err(LocalError::io(format!("binding 127.0.0.1:{port}")))?;
+        for (listener, endpoint) in endpoints
+            .into_iter()
+            .zip([Endpoint::ReadWrite, Endpoint::ReadOnly])
+        {
             let sup = self.clone();
             let turn = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             background.push(tokio::spawn(endpoint::serve(listener, move || {
@@ -327,10 +348,11 @@ impl Supervisor {
 
     fn node_args(&self, id: &str) -> Result<(String, PathBuf, Vec<String>), LocalError> {
         let s = &self.state;
+        let any = "127.0.0.1:0";
         if let Some(c) = s.computes.iter().find(|c| c.id == id) {
             let args = [
                 "--config-store",
-                &format!("127.0.0.1:{}", s.config_port),
+                &self.member.addr,
                 "--volume",
                 &s.volume,
                 "--writer-id",
@@ -338,11 +360,11 @@ impl Supervisor {
                 "--role",
                 "auto",
                 "--listen",
-                &format!("127.0.0.1:{}", c.port),
+                any,
                 "--metrics-listen",
-                &format!("127.0.0.1:{}", c.metrics_port),
+                any,
                 "--replication-listen",
-                &format!("127.0.0.1:{}", c.replication_port),
+                any,
             ];
             return Ok((
                 c.id.clone(),
@@ -359,9 +381,9 @@ impl Supervisor {
         let data = self.dir.join("storage").join(&n.id);
         let args = [
             "--listen",
-            &format!("127.0.0.1:{}", n.port),
+            any,
             "--metrics-listen",
-            &format!("127.0.0.1:{}", n.metrics_port),
+            any,
             "--data-dir",
             &data.display().to_string(),
             "--node-id",
@@ -369,7 +391,7 @@ impl Supervisor {
             "--zone",
             &n.zone,
             "--config-store",
-            &format!("127.0.0.1:{}", s.config_port),
+            &self.member.addr,
             "--default-retention-secs",
             &retention.to_string(),
         ];
@@ -395,23 +417,37 @@ impl Supervisor {
             slots.insert(id.to_string(), Slot::Starting);
         }
         let log = self.dir.join("logs").join(format!("{id}.log"));
-        match Child::spawn(&name, &bin, &args, &log).await {
+        let started = match Child::spawn(&name, &bin, &args, &log).await {
+            Ok(child) if id.starts_with("compute-") => Ok(child),
+            // A storage node counts as started once the config store knows where it is: only
+            // then can the writer and the replicas find it.
+            Ok(child) => match self.await_registered(id, &child).await {
+                Ok(()) => Ok(child),
+                Err(e) => {
+                    child.stop().await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(child) => {
+                let a = child.announcement();
                 let line = if id.starts_with("compute-") {
                     format!(
                         "  {id} {:<8} {}  epoch {}  log {}",
-                        child.announce["role"].as_str().unwrap_or("?"),
-                        child.announce["pg"].as_str().unwrap_or("?"),
-                        child.announce["epoch"],
+                        a["role"].as_str().unwrap_or("?"),
+                        a["pg"].as_str().unwrap_or("?"),
+                        a["epoch"],
                         log.display()
                     )
                 } else {
                     let n = self.state.node(id)?;
                     format!(
-                        "  storage {:<3} {:<8} 127.0.0.1:{}  log {}",
+                        "  storage {:<3} {:<8} {}  log {}",
                         id,
                         n.zone,
-                        n.port,
+                        a["grpc"].as_str().unwrap_or("?"),
                         log.display()
                     )
                 };
@@ -429,6 +465,47 @@ impl Supervisor {
                     .insert(id.to_string(), Slot::Exited(e.to_string(), Instant::now()));
                 Err(e)
             }
+        }
+    }
+
+    /// Waits until the config store has storage node `id` at the address `child` announced.
+    async fn await_registered(&self, id: &str, child: &Child) -> Result<(), LocalError> {
+        let address = child.announced("grpc").ok_or_else(|| {
+            LocalError::Refused(format!(
+                "storage node {id} announced no gRPC address; its log is {}",
+                child.log.display()
+            ))
+        })?;
+        let deadline = Instant::now() + REGISTER_TIMEOUT;
+        let mut changes = self.member.subscribe();
+        loop {
+            let known = self
+                .member
+                .state()
+                .await
+                .nodes
+                .get(id)
+                .map(|n| n.address.clone());
+            if known.as_deref() == Some(address.as_str()) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(LocalError::Refused(format!(
+                    "storage node {id} serves on {address} but has not registered with the config store after {REGISTER_TIMEOUT:?}; its log is {}",
+                    child.log.display()
+                )));
+            }
+            let _ =
+                tokio::time::timeout(left.min(Duration::from_millis(200)), changes.changed()).await;
+        }
+    }
+
+    /// The field `key` of the latest announcement of running process `id`.
+    async fn announced(&self, id: &str, key: &str) -> Option<String> {
+        match self.slots.lock().await.get(id) {
+            Some(Slot::Running(c)) => c.announced(key),
+            _ => None,
         }
     }
 
@@ -557,14 +634,29 @@ impl Supervisor {
 
     async fn status(&self) -> LocalStatus {
         let s = &self.state;
-        let volume = self.member.state().await.volumes.get(&s.volume).cloned();
-        let processes: BTreeMap<String, String> = self
-            .slots
-            .lock()
-            .await
-            .iter()
-            .map(|(id, slot)| (id.clone(), slot.describe()))
-            .collect();
+        let config = self.member.state().await;
+        let volume = config.volumes.get(&s.volume).cloned();
+        // Where each process listens: its own announcement while it runs, else (a storage node)
+        // where the config store last saw it.
+        let mut announced: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        let processes: BTreeMap<String, String> = {
+            let slots = self.slots.lock().await;
+            for (id, slot) in slots.iter() {
+                if let Slot::Running(c) = slot {
+                    announced.insert(id.clone(), c.announcement());
+                }
+            }
+            slots
+                .iter()
+                .map(|(id, slot)| (id.clone(), slot.describe()))
+                .collect()
+        };
+        let field = |id: &str, key: &str| {
+            announced
+                .get(id)
+                .and_then(|a| a[key].as_str())
+                .map(str::to_string)
+        };
         let asks = s.nodes.iter().map(|n| {
             let segments: Vec<(u32, String)> = volume
                 .iter()
@@ -576,7 +668,9 @@ impl Supervisor {
                         .map(move |m| (pg.index, pg.segment_name(m)))
                 })
                 .collect();
-            let address = format!("127.0.0.1:{}", n.port);
+            let address = field(&n.id, "grpc")
+                .or_else(|| config.nodes.get(&n.id).map(|r| r.address.clone()))
+                .unwrap_or_else(|| "-".into());
             async move {
                 let states = status::segment_states(&address, &s.volume, &segments).await;
                 (address, states)
@@ -603,8 +697,14 @@ impl Supervisor {
             .as_ref()
             .and_then(|v| v.writer.clone())
             .unwrap_or_else(|| FIRST_WRITER.to_string());
-        let scrapes = futures::future::join_all(s.computes.iter().map(|c| async move {
-            logdb_common::metrics_http::scrape(&format!("127.0.0.1:{}", c.metrics_port)).await
+        let scrapes = futures::future::join_all(s.computes.iter().map(|c| {
+            let metrics = field(&c.id, "metrics");
+            async move {
+                match metrics {
+                    Some(m) => logdb_common::metrics_http::scrape(&m).await,
+                    None => String::new(),
+                }
+            }
         }))
         .await;
         let process = |id: &str| {
@@ -620,11 +720,13 @@ impl Supervisor {
         let mut writer = None;
         let mut replicas = Vec::new();
         for (c, text) in s.computes.iter().zip(&scrapes) {
-            let address = format!("127.0.0.1:{}", c.port);
+            let address = field(&c.id, "pg").unwrap_or_else(|| "-".into());
+            let metrics = field(&c.id, "metrics");
             if c.id == writer_id {
                 writer = Some(WriterStatus {
                     id: c.id.clone(),
                     address,
+                    metrics,
                     psql: rw_psql.clone(),
                     process: process(&c.id),
                     vdl: gauge(text, "logdb_compute_vdl "),
@@ -638,6 +740,7 @@ impl Supervisor {
                 replicas.push(ReplicaStatus {
                     id: c.id.clone(),
                     address,
+                    metrics,
                     process: process(&c.id),
                     read_point: gauge(text, "logdb_compute_read_point "),
                     mean_lag_ms: lag.map(|s| s * 1000.0),
@@ -647,6 +750,7 @@ impl Supervisor {
         let writer = writer.unwrap_or_else(|| WriterStatus {
             id: writer_id.clone(),
             address: "-".into(),
+            metrics: None,
             psql: rw_psql.clone(),
             process: "not a local compute node".into(),
             vdl: None,
@@ -655,6 +759,7 @@ impl Supervisor {
         LocalStatus {
             volume: s.volume.clone(),
             data_dir: self.dir.display().to_string(),
+            config_store: self.member.addr.clone(),
             phase: status::phase(writer.process == "running", healthy_nodes).into(),
             epoch: volume.as_ref().map_or(0, |v| v.epoch),
             writer,
@@ -681,15 +786,17 @@ impl Supervisor {
             Err(e) => return Err(LocalError::Refused(e.to_string())),
         };
         let new = v.writer.clone().unwrap_or_default();
-        let c = self
-            .state
-            .computes
-            .iter()
-            .find(|c| c.id == new)
-            .ok_or_else(|| LocalError::Refused(format!("{new} is not a local compute node")))?;
-        let metrics = format!("127.0.0.1:{}", c.metrics_port);
+        if !self.state.computes.iter().any(|c| c.id == new) {
+            return Err(LocalError::Refused(format!(
+                "{new} is not a local compute node"
+            )));
+        }
         loop {
-            let text = logdb_common::metrics_http::scrape(&metrics).await;
+            // Read each time: the new writer restarts in place on new ports.
+            let text = match self.announced(&new, "metrics").await {
+                Some(metrics) => logdb_common::metrics_http::scrape(&metrics).await,
+                None => String::new(),
+            };
             if logdb_common::metrics_http::sum(&text, "logdb_compute_writer ") == 1.0 {
                 break;
             }
