@@ -38,11 +38,15 @@ impl Descriptor {
     }
 }
 
-/// Records above `above` written under an epoch below `epoch` are discarded.
+/// A recovery decision: records above `above` written under an epoch below `epoch` are
+/// discarded; the writer of `epoch` allocated its own records from `next` on (0: not known, a
+/// decision from before this was recorded).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Truncation {
     pub epoch: Epoch,
     pub above: Lsn,
+    #[serde(default)]
+    pub next: Lsn,
 }
 
 impl Truncation {
@@ -361,6 +365,7 @@ mod tests {
         let t = Truncation {
             epoch: Epoch(5),
             above: Lsn(100),
+            next: Lsn(120),
         };
         assert!(t.discards(Epoch(4), Lsn(101)));
         assert!(!t.discards(Epoch(4), Lsn(100)));

@@ -356,6 +356,7 @@ impl RedoRecord {
             flags: self.flags as u32,
             commit_timestamp_us: self.commit_ts_us,
             checksum: self.checksum,
+            written_epoch: 0,
         }
     }
 }

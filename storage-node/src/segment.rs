@@ -136,6 +136,41 @@ impl State {
         self.records.insert(lsn, entry);
     }
 
+    /// The chain again from the materialized LSN and every record above it (after records
+    /// anywhere above it were discarded).
+    fn rebuild_chain(&mut self) {
+        let mut chain = Chain::starting_at(self.control.materialized);
+        for (lsn, e) in self.records.range(Lsn(self.control.materialized.0 + 1)..) {
+            let prev = e
+                .rec
+                .as_ref()
+                .expect("unmaterialized records stay in memory")
+                .prev_lsn;
+            if let Err(err) = chain.insert(*lsn, prev) {
+                tracing::error!(%lsn, error = %err, "kept record does not fit the rebuilt chain");
+            }
+        }
+        self.chain = chain;
+    }
+
+    /// The highest commit still held, after a truncation above `above`.
+    fn recompute_highest_commit(&mut self, above: Lsn) {
+        if self.highest_commit.0 <= above {
+            return;
+        }
+        self.highest_commit = self
+            .records
+            .iter()
+            .rev()
+            .find_map(|(l, e)| {
+                e.rec
+                    .as_ref()
+                    .filter(|r| r.is_commit())
+                    .map(|r| (*l, r.commit_ts_us))
+            })
+            .unwrap_or((Lsn::ZERO, 0));
+    }
+
     fn remove(&mut self, lsn: Lsn) {
         if let Some(e) = self.records.remove(&lsn) {
             if let Some(set) = self.pages.get_mut(&e.page) {
@@ -161,6 +196,8 @@ pub struct SegmentStatus {
     pub last_committed: Lsn,
     pub highest_commit: Lsn,
     pub highest_commit_ts_us: u64,
+    /// The recovery decisions this segment honours, oldest first.
+    pub truncations: Vec<Truncation>,
 }
 
 /// What a write acknowledges (cheap to compute on the hot path, unlike a full status).
@@ -432,6 +469,7 @@ impl Segment {
             last_committed: s.last_committed,
             highest_commit: s.highest_commit.0,
             highest_commit_ts_us: s.highest_commit.1,
+            truncations: s.control.truncations.clone(),
         }
     }
 
@@ -684,25 +722,11 @@ impl Segment {
 
     /// Records with LSN in `[from, to]` (to = 0: all), in LSN order.
     pub fn records(&self, from: Lsn, to: Lsn) -> Result<Vec<RedoRecord>, SegmentError> {
-        let entries: Vec<Entry> = {
-            let s = self.lock();
-            if from <= s.control.horizon && s.control.horizon > Lsn::ZERO {
-                return Err(SegmentError::BelowHorizon {
-                    segment: self.key.clone(),
-                    requested: from,
-                    horizon: Lsn(s.control.horizon.0 + 1),
-                });
-            }
-            let to = if to == Lsn::ZERO { Lsn(u64::MAX) } else { to };
-            if from > to {
-                return Ok(Vec::new());
-            }
-            s.records.range(from..=to).map(|(_, e)| e.clone()).collect()
-        };
-        entries
-            .iter()
-            .map(|e| self.load(e).map(|r| (*r).clone()))
-            .collect()
+        Ok(self
+            .records_with_epochs(from, to, false)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
     }
 
     /// Discards records above `above` written under epochs below `epoch` (recovery, after the
@@ -721,7 +745,11 @@ impl Segment {
         }
         let mut next = s.control.clone();
         next.epoch = next.epoch.max(epoch);
-        let t = Truncation { epoch, above };
+        let t = Truncation {
+            epoch,
+            above,
+            next: Lsn::ZERO,
+        };
         if !next.truncations.contains(&t) {
             next.truncations.push(t);
         }
@@ -748,21 +776,105 @@ impl Segment {
             .max(s.control.materialized);
         s.chain.truncate(above, kept);
         s.last_committed = s.last_committed.min(above);
-        if s.highest_commit.0 > above {
-            s.highest_commit = s
-                .records
-                .iter()
-                .rev()
-                .find_map(|(l, e)| {
-                    e.rec
-                        .as_ref()
-                        .filter(|r| r.is_commit())
-                        .map(|r| (*l, r.commit_ts_us))
-                })
-                .unwrap_or((Lsn::ZERO, 0));
-        }
+        s.recompute_highest_commit(above);
         tracing::info!(segment = %self.key, %epoch, %above, removed = doomed.len(), scl = %s.chain.scl(), "truncated");
         Ok(())
+    }
+
+    /// Recovery: adopts the new writer's decision history — every decision it honours, its own
+    /// (under `epoch`) last — in place of the segment's, and applies each point of it: a record
+    /// some point discards is removed. A decision the writer did not see is dropped with the
+    /// old history (its writer never reached a write quorum with it, so it never wrote). A
+    /// history older than the one held is refused: it comes from a stale writer.
+    pub fn adopt_history(&self, epoch: Epoch, history: &[Truncation]) -> Result<(), SegmentError> {
+        let Some(own) = history.last() else {
+            return Err(self.invalid("an empty decision history".into()));
+        };
+        if own.epoch != epoch || history.windows(2).any(|w| w[0].epoch >= w[1].epoch) {
+            return Err(self.invalid(format!(
+                "decision history must have strictly increasing epochs ending with the caller's {epoch}"
+            )));
+        }
+        self.epochs.check("truncate", &self.key.volume, epoch)?;
+        let _control = self.control_lock.lock().expect("control lock");
+        let mut s = self.lock();
+        self.epochs.check("truncate", &self.key.volume, epoch)?;
+        if let Some(held) = s.control.truncations.iter().map(|t| t.epoch).max() {
+            if held > epoch {
+                return Err(Fenced {
+                    action: "truncate",
+                    volume: self.key.volume.clone(),
+                    requested: epoch,
+                    seen: held,
+                }
+                .into());
+            }
+        }
+        let doomed: Vec<Lsn> = s
+            .records
+            .iter()
+            .filter(|(l, e)| history.iter().any(|t| t.discards(e.epoch, **l)))
+            .map(|(l, _)| *l)
+            .collect();
+        if let Some(first) = doomed.first().filter(|l| **l <= s.control.materialized) {
+            return Err(SegmentError::TruncateBelowMaterialized {
+                segment: self.key.clone(),
+                above: Lsn(first.0 - 1),
+                materialized: s.control.materialized,
+            });
+        }
+        let mut next = s.control.clone();
+        next.epoch = next.epoch.max(epoch);
+        next.truncations = history.to_vec();
+        self.store
+            .save_control(&next)
+            .map_err(|e| self.store_err(e))?;
+        s.control = next;
+        self.epochs.raise(&self.key.volume, epoch);
+        for lsn in &doomed {
+            s.remove(*lsn);
+        }
+        s.rebuild_chain();
+        s.last_committed = s.last_committed.min(own.above);
+        s.recompute_highest_commit(own.above);
+        tracing::info!(segment = %self.key, %epoch, above = %own.above, next = %own.next, removed = doomed.len(), scl = %s.chain.scl(), "adopted the writer's recovery decisions");
+        Ok(())
+    }
+
+    /// Records with LSN in `[from, to]` (to = 0: all), each with the epoch it was written under;
+    /// `headers_only`: without their redo data (recovery's scan).
+    pub fn records_with_epochs(
+        &self,
+        from: Lsn,
+        to: Lsn,
+        headers_only: bool,
+    ) -> Result<Vec<(Epoch, RedoRecord)>, SegmentError> {
+        let entries: Vec<Entry> = {
+            let s = self.lock();
+            if from <= s.control.horizon && s.control.horizon > Lsn::ZERO {
+                return Err(SegmentError::BelowHorizon {
+                    segment: self.key.clone(),
+                    requested: from,
+                    horizon: Lsn(s.control.horizon.0 + 1),
+                });
+            }
+            let to = if to == Lsn::ZERO { Lsn(u64::MAX) } else { to };
+            if from > to {
+                return Ok(Vec::new());
+            }
+            s.records.range(from..=to).map(|(_, e)| e.clone()).collect()
+        };
+        entries
+            .iter()
+            .map(|e| {
+                let r = self.load(e)?;
+                let mut r = (*r).clone();
+                if headers_only {
+                    r.data = Vec::new();
+                }
+                Ok((e.epoch, r))
+            })
+            .collect()
     }
 
     /// One coalescing round: applies every record up to min(SCL, writer's VDL) to the newest

@@ -10,6 +10,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::node::{Node, NodeError};
+use crate::page_store::Truncation;
 use crate::proto::{self, storage_service_server::StorageService};
 use crate::record::RedoRecord;
 use crate::segment::{Segment, SegmentError, SegmentStatus};
@@ -74,6 +75,15 @@ pub fn state_proto(st: &SegmentStatus) -> proto::SegmentState {
         last_committed_lsn: st.last_committed.0,
         highest_commit_lsn: st.highest_commit.0,
         highest_commit_timestamp_us: st.highest_commit_ts_us,
+        recovery_points: st
+            .truncations
+            .iter()
+            .map(|t| proto::RecoveryPoint {
+                epoch: t.epoch.0,
+                above_lsn: t.above.0,
+                next_lsn: t.next.0,
+            })
+            .collect(),
     }
 }
 
@@ -239,8 +249,21 @@ impl StorageService for StorageSvc {
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         let st = blocking(move || {
-            seg.truncate(Epoch(r.epoch), Lsn(r.above_lsn))
-                .map_err(segment_status)?;
+            if r.decisions.is_empty() {
+                seg.truncate(Epoch(r.epoch), Lsn(r.above_lsn))
+            } else {
+                let history: Vec<Truncation> = r
+                    .decisions
+                    .iter()
+                    .map(|d| Truncation {
+                        epoch: Epoch(d.epoch),
+                        above: Lsn(d.above_lsn),
+                        next: Lsn(d.next_lsn),
+                    })
+                    .collect();
+                seg.adopt_history(Epoch(r.epoch), &history)
+            }
+            .map_err(segment_status)?;
             Ok(seg.status())
         })
         .await?;
@@ -256,12 +279,17 @@ impl StorageService for StorageSvc {
     ) -> Result<Response<Self::StreamRecordsStream>, Status> {
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
+        let headers_only = r.headers_only;
         let records = blocking(move || {
-            seg.records(Lsn(r.from_lsn), Lsn(r.to_lsn))
+            seg.records_with_epochs(Lsn(r.from_lsn), Lsn(r.to_lsn), headers_only)
                 .map_err(segment_status)
         })
         .await?;
-        let stream = tokio_stream::iter(records.into_iter().map(|r| Ok(r.to_proto())));
+        let stream = tokio_stream::iter(records.into_iter().map(move |(epoch, r)| {
+            let mut p = r.to_proto();
+            p.written_epoch = epoch.0;
+            Ok(p)
+        }));
         Ok(Response::new(Box::pin(stream)))
     }
 

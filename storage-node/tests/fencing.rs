@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use logdb_storage::proto::{InstallEpochRequest, TruncateRequest};
+use logdb_storage::proto::{InstallEpochRequest, RecoveryPoint, StreamRecordsRequest, TruncateRequest};
 use tonic::Code;
 
 async fn install(
@@ -109,6 +109,7 @@ async fn truncation_discards_the_old_writers_tail_for_good() {
         segment_id: SEG.into(),
         epoch,
         above_lsn: above,
+        ..Default::default()
     };
     let st = c.truncate(truncate(2, 6)).await.unwrap().into_inner();
     assert_eq!((st.scl, st.highest_lsn, st.epoch), (6, 6, 2));
@@ -153,4 +154,100 @@ async fn truncation_discards_the_old_writers_tail_for_good() {
         "{}",
         err.message()
     );
+}
+
+fn point(epoch: u64, above: u64, next: u64) -> RecoveryPoint {
+    RecoveryPoint {
+        epoch,
+        above_lsn: above,
+        next_lsn: next,
+    }
+}
+
+fn adopt(epoch: u64, decisions: Vec<RecoveryPoint>) -> TruncateRequest {
+    TruncateRequest {
+        volume_id: VOL.into(),
+        segment_id: SEG.into(),
+        epoch,
+        above_lsn: 0,
+        decisions,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writers_decision_history_replaces_the_segments_and_voids_older_tails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = StorageNode::start(dir.path(), &[]);
+    let mut c = node.client().await;
+    create_segment(&mut c, VOL, SEG, 0, 100).await;
+    let recs: Vec<_> = (1..=10)
+        .map(|l| delta(l, l - 1, 1, l as u32, &[l as u8]))
+        .collect();
+    write(&mut c, 1, 0, &recs).await.unwrap();
+
+    // Writer 2 kept up to 6 and starts its own records at 11.
+    let st = c
+        .truncate(adopt(2, vec![point(2, 6, 11)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((st.scl, st.highest_lsn, st.epoch), (6, 6, 2));
+    assert_eq!(st.recovery_points, vec![point(2, 6, 11)]);
+    write(&mut c, 2, 0, &[delta(11, 6, 1, 40, b"two")])
+        .await
+        .unwrap();
+
+    // Recovery's scan: headers with the epoch each record was written under, no redo data.
+    let mut s = c
+        .stream_records(StreamRecordsRequest {
+            volume_id: VOL.into(),
+            segment_id: SEG.into(),
+            from_lsn: 5,
+            to_lsn: 0,
+            headers_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(r) = s.message().await.unwrap() {
+        assert!(r.redo_data.is_empty());
+        seen.push((r.lsn, r.prev_lsn, r.written_epoch));
+    }
+    assert_eq!(seen, [(5, 4, 1), (6, 5, 1), (11, 6, 2)]);
+
+    // A history that does not end with the caller's own decision, or goes back, is refused.
+    for bad in [
+        vec![point(2, 6, 11)],
+        vec![point(3, 11, 12), point(2, 6, 11)],
+    ] {
+        let err = c.truncate(adopt(3, bad)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    }
+
+    // Writer 3 keeps 11 and carries decision 2 on; writer 2 can no longer impose its history.
+    let st = c
+        .truncate(adopt(3, vec![point(2, 6, 11), point(3, 11, 12)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((st.scl, st.highest_lsn), (11, 11));
+    let err = c
+        .truncate(adopt(2, vec![point(2, 6, 11)]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // A record of the voided history arriving late is not taken back in.
+    let err = write(&mut c, 1, 0, &[delta(7, 6, 1, 7, &[7])])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // The history survives kill -9; the voided tail stays gone.
+    node.crash_and_restart();
+    let mut c = node.client().await;
+    let st = state(&mut c).await;
+    assert_eq!((st.scl, st.highest_lsn, st.epoch), (11, 11, 3));
+    assert_eq!(st.recovery_points, vec![point(2, 6, 11), point(3, 11, 12)]);
 }

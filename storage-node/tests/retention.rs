@@ -78,6 +78,7 @@ async fn the_horizon_moves_frees_log_and_refuses_older_reads() {
             segment_id: SEG.into(),
             from_lsn: 1,
             to_lsn: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();

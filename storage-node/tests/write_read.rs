@@ -108,6 +108,7 @@ async fn reads_at_several_lsns_of_one_page_before_and_after_coalescing() {
                 segment_id: SEG.into(),
                 from_lsn: 2,
                 to_lsn: 4,
+                ..Default::default()
             })
             .await
             .unwrap()
