@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod page_diff;
 pub mod page_read;
 pub mod pg_server;
+pub mod recovery;
 pub mod replica;
 pub mod replication;
 pub mod shipper;

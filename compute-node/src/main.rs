@@ -67,6 +67,9 @@ struct Args {
     /// Back-pressure: LSN allocation stops this many records above VDL.
     #[arg(long, default_value_t = 200_000)]
     lal: u64,
+    /// Largest WriteRecords batch sent to one segment, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_batch_bytes: usize,
     /// writer, replica, or auto (with --config-store: the writer if the volume has none or names
     /// this node, else a replica; follows failovers).
     #[arg(long, value_enum, default_value_t = RoleArg::Writer)]
@@ -333,6 +336,7 @@ async fn open_writer(
         min_epoch,
         ticket: config.is_some(),
         lal: args.lal,
+        max_batch_bytes: args.max_batch_bytes,
         ..ShipperConfig::default()
     };
     let shipper = Shipper::open(layout, cfg, Arc::clone(&metrics))

@@ -13,17 +13,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use logdb_storage::proto::{
-    CreateSegmentRequest, InstallEpochRequest, StreamRecordsRequest, TruncateRequest,
-    WriteRecordsRequest,
+    CreateSegmentRequest, InstallEpochRequest, RecoveryPoint, StreamRecordsRequest,
+    TruncateRequest, WriteRecordsRequest,
 };
 use logdb_storage::record::{RecordKind, RedoRecord, FLAG_COMMIT};
 use logdb_storage::types::{Epoch, Lsn, PageId, PgIndex};
 use tokio::sync::{watch, Notify};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::layout::{Layout, Member, READ_QUORUM, SEGMENTS_PER_PG, WRITE_QUORUM};
+use crate::layout::{Layout, Member, SEGMENTS_PER_PG, WRITE_QUORUM};
 use crate::metrics::ComputeMetrics;
 use crate::page_read::client;
+use crate::recovery::{self, Header, Point, SegmentScan};
 
 /// One page change of a transaction, before it gets an LSN.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,8 +104,9 @@ struct Link {
     target: Mutex<(String, Channel)>,
     queue: Mutex<LinkQueue>,
     wake: Notify,
-    /// Set while the segment still holds an old writer's tail above this LSN.
-    truncate_above: Mutex<Option<Lsn>>,
+    /// Set while the segment has not adopted this writer's recovery decision history yet: it
+    /// does before its first record.
+    pending_history: Mutex<Option<Vec<RecoveryPoint>>>,
     up: std::sync::atomic::AtomicBool,
     bytes_sent: AtomicU64,
 }
@@ -149,7 +151,7 @@ impl Link {
                 bytes: 0,
             }),
             wake: Notify::new(),
-            truncate_above: Mutex::new(None),
+            pending_history: Mutex::new(None),
             up: std::sync::atomic::AtomicBool::new(false),
             bytes_sent: AtomicU64::new(0),
         }))
@@ -171,6 +173,8 @@ pub struct Shipper {
     queue_limit_bytes: usize,
     metrics: Arc<ComputeMetrics>,
     feed: tokio::sync::broadcast::Sender<Arc<FeedBatch>>,
+    /// The recovery decision history this writer made its segments adopt (its own last).
+    history: Vec<RecoveryPoint>,
 }
 
 /// Tunables of the shipper.
@@ -358,84 +362,121 @@ impl Shipper {
             }
         }
 
-        // 3-4. Each PG's tail: the highest SCL of a read quorum. Bring lagging reachable segments
-        // up to it from the best one, then discard anything above it.
-        let mut pg_tail = Vec::new();
-        let mut seg_scl = Vec::new();
-        let mut next_lsn = 1u64;
-        let mut vdl = Lsn::ZERO;
-        // Commit timestamps keep increasing across writers, even if this clock is behind.
-        let mut last_commit_ts = 0u64;
+        // 3. What every answering segment holds above what it materialized (headers only).
+        let mut scans: Vec<Vec<Option<SegmentScan>>> = Vec::new();
         for (k, row) in links.iter().enumerate() {
-            let answered: Vec<(usize, &logdb_storage::proto::SegmentState)> = states[k]
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
-                .collect();
-            if answered.len() < READ_QUORUM {
-                return Err(rec_err(format!(
-                    "PG {k}: only {} segments answered",
-                    answered.len()
-                )));
-            }
-            let (best, best_state) = answered
-                .iter()
-                .max_by_key(|(_, s)| s.scl)
-                .copied()
-                .expect("quorum");
-            let tail = Lsn(best_state.scl);
-            next_lsn = next_lsn.max(
-                answered
-                    .iter()
-                    .map(|(_, s)| s.highest_lsn)
-                    .max()
-                    .unwrap_or(0)
-                    + 1,
-            );
-            if best_state.highest_commit_lsn <= tail.0 {
-                vdl = vdl.max(Lsn(best_state.highest_commit_lsn));
-            }
-            last_commit_ts = answered
-                .iter()
-                .map(|(_, s)| s.highest_commit_timestamp_us)
-                .fold(last_commit_ts, u64::max);
-            let mut scls = [Lsn::ZERO; SEGMENTS_PER_PG];
-            for (i, s) in &answered {
-                let mut scl = Lsn(s.scl);
-                if scl < tail {
-                    match copy_records(&layout, &row[best], &row[*i], Lsn(s.scl + 1), tail, epoch)
-                        .await
-                    {
-                        Ok(new_scl) => scl = new_scl,
+            let mut got = Vec::new();
+            for (i, link) in row.iter().enumerate() {
+                got.push(match &states[k][i] {
+                    None => None,
+                    Some(st) => match scan_segment(&layout.volume, link, st).await {
+                        Ok(scan) => Some(scan),
                         Err(e) => {
-                            tracing::warn!(segment = %row[*i].member.segment, error = %e, "could not bring segment up to the PG tail")
+                            tracing::warn!(segment = %link.member.segment, error = %e, "segment scan failed; treating it as unreachable");
+                            None
+                        }
+                    },
+                });
+            }
+            scans.push(got);
+        }
+
+        // 4. The decision: volume-wide VCL and VDL, each PG's tail, the history to adopt.
+        let decision = recovery::decide(epoch, &scans).map_err(|e| rec_err(e.to_string()))?;
+        let history: Vec<RecoveryPoint> = decision
+            .history
+            .iter()
+            .map(|p| RecoveryPoint {
+                epoch: p.epoch.0,
+                above_lsn: p.above.0,
+                next_lsn: p.next.0,
+            })
+            .collect();
+        let vdl = decision.vdl;
+
+        // 5. The decision is adopted by a write quorum of every PG before anything is written
+        // (every later recovery then sees it); segments that did not adopt it now adopt it
+        // before their first record. Then lagging segments are brought up to their PG's tail.
+        let mut seg_scl = Vec::new();
+        for (k, row) in links.iter().enumerate() {
+            let tail = decision.pg_tails[k];
+            let mut adopted: Vec<(usize, Lsn)> = Vec::new();
+            for (i, link) in row.iter().enumerate() {
+                if scans[k][i].is_some() {
+                    let req = TruncateRequest {
+                        volume_id: layout.volume.clone(),
+                        segment_id: link.member.segment.clone(),
+                        epoch: epoch.0,
+                        above_lsn: vdl.0,
+                        decisions: history.clone(),
+                    };
+                    match client(&link.channel()).truncate(req).await {
+                        Ok(st) => {
+                            adopted.push((i, Lsn(st.into_inner().scl)));
+                            continue;
+                        }
+                        Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                            return Err(ShipError::Fenced(format!(
+                                "segment {} refused this writer's recovery: {}",
+                                link.member.segment,
+                                e.message()
+                            )));
+                        }
+                        Err(e) => {
+                            tracing::warn!(segment = %link.member.segment, error = %e.message(), "adopting the recovery decision failed; will retry before shipping")
                         }
                     }
                 }
-                let req = TruncateRequest {
-                    volume_id: layout.volume.clone(),
-                    segment_id: row[*i].member.segment.clone(),
-                    epoch: epoch.0,
-                    above_lsn: tail.0,
-                };
-                if let Err(e) = client(&row[*i].channel()).truncate(req).await {
-                    tracing::warn!(segment = %row[*i].member.segment, error = %e.message(), "truncate failed; will retry before shipping");
-                    *row[*i].truncate_above.lock().expect("lock") = Some(tail);
+                *link.pending_history.lock().expect("lock") = Some(history.clone());
+            }
+            if adopted.len() < WRITE_QUORUM {
+                return Err(rec_err(format!(
+                    "PG {k}: only {}/6 segments adopted the recovery decision (epoch {epoch}, VDL {vdl}); a write quorum is needed",
+                    adopted.len()
+                )));
+            }
+            for n in 0..adopted.len() {
+                let (i, scl) = adopted[n];
+                if scl >= tail {
+                    continue;
                 }
-                scls[*i] = scl.min(tail);
-            }
-            for (i, s) in states[k].iter().enumerate() {
-                if s.is_none() {
-                    *row[i].truncate_above.lock().expect("lock") = Some(tail);
+                let mut sources: Vec<(usize, Lsn)> = adopted
+                    .iter()
+                    .copied()
+                    .filter(|(j, s)| *j != i && *s > scl)
+                    .collect();
+                sources.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
+                let mut now = scl;
+                for (j, _) in sources {
+                    match copy_records(&layout, &row[j], &row[i], Lsn(now.0 + 1), tail, epoch).await
+                    {
+                        Ok(got) => now = now.max(got),
+                        Err(e) => {
+                            tracing::warn!(segment = %row[i].member.segment, from = %row[j].member.segment, error = %e, "could not bring segment up to the PG tail")
+                        }
+                    }
+                    if now >= tail {
+                        break;
+                    }
                 }
+                adopted[n].1 = now;
             }
-            let durable_on = scls.iter().filter(|s| **s >= tail).count();
-            if durable_on < WRITE_QUORUM && tail > Lsn::ZERO {
-                tracing::warn!(pg = k, %tail, durable_on, "PG tail is on fewer than a write quorum; shipping continues, repair will catch up");
+            let complete = adopted.iter().filter(|(_, s)| *s >= tail).count();
+            if complete < WRITE_QUORUM {
+                return Err(rec_err(format!(
+                    "PG {k}: its tail {tail} is complete on only {complete}/6 segments after recovery; a write quorum is needed"
+                )));
             }
-            pg_tail.push(tail);
+            let mut scls = [Lsn::ZERO; SEGMENTS_PER_PG];
+            for (i, scl) in adopted {
+                scls[i] = scl.min(tail);
+            }
             seg_scl.push(scls);
         }
+        let pg_tail = decision.pg_tails.clone();
+        let next_lsn = decision.next_lsn.0;
+        let last_commit_ts = decision.last_commit_ts_us;
+        tracing::info!(volume = %layout.volume, %epoch, vcl = %decision.vcl, base = %decision.base, "recovery decided");
         tracing::info!(volume = %layout.volume, %epoch, next_lsn, %vdl, "volume opened for writing");
 
         let pgs = layout.pgs.len();
@@ -464,6 +505,7 @@ impl Shipper {
             metrics,
             layout,
             feed: tokio::sync::broadcast::channel(FEED_CAPACITY).0,
+            history,
         });
         shipper.metrics.vdl.set(vdl.0 as i64);
         for row in shipper.links.read().expect("links").iter() {
@@ -731,16 +773,25 @@ impl Shipper {
                     continue;
                 }
             }
-            let pending_truncate = *link.truncate_above.lock().expect("lock");
-            if let Some(above) = pending_truncate {
+            let pending = link.pending_history.lock().expect("lock").clone();
+            if let Some(history) = pending {
                 let req = TruncateRequest {
                     volume_id: self.layout.volume.clone(),
                     segment_id: link.member.segment.clone(),
                     epoch: self.epoch.0,
-                    above_lsn: above.0,
+                    above_lsn: history.last().map_or(0, |p| p.above_lsn),
+                    decisions: history,
                 };
                 match client(&link.channel()).truncate(req).await {
-                    Ok(_) => *link.truncate_above.lock().expect("lock") = None,
+                    Ok(_) => *link.pending_history.lock().expect("lock") = None,
+                    Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+                        self.fence(format!(
+                            "segment {} refused this writer's recovery decision: {}",
+                            link.member.segment,
+                            e.message()
+                        ));
+                        return;
+                    }
                     Err(e) => {
                         self.link_down(&link, &mut down_since, &e.to_string());
                         tokio::time::sleep(backoff).await;
@@ -946,6 +997,8 @@ impl Shipper {
         let mut created = 0;
         for (i, m) in pg.members.iter().enumerate() {
             let link = Link::new(k, i, m)?;
+            // A new segment holds nothing to discard, but carries the history on like the rest.
+            *link.pending_history.lock().expect("lock") = Some(self.history.clone());
             let req = CreateSegmentRequest {
                 volume_id: self.layout.volume.clone(),
                 segment_id: m.segment.clone(),
@@ -1000,6 +1053,56 @@ pub struct SegmentStatus {
     pub bytes_sent: u64,
 }
 
+/// What one segment holds above its materialized LSN, for the recovery decision.
+async fn scan_segment(
+    volume: &str,
+    link: &Link,
+    st: &logdb_storage::proto::SegmentState,
+) -> Result<SegmentScan, String> {
+    let mut stream = client(&link.channel())
+        .stream_records(StreamRecordsRequest {
+            volume_id: volume.to_string(),
+            segment_id: link.member.segment.clone(),
+            from_lsn: st.materialized_lsn + 1,
+            to_lsn: 0,
+            headers_only: true,
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let mut headers = Vec::new();
+    while let Some(r) = stream
+        .message()
+        .await
+        .map_err(|e| e.message().to_string())?
+    {
+        headers.push(Header {
+            lsn: Lsn(r.lsn),
+            prev: Lsn(r.prev_lsn),
+            epoch: Epoch(r.written_epoch),
+            commit: r.flags & FLAG_COMMIT as u32 != 0,
+            commit_ts_us: r.commit_timestamp_us,
+            checksum: r.checksum,
+        });
+    }
+    Ok(SegmentScan {
+        scl: Lsn(st.scl),
+        materialized: Lsn(st.materialized_lsn),
+        highest_lsn: Lsn(st.highest_lsn),
+        highest_commit_ts_us: st.highest_commit_timestamp_us,
+        points: st
+            .recovery_points
+            .iter()
+            .map(|p| Point {
+                epoch: Epoch(p.epoch),
+                above: Lsn(p.above_lsn),
+                next: Lsn(p.next_lsn),
+            })
+            .collect(),
+        headers,
+    })
+}
+
 /// Copies records `(from..=to)` from one segment to another (recovery: a lagging segment is
 /// brought up to the PG tail so the tail is on a write quorum). Returns the target's new SCL.
 async fn copy_records(
@@ -1016,6 +1119,7 @@ async fn copy_records(
             segment_id: src.member.segment.clone(),
             from_lsn: from.0,
             to_lsn: to.0,
+            headers_only: false,
         })
         .await
         .map_err(|e| e.message().to_string())?

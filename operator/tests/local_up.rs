@@ -90,7 +90,14 @@ fn up_write_stop_two_nodes_down_and_up_again() {
     assert!(err.contains("read replica"), "{err}");
 
     // Failover: the replica becomes the writer; the read-write endpoint follows it.
-    let out = ok(logdb(&dir, &["failover"]));
+    let out = logdb(&dir, &["failover"]);
+    assert!(
+        out.status.success(),
+        "logdb failover failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        common::local_up::log_tails(&dir)
+    );
+    let out = String::from_utf8(out.stdout).unwrap();
     assert!(out.starts_with("compute-1 is the writer"), "{out}");
     psql(&url, "INSERT INTO kv VALUES (14, 'after failover')").unwrap();
     assert_eq!(psql(&url, "SELECT count(*) FROM kv").unwrap(), "14");

@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use logdb_storage::proto::{InstallEpochRequest, RecoveryPoint, StreamRecordsRequest, TruncateRequest};
+use logdb_storage::proto::{
+    InstallEpochRequest, RecoveryPoint, StreamRecordsRequest, TruncateRequest,
+};
 use tonic::Code;
 
 async fn install(

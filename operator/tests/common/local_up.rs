@@ -78,9 +78,12 @@ impl Up {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("logdb up never became ready"));
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "logdb up never became ready; the ends of its logs:\n{}",
+                    log_tails(dir)
+                )
+            });
             let v: serde_json::Value = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("logdb up -o json printed {line:?}: {e}"));
             if v["event"] == "ready" {
@@ -88,6 +91,11 @@ impl Up {
                 return up;
             }
         }
+    }
+
+    /// The ends of the volume's process logs (for a failure message).
+    pub fn logs(&self, dir: &Path) -> String {
+        log_tails(dir)
     }
 
     pub fn psql_url(&self) -> String {
@@ -211,4 +219,24 @@ pub fn listening_ports(s: &serde_json::Value) -> Vec<u16> {
 /// Nothing listens on `port` of loopback.
 pub fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// The last lines of every process log of the data dir `dir`.
+pub fn log_tails(dir: &Path) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("logs")) else {
+        return "(no logs)".into();
+    };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for p in paths {
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("--- {}\n", p.display()));
+        for l in &lines[lines.len().saturating_sub(40)..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }

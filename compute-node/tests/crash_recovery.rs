@@ -1,0 +1,208 @@
+//! A writer killed (-9) in the middle of one large transaction, with real processes: after the
+//! restart the transaction is wholly there or wholly absent, `PRAGMA integrity_check` says ok,
+//! and every commit acknowledged before it is there. Killed while SQLite runs the statement,
+//! while its records are being shipped (some on a write quorum, the commit record not), and
+//! after its commit record reached a minority; with one protection group, and with small ones so
+//! the transaction spans several.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Writer};
+
+/// Rows the large transaction inserts (about 10 MB of redo).
+const BIG: u64 = 100_000;
+/// Committed rows before it.
+const BEFORE: u64 = 50;
+
+#[derive(Clone, Copy, Debug)]
+enum KillPoint {
+    /// While SQLite executes the statement: nothing shipped yet.
+    Executing,
+    /// Some of its records on a write quorum of a PG, its commit record not.
+    MidShipping,
+    /// Everything shipped, commit record included, but only three segments up: no quorum.
+    CommitOnMinority,
+}
+
+fn sum_metric(text: &str, name: &str, label: Option<&str>) -> Vec<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && label.is_none_or(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// The 4th-highest acknowledged SCL of each PG of the writer: records at or below it are on a
+/// write quorum.
+fn quorum_scls(text: &str, pgs: usize) -> Vec<f64> {
+    (0..pgs)
+        .map(|k| {
+            let mut v = sum_metric(
+                text,
+                "logdb_compute_segment_acked_scl",
+                Some(&format!("segment=\"pg{k}-")),
+            );
+            v.sort_by(|a, b| b.partial_cmp(a).unwrap());
+            v.get(3).copied().unwrap_or(0.0)
+        })
+        .collect()
+}
+
+async fn crash_in_big_transaction(pgs: usize, pages_per_pg: u64, at: KillPoint) {
+    let mut cluster = Cluster::start(pgs, pages_per_pg);
+    let extra = ["--max-batch-bytes", "65536"];
+    let layout = cluster.layout_path.to_str().unwrap().to_string();
+    let args = [&["--layout", layout.as_str()][..], &extra[..]].concat();
+    let mut writer = Writer::start_with(&args);
+    writer
+        .psql("CREATE TABLE big (id INTEGER PRIMARY KEY, filler TEXT)")
+        .unwrap();
+    for i in 1..=BEFORE {
+        writer
+            .psql(&format!("INSERT INTO big VALUES ({i}, 'acknowledged {i}')"))
+            .unwrap();
+    }
+    let vdl_before = sum_metric(&writer.scrape().await, "logdb_compute_vdl ", None)[0];
+    let stopped: Vec<usize> = match at {
+        KillPoint::CommitOnMinority => vec![3, 4, 5],
+        _ => vec![],
+    };
+    for &i in &stopped {
+        cluster.nodes[i].signal("STOP");
+    }
+
+    let big = format!(
+        "WITH RECURSIVE x(n) AS (SELECT {} UNION ALL SELECT n + 1 FROM x WHERE n < {}) \
+         INSERT INTO big SELECT n, printf('%84d', n) FROM x",
+        BEFORE + 1,
+        BEFORE + BIG
+    );
+    let shipped_before = sum_metric(
+        &writer.scrape().await,
+        "logdb_compute_records_shipped",
+        None,
+    )
+    .first()
+    .copied()
+    .unwrap_or(0.0);
+    let started = Instant::now();
+    let port = writer.port;
+    let client = std::thread::spawn(move || {
+        std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "logdb",
+                "-d",
+                "vol1",
+            ])
+            .args(["-X", "-q", "-c", &big])
+            .env("PGPASSWORD", common::PASSWORD)
+            .output()
+            .expect("psql")
+    });
+
+    // Wait for the kill point.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "kill point {at:?} never reached");
+        let text = writer.scrape().await;
+        let shipped = sum_metric(&text, "logdb_compute_records_shipped", None)
+            .first()
+            .copied()
+            .unwrap_or(0.0);
+        let vdl = sum_metric(&text, "logdb_compute_vdl ", None)[0];
+        assert_eq!(
+            vdl, vdl_before,
+            "the large transaction committed before {at:?}"
+        );
+        let ready = match at {
+            // SQLite is still running the statement (it takes seconds): nothing of it shipped.
+            KillPoint::Executing => {
+                started.elapsed() > Duration::from_millis(150) && shipped == shipped_before
+            }
+            KillPoint::MidShipping => quorum_scls(&text, pgs).iter().any(|q| *q > vdl_before),
+            KillPoint::CommitOnMinority => {
+                let queued = sum_metric(&text, "logdb_compute_segment_queued_records", None);
+                // Shipped, and the three running segments of every PG have it all.
+                shipped > 0.0 && queued.iter().filter(|q| **q == 0.0).count() >= 3 * pgs
+            }
+        };
+        if ready {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    writer.kill9();
+    let out = client.join().unwrap();
+    assert!(
+        !out.status.success(),
+        "the large transaction was not acknowledged"
+    );
+    for &i in &stopped {
+        cluster.nodes[i].signal("CONT");
+    }
+
+    let writer = Writer::start_with(&args);
+    let count: u64 = writer
+        .psql("SELECT count(*) FROM big")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        count == BEFORE || count == BEFORE + BIG,
+        "{at:?}: {count} rows: the transaction is neither whole nor absent"
+    );
+    assert_eq!(
+        writer.psql("PRAGMA integrity_check").unwrap().trim(),
+        "ok",
+        "{at:?}"
+    );
+    assert_eq!(
+        writer
+            .psql(&format!("SELECT count(*) FROM big WHERE id <= {BEFORE}"))
+            .unwrap()
+            .trim(),
+        BEFORE.to_string(),
+        "every acknowledged commit is there"
+    );
+    // The volume goes on: a new commit, then all six segments agree after another restart.
+    writer
+        .psql("INSERT INTO big VALUES (-1, 'after recovery')")
+        .unwrap();
+    drop(writer);
+    let writer = Writer::start_with(&args);
+    assert_eq!(
+        writer
+            .psql("SELECT count(*) FROM big WHERE id = -1")
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    assert_eq!(writer.psql("PRAGMA integrity_check").unwrap().trim(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_killed_while_executing_a_large_transaction() {
+    crash_in_big_transaction(1, 1 << 20, KillPoint::Executing).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_killed_mid_shipping_one_pg() {
+    crash_in_big_transaction(1, 1 << 20, KillPoint::MidShipping).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_killed_mid_shipping_across_pgs() {
+    crash_in_big_transaction(8, 512, KillPoint::MidShipping).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_killed_with_the_commit_record_on_a_minority() {
+    crash_in_big_transaction(8, 512, KillPoint::CommitOnMinority).await;
+}
