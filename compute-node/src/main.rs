@@ -67,6 +67,13 @@ struct Args {
     /// Back-pressure: LSN allocation stops this many records above VDL.
     #[arg(long, default_value_t = 200_000)]
     lal: u64,
+    /// A session idle this long (ms) inside a writing transaction is rolled back and ended with
+    /// SQLSTATE 25P03, so it cannot hold every other writer back; 0: never.
+    #[arg(long, default_value_t = 60_000)]
+    idle_in_transaction_timeout_ms: u64,
+    /// How long (ms) a transaction waits under back-pressure (--lal) before it is refused.
+    #[arg(long, default_value_t = 60_000)]
+    backpressure_timeout_ms: u64,
     /// Largest WriteRecords batch sent to one segment, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_batch_bytes: usize,
@@ -281,6 +288,8 @@ async fn main() -> anyhow::Result<()> {
         password: args.password,
         cache_pages: args.cache_pages,
         write_turn: Arc::default(),
+        idle_in_transaction_timeout: (args.idle_in_transaction_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(args.idle_in_transaction_timeout_ms)),
     });
     tokio::select! {
         _ = pg_server::serve(pg, ctx) => {}
@@ -337,6 +346,7 @@ async fn open_writer(
         ticket: config.is_some(),
         lal: args.lal,
         max_batch_bytes: args.max_batch_bytes,
+        backpressure_timeout: std::time::Duration::from_millis(args.backpressure_timeout_ms),
         ..ShipperConfig::default()
     };
     let shipper = Shipper::open(layout, cfg, Arc::clone(&metrics))

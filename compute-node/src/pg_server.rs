@@ -40,7 +40,14 @@ pub struct ServerContext {
     pub cache_pages: i64,
     /// One writing transaction at a time, first come first served.
     pub write_turn: Arc<tokio::sync::Mutex<()>>,
+    /// A session idle this long inside a transaction that holds the write turn is rolled back
+    /// and ended (PostgreSQL's `idle_in_transaction_session_timeout`, SQLSTATE 25P03); `None`:
+    /// never.
+    pub idle_in_transaction_timeout: Option<std::time::Duration>,
 }
+
+/// SQLSTATE of a session ended by the idle-in-transaction timeout.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
 
 /// One client session: its own SQLite connection.
 pub struct Session {
@@ -51,6 +58,16 @@ pub struct Session {
     parser: Arc<NoopQueryParser>,
     /// Commit LSN of this session's last acknowledged transaction.
     last_commit: std::sync::atomic::AtomicU64,
+    /// Statements started (the idle watchdog's clock) and whether the session was ended.
+    idle: Mutex<IdleState>,
+    /// This session, for the idle watchdog.
+    me: std::sync::Weak<Session>,
+}
+
+#[derive(Default)]
+struct IdleState {
+    statements: u64,
+    ended: bool,
 }
 
 fn user_error(e: SqlError) -> PgWireError {
@@ -59,6 +76,16 @@ fn user_error(e: SqlError) -> PgWireError {
         e.code.into(),
         e.message,
     )))
+}
+
+fn idle_timeout_error(after: Option<std::time::Duration>) -> SqlError {
+    SqlError::new(
+        IDLE_IN_TRANSACTION_TIMEOUT,
+        format!(
+            "terminating connection due to idle-in-transaction timeout: the session held the write turn for {} ms without a statement; its transaction was rolled back — reconnect",
+            after.map_or(0, |d| d.as_millis())
+        ),
+    )
 }
 
 fn pg_type(t: ColType) -> Type {
@@ -78,6 +105,14 @@ impl Session {
         params: Vec<Value>,
         typing: sql::Typing,
     ) -> Result<Vec<Outcome>, SqlError> {
+        let started_at = {
+            let mut idle = self.idle.lock().expect("idle state");
+            if idle.ended {
+                return Err(idle_timeout_error(self.ctx.idle_in_transaction_timeout));
+            }
+            idle.statements += 1;
+            idle.statements
+        };
         if let Some(call) = lsn_functions::parse(&sql_text) {
             return self
                 .lsn_call(call.map_err(|m| SqlError::new("42883", m))?)
@@ -102,6 +137,10 @@ impl Session {
         .map_err(|e| SqlError::new("XX000", format!("statement task failed: {e}")))?;
         if !in_tx {
             *turn = None;
+        } else if turn.is_some() {
+            if let Some(after) = self.ctx.idle_in_transaction_timeout {
+                tokio::spawn(Session::end_if_idle(self.me.clone(), started_at, after));
+            }
         }
         drop(turn);
         if lsn.0 > 0 {
@@ -121,6 +160,42 @@ impl Session {
                 .observe(started.elapsed().as_secs_f64());
         }
         out
+    }
+
+    /// The idle-in-transaction watchdog: if no statement started since statement `seen` and the
+    /// session still holds the write turn after `after`, its transaction is rolled back, the turn
+    /// goes to the next writer, and the session answers 25P03 from then on.
+    /// It holds the session weakly: a client that disconnects ends its session (and its
+    /// transaction, and its turn) at once, as before.
+    async fn end_if_idle(me: std::sync::Weak<Session>, seen: u64, after: std::time::Duration) {
+        tokio::time::sleep(after).await;
+        let Some(this) = me.upgrade() else {
+            return;
+        };
+        this.end_if_still_idle(seen, after).await;
+    }
+
+    async fn end_if_still_idle(&self, seen: u64, after: std::time::Duration) {
+        {
+            let mut idle = self.idle.lock().expect("idle state");
+            if idle.statements != seen || idle.ended {
+                return;
+            }
+            idle.ended = true;
+        }
+        let conn = Arc::clone(&self.conn);
+        let _ = tokio::task::spawn_blocking(move || {
+            let c = conn.lock().expect("session connection");
+            if !c.is_autocommit() {
+                let _ = c.execute_batch("ROLLBACK");
+            }
+        })
+        .await;
+        *self.write_turn.lock().await = None;
+        tracing::warn!(
+            after_ms = after.as_millis() as u64,
+            "session idle in a writing transaction: rolled back and ended (25P03)"
+        );
     }
 
     /// Answers one of the LSN functions (see [`lsn_functions`]).
@@ -547,12 +622,14 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
                     return;
                 }
             };
-            let session = Arc::new(Session {
+            let session = Arc::new_cyclic(|me| Session {
                 ctx,
                 conn: Arc::new(Mutex::new(conn)),
                 write_turn: tokio::sync::Mutex::new(None),
                 parser: Arc::new(NoopQueryParser::new()),
                 last_commit: Default::default(),
+                idle: Mutex::new(IdleState::default()),
+                me: me.clone(),
             });
             let handlers = Arc::new(Handlers { session });
             if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {

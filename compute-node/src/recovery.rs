@@ -59,12 +59,27 @@ pub struct SegmentScan {
     /// Every record of the PG at or below it is in a stored page version here (and was below
     /// some writer's VDL when it was materialized: committed and durable).
     pub materialized: Lsn,
+    /// The highest VDL a writer announced to it: committed and durable too.
+    pub last_committed: Lsn,
     pub highest_lsn: Lsn,
     pub highest_commit_ts_us: u64,
     /// The decision history it honours, oldest first.
     pub points: Vec<Point>,
-    /// Every record it holds above `materialized`.
+    /// Every record it holds above the scan's start (`scan_start` of all answers), and the
+    /// highest one below it.
     pub headers: Vec<Header>,
+}
+
+/// Where recovery's scan starts: above everything some segment knows to be committed and
+/// durable (what it materialized, the highest VDL a writer announced to it). `answers`: each
+/// answering segment's (materialized, last announced VDL).
+pub fn scan_start(answers: impl IntoIterator<Item = (Lsn, Lsn)>) -> Lsn {
+    let known = answers
+        .into_iter()
+        .map(|(m, c)| m.max(c))
+        .max()
+        .unwrap_or(Lsn::ZERO);
+    Lsn(known.0 + 1)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,7 +89,7 @@ pub struct Decision {
     pub vdl: Lsn,
     /// Every LSN up to here is a record found (or a deliberate gap).
     pub vcl: Lsn,
-    /// Everything at or below was materialized somewhere: known durable before the scan.
+    /// Everything at or below was known committed and durable before the scan.
     pub base: Lsn,
     /// Per PG: its last record at or below the VDL (the backlink of its next record).
     pub pg_tails: Vec<Lsn>,
@@ -126,10 +141,7 @@ pub fn decide(epoch: Epoch, scans: &[Vec<Option<SegmentScan>>]) -> Result<Decisi
     }
     let voided = |h: &Header| history.iter().any(|p| p.voids(h.epoch, h.lsn));
 
-    let base = answers()
-        .map(|(_, s)| s.materialized)
-        .max()
-        .unwrap_or(Lsn::ZERO);
+    let base = Lsn(scan_start(answers().map(|(_, s)| (s.materialized, s.last_committed))).0 - 1);
     // Every record some segment holds and no decision voids, by LSN.
     let mut found: BTreeMap<Lsn, (usize, Header)> = BTreeMap::new();
     for (pg, s) in answers() {
@@ -466,6 +478,19 @@ mod tests {
         let d = decide(Epoch(2), &[row]).unwrap();
         assert_eq!((d.vcl, d.vdl, d.pg_tails.clone()), (l(7), l(7), vec![l(7)]));
         assert_eq!(d.next_lsn, l(10));
+    }
+
+    #[test]
+    fn an_announced_vdl_counts_as_durable_and_the_tail_below_it_comes_from_the_predecessor() {
+        // A writer told the segments VDL 20; the scan starts at 21 and reports the PG's last
+        // record below it (12) with what follows.
+        let mut row = pg(3, vec![rec(12, 9, 1, true), rec(22, 12, 1, false)]);
+        for s in row.iter_mut().flatten() {
+            s.last_committed = l(20);
+        }
+        let d = decide(Epoch(2), &[row, pg(3, vec![])]).unwrap();
+        assert_eq!((d.base, d.vcl, d.vdl), (l(20), l(20), l(20)));
+        assert_eq!(d.pg_tails, vec![l(12), l(0)]);
     }
 
     #[test]

@@ -55,10 +55,19 @@ pub enum ShipError {
     Recovery(String),
     #[error("this compute node is a read replica: it takes no writes")]
     ReadOnly,
+    #[error("back-pressure: storage made no room for this transaction's {records} records within {secs} s ({outstanding} records already wait above VDL {vdl}); retry later")]
+    Backpressure {
+        records: u64,
+        outstanding: u64,
+        vdl: Lsn,
+        secs: u64,
+    },
 }
 
 struct ShipState {
     next_lsn: u64,
+    /// The first LSN this writer allocates (its recovery decision's).
+    first_lsn: u64,
     next_tx: u64,
     last_commit_ts: u64,
     pg_tail: Vec<Lsn>,
@@ -109,6 +118,8 @@ struct Link {
     pending_history: Mutex<Option<Vec<RecoveryPoint>>>,
     up: std::sync::atomic::AtomicBool,
     bytes_sent: AtomicU64,
+    /// Its queue was dropped (it fell too far behind): it catches up from its peers.
+    catch_up: std::sync::atomic::AtomicBool,
 }
 
 /// A lazily connecting channel to the storage node at `address`.
@@ -154,6 +165,7 @@ impl Link {
             pending_history: Mutex::new(None),
             up: std::sync::atomic::AtomicBool::new(false),
             bytes_sent: AtomicU64::new(0),
+            catch_up: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }
@@ -169,6 +181,7 @@ pub struct Shipper {
     /// PGs the writer ships to now (`layout.pgs` is the set it opened with).
     pg_count: std::sync::atomic::AtomicUsize,
     lal: u64,
+    backpressure_timeout: Duration,
     max_batch_bytes: usize,
     queue_limit_bytes: usize,
     metrics: Arc<ComputeMetrics>,
@@ -193,6 +206,8 @@ pub struct ShipperConfig {
     pub queue_limit_bytes: usize,
     /// How long opening the volume waits for a write quorum of every PG.
     pub open_timeout: Duration,
+    /// How long a transaction waits under back-pressure before it is refused.
+    pub backpressure_timeout: Duration,
 }
 
 impl Default for ShipperConfig {
@@ -204,6 +219,7 @@ impl Default for ShipperConfig {
             max_batch_bytes: 4 << 20,
             queue_limit_bytes: 256 << 20,
             open_timeout: Duration::from_secs(60),
+            backpressure_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -211,6 +227,9 @@ impl Default for ShipperConfig {
 /// A WriteRecords that has no answer by then counts as failed (a hung or partitioned node);
 /// its records are sent again.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A lagging segment catches up this many LSNs per copy (bounds the memory it takes).
+const CATCH_UP_CHUNK_LSNS: u64 = 4096;
 
 /// How often a segment that receives no records is told the new VDL.
 const VDL_INTERVAL: Duration = Duration::from_millis(100);
@@ -362,14 +381,21 @@ impl Shipper {
             }
         }
 
-        // 3. What every answering segment holds above what it materialized (headers only).
+        // 3. What every answering segment holds above what is known durable (headers only).
+        let from = recovery::scan_start(
+            states
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|s| (Lsn(s.materialized_lsn), Lsn(s.last_committed_lsn))),
+        );
         let mut scans: Vec<Vec<Option<SegmentScan>>> = Vec::new();
         for (k, row) in links.iter().enumerate() {
             let mut got = Vec::new();
             for (i, link) in row.iter().enumerate() {
                 got.push(match &states[k][i] {
                     None => None,
-                    Some(st) => match scan_segment(&layout.volume, link, st).await {
+                    Some(st) => match scan_segment(&layout.volume, link, st, from).await {
                         Ok(scan) => Some(scan),
                         Err(e) => {
                             tracing::warn!(segment = %link.member.segment, error = %e, "segment scan failed; treating it as unreachable");
@@ -484,6 +510,7 @@ impl Shipper {
             epoch,
             state: Mutex::new(ShipState {
                 next_lsn,
+                first_lsn: next_lsn,
                 next_tx: 1,
                 last_commit_ts,
                 durable_tail: pg_tail.clone(),
@@ -500,6 +527,7 @@ impl Shipper {
             pg_count: std::sync::atomic::AtomicUsize::new(links.len()),
             links: std::sync::RwLock::new(links),
             lal: cfg.lal,
+            backpressure_timeout: cfg.backpressure_timeout,
             max_batch_bytes: cfg.max_batch_bytes,
             queue_limit_bytes: cfg.queue_limit_bytes,
             metrics,
@@ -600,13 +628,12 @@ impl Shipper {
             let links = self.links.read().expect("links");
             for link in &links[pg] {
                 let mut q = link.queue.lock().expect("queue");
-                if q.bytes + bytes > self.queue_limit_bytes {
-                    if !q.records.is_empty() {
-                        tracing::error!(segment = %link.member.segment, "segment fell {} bytes behind; dropping its queue (it needs repair)", q.bytes);
-                    }
+                if q.bytes + bytes > self.queue_limit_bytes && !q.records.is_empty() {
+                    // Memory stays bounded: what it missed comes from its peers instead.
+                    tracing::warn!(segment = %link.member.segment, "segment fell {} bytes behind; dropping its queue, it catches up from its peers", q.bytes);
                     q.records.clear();
                     q.bytes = 0;
-                    continue;
+                    link.catch_up.store(true, Ordering::Relaxed);
                 }
                 q.records.extend(recs.iter().cloned());
                 q.bytes += bytes;
@@ -618,18 +645,38 @@ impl Shipper {
         Ok(commit)
     }
 
+    /// Back-pressure: waits until this transaction's `n` records fit within `lal` records
+    /// above VDL (a transaction larger than `lal` waits for everything before it), at most
+    /// `backpressure_timeout`, and gives up at once when the writer is fenced.
     fn wait_for_room(&self, n: u64) -> Result<(), ShipError> {
-        let next = self.state.lock().expect("ship state").next_lsn;
-        if next + n <= self.vdl().0 + self.lal {
-            return Ok(());
-        }
         let mut rx = self.vdl_tx.subscribe();
-        let lal = self.lal;
+        let deadline = Instant::now() + self.backpressure_timeout;
         let handle = tokio::runtime::Handle::current();
-        handle.block_on(async {
-            let _ = rx.wait_for(|v| next + n <= v.0 + lal).await;
-        });
-        Ok(())
+        loop {
+            let (outstanding, vdl) = {
+                let s = self.state.lock().expect("ship state");
+                if let Some(f) = &s.fenced {
+                    return Err(ShipError::Fenced(f.clone()));
+                }
+                let durable = s.vdl.0.max(s.first_lsn.saturating_sub(1));
+                ((s.next_lsn - 1).saturating_sub(durable), s.vdl)
+            };
+            if outstanding + n.min(self.lal) <= self.lal {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ShipError::Backpressure {
+                    records: n,
+                    outstanding,
+                    vdl,
+                    secs: self.backpressure_timeout.as_secs(),
+                });
+            }
+            handle.block_on(async {
+                let _ = tokio::time::timeout(left, rx.changed()).await;
+            });
+        }
     }
 
     /// Resolves once VDL ≥ `lsn` (the transaction is durable on a write quorum).
@@ -841,7 +888,16 @@ impl Shipper {
                             q.bytes -= sent.data.len() + 64;
                         }
                     }
-                    self.on_ack(link.pg, link.idx, Lsn(ack.acknowledged_lsn));
+                    let scl = Lsn(ack.acknowledged_lsn);
+                    self.on_ack(link.pg, link.idx, scl);
+                    // A hole this writer's queue will not fill (records it never had for this
+                    // segment: it was away during recovery, or its queue was dropped): copy what
+                    // it misses from the peers that have it.
+                    let behind = link.catch_up.swap(false, Ordering::Relaxed)
+                        || self.has_unfilled_hole(&link, scl, Lsn(ack.highest_lsn));
+                    if behind {
+                        self.catch_up(&link, scl).await;
+                    }
                 }
                 Err(e) if e.code() == tonic::Code::FailedPrecondition => {
                     self.fence(format!(
@@ -863,6 +919,59 @@ impl Shipper {
                 }
             }
         }
+    }
+
+    /// Whether the segment at `scl` misses records its queue will not bring: it holds records
+    /// above a hole, or the next record it is to get (or the PG's last record, when nothing is
+    /// queued) does not follow on from its SCL.
+    fn has_unfilled_hole(&self, link: &Link, scl: Lsn, highest: Lsn) -> bool {
+        if scl < highest {
+            return true;
+        }
+        let s = self.state.lock().expect("ship state");
+        let q = link.queue.lock().expect("queue");
+        let expected = q.records.front().map_or(s.pg_tail[link.pg], |r| r.prev_lsn);
+        expected > scl
+    }
+
+    /// Brings `link`'s segment from `scl` up to its best peer, in bounded chunks (records pass
+    /// through this process a batch at a time).
+    async fn catch_up(&self, link: &Arc<Link>, mut scl: Lsn) {
+        let peers: Vec<(Arc<Link>, Lsn)> = {
+            let s = self.state.lock().expect("ship state");
+            let links = self.links.read().expect("links");
+            let mut p: Vec<(Arc<Link>, Lsn)> = links[link.pg]
+                .iter()
+                .filter(|l| l.idx != link.idx && l.up.load(Ordering::Relaxed))
+                .filter(|l| l.pending_history.lock().expect("lock").is_none())
+                .map(|l| (Arc::clone(l), s.seg_scl[l.pg][l.idx]))
+                .filter(|(_, peer)| *peer > scl)
+                .collect();
+            p.sort_by_key(|(_, peer)| std::cmp::Reverse(*peer));
+            p
+        };
+        let Some((peer, target)) = peers.into_iter().next() else {
+            return;
+        };
+        let started = Instant::now();
+        let mut from = Lsn(scl.0 + 1);
+        while from <= target {
+            let to = Lsn(target.0.min(from.0 + CATCH_UP_CHUNK_LSNS - 1));
+            match copy_records(&self.layout, &peer, link, from, to, self.epoch).await {
+                Ok(got) if got > scl => {
+                    scl = got;
+                    self.on_ack(link.pg, link.idx, scl);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(segment = %link.member.segment, from = %peer.member.segment, error = %e, "catching up from a peer failed; retrying later");
+                    link.catch_up.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+            from = Lsn(to.0 + 1);
+        }
+        tracing::info!(segment = %link.member.segment, from = %peer.member.segment, %scl, took_ms = started.elapsed().as_millis() as u64, "segment caught up from a peer");
     }
 
     fn link_down(&self, link: &Link, down_since: &mut Option<Instant>, why: &str) {
@@ -1058,14 +1167,16 @@ async fn scan_segment(
     volume: &str,
     link: &Link,
     st: &logdb_storage::proto::SegmentState,
+    from: Lsn,
 ) -> Result<SegmentScan, String> {
     let mut stream = client(&link.channel())
         .stream_records(StreamRecordsRequest {
             volume_id: volume.to_string(),
             segment_id: link.member.segment.clone(),
-            from_lsn: st.materialized_lsn + 1,
+            from_lsn: from.0,
             to_lsn: 0,
             headers_only: true,
+            with_predecessor: true,
         })
         .await
         .map_err(|e| e.message().to_string())?
@@ -1088,6 +1199,7 @@ async fn scan_segment(
     Ok(SegmentScan {
         scl: Lsn(st.scl),
         materialized: Lsn(st.materialized_lsn),
+        last_committed: Lsn(st.last_committed_lsn),
         highest_lsn: Lsn(st.highest_lsn),
         highest_commit_ts_us: st.highest_commit_timestamp_us,
         points: st
@@ -1119,7 +1231,7 @@ async fn copy_records(
             segment_id: src.member.segment.clone(),
             from_lsn: from.0,
             to_lsn: to.0,
-            headers_only: false,
+            ..Default::default()
         })
         .await
         .map_err(|e| e.message().to_string())?

@@ -50,7 +50,7 @@ fn quorum_scls(text: &str, pgs: usize) -> Vec<f64> {
 }
 
 async fn crash_in_big_transaction(pgs: usize, pages_per_pg: u64, at: KillPoint) {
-    let mut cluster = Cluster::start(pgs, pages_per_pg);
+    let cluster = Cluster::start(pgs, pages_per_pg);
     let extra = ["--max-batch-bytes", "65536"];
     let layout = cluster.layout_path.to_str().unwrap().to_string();
     let args = [&["--layout", layout.as_str()][..], &extra[..]].concat();
@@ -205,4 +205,132 @@ async fn writer_killed_mid_shipping_across_pgs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_killed_with_the_commit_record_on_a_minority() {
     crash_in_big_transaction(8, 512, KillPoint::CommitOnMinority).await;
+}
+
+/// Acknowledged SCL the writer's metrics show for `segment`.
+fn acked_scl(text: &str, segment: &str) -> f64 {
+    sum_metric(
+        text,
+        "logdb_compute_segment_acked_scl",
+        Some(&format!("segment=\"{segment}\"")),
+    )
+    .first()
+    .copied()
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_away_through_two_failovers_drops_the_old_tail_and_converges() {
+    let cluster = Cluster::start(1, 1 << 16);
+    let layout = cluster.layout_path.to_str().unwrap().to_string();
+    let args = ["--layout", layout.as_str()];
+    let mut w1 = Writer::start_with(&args);
+    w1.psql("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    w1.psql("INSERT INTO t VALUES (1, 'one')").unwrap();
+    let vdl = sum_metric(&w1.scrape().await, "logdb_compute_vdl ", None)[0];
+
+    // Only a1 runs: writer 1's next transaction reaches a1 alone and is never acknowledged.
+    for n in &cluster.nodes[1..] {
+        n.signal("STOP");
+    }
+    let port = w1.port;
+    let client = std::thread::spawn(move || {
+        std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "logdb",
+                "-d",
+                "vol1",
+            ])
+            .args(["-X", "-q", "-c", "INSERT INTO t VALUES (2, 'old tail')"])
+            .env("PGPASSWORD", common::PASSWORD)
+            .output()
+            .expect("psql")
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked_scl(&w1.scrape().await, "pg0-a1") <= vdl {
+        assert!(Instant::now() < deadline, "a1 never got the old tail");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cluster.nodes[0].signal("STOP");
+    w1.kill9();
+    assert!(!client.join().unwrap().status.success());
+    for n in &cluster.nodes[1..] {
+        n.signal("CONT");
+    }
+
+    // Two recoveries while a1 is away: each writer commits, the first one then dies.
+    let w2 = Writer::start_with(&args);
+    w2.psql("INSERT INTO t VALUES (3, 'writer 2')").unwrap();
+    drop(w2);
+    let w3 = Writer::start_with(&args);
+    w3.psql("INSERT INTO t VALUES (4, 'writer 3')").unwrap();
+
+    // a1 returns holding writer 1's tail: it adopts the decisions, drops the tail, catches up.
+    cluster.nodes[0].signal("CONT");
+    w3.psql("INSERT INTO t VALUES (5, 'after a1 returned')")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = w3.scrape().await;
+        let vdl = sum_metric(&text, "logdb_compute_vdl ", None)[0];
+        let scls: Vec<f64> = cluster
+            .nodes
+            .iter()
+            .map(|n| acked_scl(&text, &format!("pg0-{}", n.node_id)))
+            .collect();
+        if scls.iter().all(|s| *s >= vdl) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "segments never converged: {scls:?} (VDL {vdl})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        w3.psql("SELECT group_concat(k) FROM t").unwrap().trim(),
+        "1,3,4,5",
+        "the unacknowledged row is gone, every acknowledged one is there"
+    );
+
+    // All six segments serve identical pages.
+    let pages: u64 = w3
+        .psql("PRAGMA page_count")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut clients = Vec::new();
+    for n in &cluster.nodes {
+        clients.push((n.node_id.clone(), n.client().await));
+    }
+    for page in 0..pages {
+        let mut images = Vec::new();
+        for (id, c) in clients.iter_mut() {
+            let r = c
+                .read_page(logdb_storage::proto::ReadPageRequest {
+                    volume_id: "vol1".into(),
+                    page_id: page,
+                    requested_lsn: 0,
+                    segment_id: format!("pg0-{id}"),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            images.push((id.clone(), r.page_data));
+        }
+        for (id, img) in &images[1..] {
+            assert!(
+                img == &images[0].1,
+                "page {page}: {id} differs from {}",
+                images[0].0
+            );
+        }
+    }
 }

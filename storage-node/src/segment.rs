@@ -200,6 +200,32 @@ pub struct SegmentStatus {
     pub truncations: Vec<Truncation>,
 }
 
+/// Takes a write's records out of the in-flight tables when the write ends, however it ends.
+struct InflightGuard<'a> {
+    segment: &'a Segment,
+    entries: Vec<(Lsn, Lsn)>,
+}
+
+impl InflightGuard<'_> {
+    fn release(&mut self, s: &mut State) {
+        for (lsn, prev) in self.entries.drain(..) {
+            s.inflight.remove(&lsn);
+            if s.inflight_links.get(&prev) == Some(&lsn) {
+                s.inflight_links.remove(&prev);
+            }
+        }
+    }
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        if !self.entries.is_empty() {
+            let mut s = self.segment.lock();
+            self.release(&mut s);
+        }
+    }
+}
+
 /// What a write acknowledges (cheap to compute on the hot path, unlike a full status).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteAck {
@@ -591,6 +617,13 @@ impl Segment {
             }
         };
 
+        // Whatever happens to this future from here (its caller may go away while it waits),
+        // the records it put in flight leave the in-flight tables: a resend then starts afresh
+        // instead of waiting on, or being refused by, a write nobody finishes.
+        let mut guard = InflightGuard {
+            segment: self,
+            entries: fresh.iter().map(|(r, _)| (r.lsn, r.prev_lsn)).collect(),
+        };
         let durable = if wait_for > 0 {
             self.log.wait_durable(wait_for).await
         } else {
@@ -598,10 +631,7 @@ impl Segment {
         };
 
         let mut s = self.lock();
-        for (r, _) in &fresh {
-            s.inflight.remove(&r.lsn);
-            s.inflight_links.remove(&r.prev_lsn);
-        }
+        guard.release(&mut s);
         durable.map_err(|e| self.log_err(e))?;
         let mut fenced = false;
         for (r, loc) in fresh {
@@ -723,7 +753,7 @@ impl Segment {
     /// Records with LSN in `[from, to]` (to = 0: all), in LSN order.
     pub fn records(&self, from: Lsn, to: Lsn) -> Result<Vec<RedoRecord>, SegmentError> {
         Ok(self
-            .records_with_epochs(from, to, false)?
+            .records_with_epochs(from, to, false, false)?
             .into_iter()
             .map(|(_, r)| r)
             .collect())
@@ -842,12 +872,14 @@ impl Segment {
     }
 
     /// Records with LSN in `[from, to]` (to = 0: all), each with the epoch it was written under;
-    /// `headers_only`: without their redo data (recovery's scan).
+    /// `headers_only`: without their redo data (recovery's scan); `with_predecessor`: first the
+    /// highest record held below `from` (where the PG's chain stood before it).
     pub fn records_with_epochs(
         &self,
         from: Lsn,
         to: Lsn,
         headers_only: bool,
+        with_predecessor: bool,
     ) -> Result<Vec<(Epoch, RedoRecord)>, SegmentError> {
         let entries: Vec<Entry> = {
             let s = self.lock();
@@ -862,7 +894,13 @@ impl Segment {
             if from > to {
                 return Ok(Vec::new());
             }
-            s.records.range(from..=to).map(|(_, e)| e.clone()).collect()
+            let before = with_predecessor
+                .then(|| s.records.range(..from).next_back().map(|(_, e)| e.clone()))
+                .flatten();
+            before
+                .into_iter()
+                .chain(s.records.range(from..=to).map(|(_, e)| e.clone()))
+                .collect()
         };
         entries
             .iter()
@@ -1029,5 +1067,80 @@ impl Segment {
     /// Stops the log flusher after everything pushed is durable.
     pub fn close(&self) {
         self.log.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+    use crate::record::RecordKind;
+    use crate::types::PgIndex;
+
+    fn segment(dir: &Path) -> Arc<Segment> {
+        let descriptor = Descriptor {
+            volume: "v".into(),
+            segment: "pg0-a1".into(),
+            pg: PgIndex(0),
+            first_page: 0,
+            page_count: 16,
+            page_size: 4096,
+            retention_secs: 3600,
+        };
+        Segment::create(
+            dir,
+            descriptor,
+            Epoch(1),
+            1 << 20,
+            Arc::new(VolumeEpochs::default()),
+        )
+        .unwrap()
+    }
+
+    fn record(lsn: u64, prev: u64) -> RedoRecord {
+        RedoRecord::new(
+            Lsn(lsn),
+            Lsn(prev),
+            lsn,
+            PageId(1),
+            0,
+            RecordKind::Delta,
+            0,
+            0,
+            vec![lsn as u8],
+        )
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_caller_went_away_leaves_nothing_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = segment(dir.path());
+        seg.write(Epoch(1), vec![record(1, 0)], Lsn::ZERO)
+            .await
+            .unwrap();
+        // The caller of this write goes away while it waits for its fsync.
+        {
+            let mut write = Box::pin(seg.write(Epoch(1), vec![record(2, 1)], Lsn::ZERO));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(
+                write.as_mut().poll(&mut cx).is_pending(),
+                "waits for its fsync"
+            );
+        }
+        assert!(seg.lock().inflight.is_empty());
+        assert!(seg.lock().inflight_links.is_empty());
+        // The resend is taken as new and acknowledged with the record in the SCL.
+        let ack = seg
+            .write(Epoch(1), vec![record(2, 1)], Lsn::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(ack.scl, Lsn(2));
+        // A different record after it is not refused as a second claim on its backlink.
+        let ack = seg
+            .write(Epoch(1), vec![record(3, 2)], Lsn::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(ack.scl, Lsn(3));
     }
 }

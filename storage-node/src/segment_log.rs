@@ -115,6 +115,18 @@ impl SegmentLog {
             })
             .collect();
         seqs.sort_unstable();
+        // What a crashed process wrote may still be only in the page cache: make every file (and
+        // the directory) durable before replay trusts a frame of it, since whatever replay reads
+        // is acknowledged as held from now on.
+        for &seq in &seqs {
+            let path = dir.join(file_name(seq));
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&path))?;
+        }
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
         let mut report = ReplayReport::default();
         let mut files = BTreeMap::new();
         for (i, &seq) in seqs.iter().enumerate() {
@@ -241,32 +253,36 @@ impl SegmentLog {
     ) -> Result<(), LogError> {
         let mut touched = Vec::new();
         for (seq, bytes) in chunks {
-            if !open.contains_key(&seq) {
-                let path = self.dir.join(file_name(seq));
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(io_err(&path))?;
-                // The new file's directory entry must be durable too.
-                File::open(&self.dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io_err(&self.dir))?;
-                // Older files are complete: close them.
-                open.retain(|s, _| *s > seq);
-                open.insert(seq, f);
-            }
-            let f = open.get_mut(&seq).expect("file just opened");
+            let f = match open.entry(seq) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let path = self.dir.join(file_name(seq));
+                    let f = OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(io_err(&path))?;
+                    // The new file's directory entry must be durable too.
+                    File::open(&self.dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(io_err(&self.dir))?;
+                    v.insert(f)
+                }
+            };
             f.write_all(&bytes).map_err(io_err(&self.dir))?;
             if !touched.contains(&seq) {
                 touched.push(seq);
             }
         }
+        // Every file this round wrote is synced before the round counts as durable — also one
+        // that a rotation in this round completed; only then are completed files closed.
         for seq in touched {
-            if let Some(f) = open.get(&seq) {
-                f.sync_data().map_err(io_err(&self.dir))?;
-                self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            }
+            let f = open.get(&seq).expect("touched files are open");
+            f.sync_data().map_err(io_err(&self.dir))?;
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(&newest) = open.keys().next_back() {
+            open.retain(|s, _| *s == newest);
         }
         Ok(())
     }
@@ -429,6 +445,25 @@ mod tests {
         let mut buf = Vec::new();
         frame::encode_record(Epoch(1), &r, &mut buf);
         (Lsn(lsn), buf)
+    }
+
+    #[tokio::test]
+    async fn a_round_that_rotates_syncs_the_file_it_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = SegmentLog::open(dir.path(), 1000, |_, _| {}).unwrap();
+        // One flush round holding the end of file 1 and the start of file 2.
+        let (_, a) = frame_for(1);
+        let (_, b) = frame_for(2);
+        let mut open = BTreeMap::new();
+        let before = log.fsyncs();
+        log.write_and_sync(&mut open, vec![(1, a), (2, b)]).unwrap();
+        assert_eq!(log.fsyncs() - before, 2, "both files synced");
+        assert_eq!(
+            open.keys().copied().collect::<Vec<_>>(),
+            [2],
+            "only the newest stays open"
+        );
+        log.close();
     }
 
     #[tokio::test]

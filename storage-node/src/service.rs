@@ -135,9 +135,12 @@ impl StorageService for StorageSvc {
             records.push(rec);
         }
         let count = records.len() as u64;
-        let st = seg
-            .write(Epoch(req.epoch), records, Lsn(req.last_committed_lsn))
+        // Run to the end even if the caller goes away (a timeout, a writer that died): the
+        // records become durable and are indexed, so a resend finds them.
+        let (epoch, vdl) = (Epoch(req.epoch), Lsn(req.last_committed_lsn));
+        let st = tokio::spawn(async move { seg.write(epoch, records, vdl).await })
             .await
+            .map_err(|e| Status::internal(format!("storage write task failed: {e}")))?
             .map_err(segment_status)?;
         let m = &self.node.metrics;
         m.records_received.inc_by(count);
@@ -281,8 +284,13 @@ impl StorageService for StorageSvc {
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         let headers_only = r.headers_only;
         let records = blocking(move || {
-            seg.records_with_epochs(Lsn(r.from_lsn), Lsn(r.to_lsn), headers_only)
-                .map_err(segment_status)
+            seg.records_with_epochs(
+                Lsn(r.from_lsn),
+                Lsn(r.to_lsn),
+                headers_only,
+                r.with_predecessor,
+            )
+            .map_err(segment_status)
         })
         .await?;
         let stream = tokio_stream::iter(records.into_iter().map(move |(epoch, r)| {

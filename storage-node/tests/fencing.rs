@@ -207,6 +207,7 @@ async fn a_writers_decision_history_replaces_the_segments_and_voids_older_tails(
             from_lsn: 5,
             to_lsn: 0,
             headers_only: true,
+            with_predecessor: true,
         })
         .await
         .unwrap()
@@ -216,7 +217,11 @@ async fn a_writers_decision_history_replaces_the_segments_and_voids_older_tails(
         assert!(r.redo_data.is_empty());
         seen.push((r.lsn, r.prev_lsn, r.written_epoch));
     }
-    assert_eq!(seen, [(5, 4, 1), (6, 5, 1), (11, 6, 2)]);
+    assert_eq!(
+        seen,
+        [(4, 3, 1), (5, 4, 1), (6, 5, 1), (11, 6, 2)],
+        "4: the predecessor"
+    );
 
     // A history that does not end with the caller's own decision, or goes back, is refused.
     for bad in [

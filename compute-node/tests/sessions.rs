@@ -1,0 +1,147 @@
+//! Session hygiene that recovery and every other writer depend on, with real processes: a
+//! session idle inside a writing transaction is rolled back and ended (25P03) so the next writer
+//! goes on; back-pressure refuses a transaction with a clear error after a bounded wait instead
+//! of blocking the writer for ever.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Writer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_transaction_is_ended_and_the_next_writer_goes_on() {
+    let cluster = Cluster::start(1, 1 << 16);
+    let layout = cluster.layout_path.to_str().unwrap().to_string();
+    let writer = Writer::start_with(&[
+        "--layout",
+        &layout,
+        "--idle-in-transaction-timeout-ms",
+        "500",
+    ]);
+    let a = writer.client().await;
+    a.batch_execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        .await
+        .unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    // A stays idle holding the write turn; B's write waits for it, then goes on.
+    let b = writer.client().await;
+    let started = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        b.batch_execute("INSERT INTO t VALUES (2)"),
+    )
+    .await
+    .expect("the second writer is not held back for ever")
+    .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "B waited for A's turn"
+    );
+    let err = a
+        .batch_execute("INSERT INTO t VALUES (3)")
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "25P03", "{db:?}");
+    assert!(
+        db.message().contains("idle-in-transaction timeout"),
+        "{}",
+        db.message()
+    );
+    // A's transaction is gone; the session stays ended.
+    assert!(a.batch_execute("SELECT 1").await.is_err());
+    let rows = b.query("SELECT k FROM t ORDER BY k", &[]).await.unwrap();
+    let ks: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ks, [2]);
+    // A session that is busy, not idle, is left alone.
+    b.batch_execute("BEGIN").await.unwrap();
+    for k in 10..16 {
+        b.batch_execute(&format!("INSERT INTO t VALUES ({k})"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.batch_execute("COMMIT").await.unwrap();
+    let n: i64 = b
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_pressure_refuses_after_a_bounded_wait_and_commits_resume() {
+    let cluster = Cluster::start(1, 1 << 16);
+    let layout = cluster.layout_path.to_str().unwrap().to_string();
+    let writer = Writer::start_with(&[
+        "--layout",
+        &layout,
+        "--lal",
+        "30",
+        "--backpressure-timeout-ms",
+        "1000",
+    ]);
+    let c = writer.client().await;
+    c.batch_execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    // No write quorum: nothing becomes durable, records pile up above VDL.
+    for n in &cluster.nodes[3..] {
+        n.signal("STOP");
+    }
+    let mut tasks = Vec::new();
+    for k in 0..12 {
+        let client = writer.client().await;
+        tasks.push(tokio::spawn(async move {
+            client
+                .batch_execute(&format!("INSERT INTO t VALUES ({k}, 'x')"))
+                .await
+                .map_err(|e| {
+                    e.as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_else(|| e.to_string())
+                })
+        }));
+    }
+    // Within a few seconds some are refused with the back-pressure error, the rest wait.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tasks.iter().filter(|t| t.is_finished()).count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing was refused by back-pressure"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for n in &cluster.nodes[3..] {
+        n.signal("CONT");
+    }
+    let mut refused = 0;
+    let mut committed = Vec::new();
+    for (k, t) in tasks.into_iter().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Ok(()) => committed.push(k as i64),
+            Err(msg) => {
+                assert!(msg.contains("back-pressure"), "{msg}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused > 0 && !committed.is_empty(),
+        "refused {refused}, committed {committed:?}"
+    );
+    let rows = c.query("SELECT k FROM t ORDER BY k", &[]).await.unwrap();
+    let ks: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ks, committed, "exactly the acknowledged rows");
+    c.batch_execute("INSERT INTO t VALUES (100, 'after')")
+        .await
+        .unwrap();
+}
