@@ -16,6 +16,7 @@ pub mod page_diff;
 pub mod page_read;
 pub mod pg_server;
 pub mod recovery;
+pub mod recovery_sim;
 pub mod replica;
 pub mod replication;
 pub mod shipper;

@@ -192,7 +192,12 @@ pub fn decide(epoch: Epoch, scans: &[Vec<Option<SegmentScan>>]) -> Result<Decisi
         .chain(answers().flat_map(|(_, s)| s.headers.iter().map(|h| h.lsn)))
         .max()
         .unwrap_or(Lsn::ZERO);
-    let next_lsn = Lsn(highest.max(vdl).0 + 1);
+    // Never below an earlier writer's first LSN: the gap each decision left (between its VDL and
+    // its first LSN) then stays free of valid records for good, which is what lets the VCL walk
+    // step over it. (Found by the simulator: a writer that saw nothing above an old VDL reused
+    // LSNs inside an older gap, and a later recovery stepped over one of its records.)
+    let floor = history.iter().map(|p| p.next).max().unwrap_or(Lsn(1));
+    let next_lsn = Lsn(highest.max(vdl).0 + 1).max(floor);
     let last_commit_ts_us = answers()
         .map(|(_, s)| s.highest_commit_ts_us)
         .chain(answers().flat_map(|(_, s)| s.headers.iter().map(|h| h.commit_ts_us)))
@@ -457,6 +462,20 @@ mod tests {
             decide(Epoch(3), &[row]),
             Err(RecoveryError::TwoHistories { .. })
         ));
+    }
+
+    #[test]
+    fn a_new_writer_never_allocates_inside_an_older_gap() {
+        // Writer 2 kept up to 3 and started at 20 (it had seen records up to 19); everything
+        // above 3 is gone now. Writer 3 must start at 20, not at 4: LSNs 4..=19 stay a gap.
+        let mut row = pg(4, (1..=3).map(|n| rec(n, n - 1, 1, n == 3)).collect());
+        row[0].as_mut().unwrap().points = vec![Point {
+            epoch: Epoch(2),
+            above: l(3),
+            next: l(20),
+        }];
+        let d = decide(Epoch(3), &[row]).unwrap();
+        assert_eq!((d.vdl, d.next_lsn), (l(3), l(20)));
     }
 
     #[test]
