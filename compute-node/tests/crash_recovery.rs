@@ -49,6 +49,19 @@ fn quorum_scls(text: &str, pgs: usize) -> Vec<f64> {
         .collect()
 }
 
+/// psql running `sql` against the writer on `port` in a thread (it may wait for ever: the test
+/// kills the writer under it).
+fn psql_in_background(port: u16, sql: String) -> std::thread::JoinHandle<std::process::Output> {
+    std::thread::spawn(move || {
+        std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "logdb"])
+            .args(["-d", "vol1", "-X", "-q", "-c", &sql])
+            .env("PGPASSWORD", common::PASSWORD)
+            .output()
+            .expect("psql")
+    })
+}
+
 async fn crash_in_big_transaction(pgs: usize, pages_per_pg: u64, at: KillPoint) {
     let cluster = Cluster::start(pgs, pages_per_pg);
     let extra = ["--max-batch-bytes", "65536"];
@@ -88,23 +101,7 @@ async fn crash_in_big_transaction(pgs: usize, pages_per_pg: u64, at: KillPoint) 
     .unwrap_or(0.0);
     let started = Instant::now();
     let port = writer.port;
-    let client = std::thread::spawn(move || {
-        std::process::Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "logdb",
-                "-d",
-                "vol1",
-            ])
-            .args(["-X", "-q", "-c", &big])
-            .env("PGPASSWORD", common::PASSWORD)
-            .output()
-            .expect("psql")
-    });
+    let client = psql_in_background(port, big);
 
     // Wait for the kill point.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -235,23 +232,7 @@ async fn a_segment_away_through_two_failovers_drops_the_old_tail_and_converges()
         n.signal("STOP");
     }
     let port = w1.port;
-    let client = std::thread::spawn(move || {
-        std::process::Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "logdb",
-                "-d",
-                "vol1",
-            ])
-            .args(["-X", "-q", "-c", "INSERT INTO t VALUES (2, 'old tail')"])
-            .env("PGPASSWORD", common::PASSWORD)
-            .output()
-            .expect("psql")
-    });
+    let client = psql_in_background(port, "INSERT INTO t VALUES (2, 'old tail')".to_string());
     let deadline = Instant::now() + Duration::from_secs(60);
     while acked_scl(&w1.scrape().await, "pg0-a1") <= vdl {
         assert!(Instant::now() < deadline, "a1 never got the old tail");

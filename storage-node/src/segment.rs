@@ -136,21 +136,35 @@ impl State {
         self.records.insert(lsn, entry);
     }
 
-    /// The chain again from the materialized LSN and every record above it (after records
-    /// anywhere above it were discarded).
-    fn rebuild_chain(&mut self) {
-        let mut chain = Chain::starting_at(self.control.materialized);
-        for (lsn, e) in self.records.range(Lsn(self.control.materialized.0 + 1)..) {
-            let prev = e
-                .rec
-                .as_ref()
-                .expect("unmaterialized records stay in memory")
-                .prev_lsn;
-            if let Err(err) = chain.insert(*lsn, prev) {
-                tracing::error!(%lsn, error = %err, "kept record does not fit the rebuilt chain");
+    /// The chain again from `first` on, after records from `first` up were discarded: it ends
+    /// at the last record kept below `first` (or the materialized LSN), and every kept record
+    /// above joins it again (so the work is proportional to what lies above `first`).
+    fn relink_from(&mut self, first: Lsn) {
+        let below = self
+            .records
+            .range(..first)
+            .next_back()
+            .map(|(l, _)| *l)
+            .unwrap_or_default()
+            .max(self.control.materialized);
+        self.chain.truncate(Lsn(first.0 - 1), below);
+        let above: Vec<(Lsn, Lsn)> = self
+            .records
+            .range(first..)
+            .map(|(l, e)| {
+                let prev = e
+                    .rec
+                    .as_ref()
+                    .expect("unmaterialized records stay in memory")
+                    .prev_lsn;
+                (*l, prev)
+            })
+            .collect();
+        for (lsn, prev) in above {
+            if let Err(err) = self.chain.insert(lsn, prev) {
+                tracing::error!(%lsn, error = %err, "kept record does not fit the relinked chain");
             }
         }
-        self.chain = chain;
     }
 
     /// The highest commit still held, after a truncation above `above`.
@@ -840,11 +854,18 @@ impl Segment {
                 .into());
             }
         }
-        let doomed: Vec<Lsn> = s
-            .records
+        // Points already in the held history were applied when they came: what they void is gone
+        // and cannot come back. Only the new ones are applied, over the records above them —
+        // near the tail, so this does not grow with the unmaterialized log.
+        let doomed: BTreeSet<Lsn> = history
             .iter()
-            .filter(|(l, e)| history.iter().any(|t| t.discards(e.epoch, **l)))
-            .map(|(l, _)| *l)
+            .filter(|t| !s.control.truncations.contains(t))
+            .flat_map(|t| {
+                s.records
+                    .range(Lsn(t.above.0.saturating_add(1))..)
+                    .filter(|(_, e)| e.epoch < t.epoch)
+                    .map(|(l, _)| *l)
+            })
             .collect();
         if let Some(first) = doomed.first().filter(|l| **l <= s.control.materialized) {
             return Err(SegmentError::TruncateBelowMaterialized {
@@ -864,7 +885,9 @@ impl Segment {
         for lsn in &doomed {
             s.remove(*lsn);
         }
-        s.rebuild_chain();
+        if let Some(&first) = doomed.first() {
+            s.relink_from(first);
+        }
         s.last_committed = s.last_committed.min(own.above);
         s.recompute_highest_commit(own.above);
         tracing::info!(segment = %self.key, %epoch, above = %own.above, next = %own.next, removed = doomed.len(), scl = %s.chain.scl(), "adopted the writer's recovery decisions");

@@ -93,18 +93,28 @@ async fn stale_epochs_are_refused_across_segments_and_restarts() {
     assert_eq!((st.epoch, st.scl), (9, 3));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn truncation_discards_the_old_writers_tail_for_good() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut node = StorageNode::start(dir.path(), &[]);
+/// A node with one segment holding records 1..=10 (a chain on page 1) written under epoch 1.
+async fn node_with_ten_records_of_writer_1(
+    dir: &std::path::Path,
+) -> (
+    logdb_storage::testkit::StorageProcess,
+    logdb_storage::proto::storage_service_client::StorageServiceClient<tonic::transport::Channel>,
+) {
+    let node = StorageNode::start(dir, &[]);
     let mut c = node.client().await;
     create_segment(&mut c, VOL, SEG, 0, 100).await;
-
-    // The old writer (epoch 1) wrote 1..=10; only up to 6 is durable on a quorum (VDL 6).
     let recs: Vec<_> = (1..=10)
         .map(|l| delta(l, l - 1, 1, l as u32, &[l as u8]))
         .collect();
     write(&mut c, 1, 0, &recs).await.unwrap();
+    (node, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_discards_the_old_writers_tail_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    // The old writer (epoch 1) wrote 1..=10; only up to 6 is durable on a quorum (VDL 6).
+    let (mut node, mut c) = node_with_ten_records_of_writer_1(dir.path()).await;
 
     let truncate = |epoch, above| TruncateRequest {
         volume_id: VOL.into(),
@@ -179,13 +189,7 @@ fn adopt(epoch: u64, decisions: Vec<RecoveryPoint>) -> TruncateRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writers_decision_history_replaces_the_segments_and_voids_older_tails() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node = StorageNode::start(dir.path(), &[]);
-    let mut c = node.client().await;
-    create_segment(&mut c, VOL, SEG, 0, 100).await;
-    let recs: Vec<_> = (1..=10)
-        .map(|l| delta(l, l - 1, 1, l as u32, &[l as u8]))
-        .collect();
-    write(&mut c, 1, 0, &recs).await.unwrap();
+    let (mut node, mut c) = node_with_ten_records_of_writer_1(dir.path()).await;
 
     // Writer 2 kept up to 6 and starts its own records at 11.
     let st = c
