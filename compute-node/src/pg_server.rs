@@ -66,7 +66,15 @@ pub struct Session {
 
 #[derive(Default)]
 struct IdleState {
-    statements: u64,
+    /// A statement of the session is running (or waiting for the write turn).
+    running: bool,
+    /// When its last statement ended.
+    last_end: Option<Instant>,
+    /// The session is inside a transaction that holds the write turn.
+    holding: bool,
+    /// A watchdog task watches the session (one at most).
+    watching: bool,
+    /// The session was ended by the watchdog.
     ended: bool,
 }
 
@@ -105,18 +113,20 @@ impl Session {
         params: Vec<Value>,
         typing: sql::Typing,
     ) -> Result<Vec<Outcome>, SqlError> {
-        let started_at = {
-            let mut idle = self.idle.lock().expect("idle state");
-            if idle.ended {
-                return Err(idle_timeout_error(self.ctx.idle_in_transaction_timeout));
-            }
-            idle.statements += 1;
-            idle.statements
-        };
+        if self.idle.lock().expect("idle state").ended {
+            return Err(idle_timeout_error(self.ctx.idle_in_transaction_timeout));
+        }
         if let Some(call) = lsn_functions::parse(&sql_text) {
             return self
                 .lsn_call(call.map_err(|m| SqlError::new("42883", m))?)
                 .await;
+        }
+        {
+            let mut idle = self.idle.lock().expect("idle state");
+            if idle.ended {
+                return Err(idle_timeout_error(self.ctx.idle_in_transaction_timeout));
+            }
+            idle.running = true;
         }
         let conn = Arc::clone(&self.conn);
         let engine = Arc::clone(&self.ctx.engine);
@@ -128,21 +138,20 @@ impl Session {
         if turn.is_none() && sql::may_write(&sql_text) {
             *turn = Some(Arc::clone(&self.ctx.write_turn).lock_owned().await);
         }
-        let (out, lsn, in_tx) = tokio::task::spawn_blocking(move || {
+        let ran = tokio::task::spawn_blocking(move || {
             let c = conn.lock().expect("session connection");
             let out = sql::execute(&c, &engine, typing, &sql_text, &params);
             (out, vfs::take_commit_lsn(), !c.is_autocommit())
         })
-        .await
-        .map_err(|e| SqlError::new("XX000", format!("statement task failed: {e}")))?;
+        .await;
+        let in_tx = ran.as_ref().is_ok_and(|(_, _, in_tx)| *in_tx);
         if !in_tx {
             *turn = None;
-        } else if turn.is_some() {
-            if let Some(after) = self.ctx.idle_in_transaction_timeout {
-                tokio::spawn(Session::end_if_idle(self.me.clone(), started_at, after));
-            }
         }
+        self.statement_ended(in_tx && turn.is_some());
         drop(turn);
+        let (out, lsn, _) =
+            ran.map_err(|e| SqlError::new("XX000", format!("statement task failed: {e}")))?;
         if lsn.0 > 0 {
             let engine = &self.ctx.engine;
             let shipper = engine
@@ -162,27 +171,57 @@ impl Session {
         out
     }
 
-    /// The idle-in-transaction watchdog: if no statement started since statement `seen` and the
-    /// session still holds the write turn after `after`, its transaction is rolled back, the turn
-    /// goes to the next writer, and the session answers 25P03 from then on.
-    /// It holds the session weakly: a client that disconnects ends its session (and its
-    /// transaction, and its turn) at once, as before.
-    async fn end_if_idle(me: std::sync::Weak<Session>, seen: u64, after: std::time::Duration) {
-        tokio::time::sleep(after).await;
-        let Some(this) = me.upgrade() else {
-            return;
-        };
-        this.end_if_still_idle(seen, after).await;
+    /// Records the end of a statement; `holding`: the session stays inside a transaction that
+    /// holds the write turn — then one watchdog watches it.
+    fn statement_ended(&self, holding: bool) {
+        let mut idle = self.idle.lock().expect("idle state");
+        idle.running = false;
+        idle.last_end = Some(Instant::now());
+        idle.holding = holding;
+        if let Some(after) = self.ctx.idle_in_transaction_timeout {
+            if holding && !idle.watching {
+                idle.watching = true;
+                tokio::spawn(Session::watch_idle(self.me.clone(), after));
+            }
+        }
     }
 
-    async fn end_if_still_idle(&self, seen: u64, after: std::time::Duration) {
-        {
-            let mut idle = self.idle.lock().expect("idle state");
-            if idle.statements != seen || idle.ended {
+    /// The idle-in-transaction watchdog (one per session while it holds the write turn): once
+    /// the session has been idle inside its transaction for `after`, the transaction is rolled
+    /// back, the turn goes to the next writer, and the session answers 25P03 from then on. It
+    /// holds the session weakly: a client that disconnects ends its session (its transaction,
+    /// its turn) at once, as before.
+    async fn watch_idle(me: std::sync::Weak<Session>, after: std::time::Duration) {
+        let mut wait = after;
+        loop {
+            tokio::time::sleep(wait).await;
+            let Some(this) = me.upgrade() else {
                 return;
+            };
+            {
+                let mut idle = this.idle.lock().expect("idle state");
+                if !idle.holding || idle.ended {
+                    idle.watching = false;
+                    return;
+                }
+                let idle_for = idle.last_end.map_or(after, |t| t.elapsed());
+                if idle.running || idle_for < after {
+                    wait = if idle.running {
+                        after
+                    } else {
+                        after - idle_for
+                    };
+                    continue;
+                }
+                idle.ended = true;
+                idle.watching = false;
             }
-            idle.ended = true;
+            this.end_idle_transaction(after).await;
+            return;
         }
+    }
+
+    async fn end_idle_transaction(&self, after: std::time::Duration) {
         let conn = Arc::clone(&self.conn);
         let _ = tokio::task::spawn_blocking(move || {
             let c = conn.lock().expect("session connection");

@@ -116,7 +116,15 @@ pub enum RecoveryError {
 }
 
 /// Decides recovery for the writer of `epoch` from every PG's answers (`None`: no answer).
-pub fn decide(epoch: Epoch, scans: &[Vec<Option<SegmentScan>>]) -> Result<Decision, RecoveryError> {
+///
+/// `known_durable`: the highest LSN known committed and durable before the scan, over every
+/// segment that took the epoch — also those whose scan then failed (an announced VDL stays true
+/// whether or not its segment answers again); the scan started above it.
+pub fn decide(
+    epoch: Epoch,
+    known_durable: Lsn,
+    scans: &[Vec<Option<SegmentScan>>],
+) -> Result<Decision, RecoveryError> {
     for (pg, row) in scans.iter().enumerate() {
         let answered = row.iter().flatten().count();
         if answered < READ_QUORUM {
@@ -131,17 +139,25 @@ pub fn decide(epoch: Epoch, scans: &[Vec<Option<SegmentScan>>]) -> Result<Decisi
     };
 
     // The newest history any segment holds is the one in force (see the module comment).
+    // Points without a first LSN are a segment's own truncations from before histories
+    // existed: local to it, never the volume's.
     let history: Vec<Point> = answers()
-        .map(|(_, s)| &s.points)
+        .map(|(_, s)| {
+            s.points
+                .iter()
+                .copied()
+                .filter(|p| p.next > Lsn::ZERO)
+                .collect::<Vec<_>>()
+        })
         .max_by_key(|p| (p.last().map(|p| p.epoch), p.len()))
-        .cloned()
         .unwrap_or_default();
     if let Some(held) = history.last().map(|p| p.epoch).filter(|h| *h >= epoch) {
         return Err(RecoveryError::Superseded { held, epoch });
     }
     let voided = |h: &Header| history.iter().any(|p| p.voids(h.epoch, h.lsn));
 
-    let base = Lsn(scan_start(answers().map(|(_, s)| (s.materialized, s.last_committed))).0 - 1);
+    let base = Lsn(scan_start(answers().map(|(_, s)| (s.materialized, s.last_committed))).0 - 1)
+        .max(known_durable);
     // Every record some segment holds and no decision voids, by LSN.
     let mut found: BTreeMap<Lsn, (usize, Header)> = BTreeMap::new();
     for (pg, s) in answers() {
@@ -255,6 +271,14 @@ fn complete_up_to(base: Lsn, found: BTreeSet<Lsn>, history: &[Point]) -> Lsn {
 mod tests {
     use super::*;
 
+    /// `decide` knowing nothing beyond what the scans say.
+    fn decide_all(
+        epoch: Epoch,
+        scans: &[Vec<Option<SegmentScan>>],
+    ) -> Result<Decision, RecoveryError> {
+        decide(epoch, Lsn::ZERO, scans)
+    }
+
     fn l(n: u64) -> Lsn {
         Lsn(n)
     }
@@ -292,7 +316,7 @@ mod tests {
         // a quorum but its commit (10) never sent.
         let mut hs: Vec<Header> = (1..=3).map(|n| rec(n, n - 1, 1, n == 3)).collect();
         hs.extend((4..=9).map(|n| rec(n, n - 1, 1, false)));
-        let d = decide(Epoch(2), &[pg(4, hs)]).unwrap();
+        let d = decide_all(Epoch(2), &[pg(4, hs)]).unwrap();
         assert_eq!((d.vcl, d.vdl, d.pg_tails.clone()), (l(9), l(3), vec![l(3)]));
         assert_eq!(d.next_lsn, l(10));
         assert_eq!(
@@ -311,13 +335,13 @@ mod tests {
         // and is on no segment that answered.
         let pg0 = pg(4, vec![rec(1, 0, 1, true), rec(2, 1, 1, false)]);
         let pg1 = pg(3, vec![]);
-        let d = decide(Epoch(2), &[pg0.clone(), pg1]).unwrap();
+        let d = decide_all(Epoch(2), &[pg0.clone(), pg1]).unwrap();
         assert_eq!((d.vcl, d.vdl), (l(2), l(1)));
         assert_eq!(d.pg_tails, vec![l(1), l(0)]);
         // With 3 found on one answering segment of PG1, tx 2 is whole and kept.
         let mut pg1 = pg(3, vec![]);
         pg1[0] = Some(seg(vec![rec(3, 0, 1, true)]));
-        let d = decide(Epoch(2), &[pg0, pg1]).unwrap();
+        let d = decide_all(Epoch(2), &[pg0, pg1]).unwrap();
         assert_eq!((d.vcl, d.vdl), (l(3), l(3)));
         assert_eq!(d.pg_tails, vec![l(2), l(3)]);
     }
@@ -331,7 +355,7 @@ mod tests {
                 .collect(),
         );
         let pg1 = pg(3, vec![rec(1, 0, 1, true)]);
-        let d = decide(Epoch(2), &[pg0, pg1]).unwrap();
+        let d = decide_all(Epoch(2), &[pg0, pg1]).unwrap();
         assert_eq!((d.vcl, d.vdl), (l(10), l(9)));
         assert_eq!(d.pg_tails, vec![l(9), l(1)]);
     }
@@ -346,7 +370,7 @@ mod tests {
                 .map(|n| rec(*n, 0, 1, *n == 2 || *n == 7))
                 .collect(),
         );
-        let d = decide(Epoch(2), &[pg0, pg(3, vec![])]).unwrap();
+        let d = decide_all(Epoch(2), &[pg0, pg(3, vec![])]).unwrap();
         assert_eq!((d.vcl, d.vdl), (l(4), l(2)));
     }
 
@@ -369,7 +393,7 @@ mod tests {
                     })
                 })
                 .collect();
-            let d = decide(Epoch(2), &[row]).unwrap();
+            let d = decide_all(Epoch(2), &[row]).unwrap();
             assert_eq!(d.vdl, l(6), "answering {mask:06b}");
         }
     }
@@ -396,7 +420,7 @@ mod tests {
             }
             *s = Some(scan);
         }
-        let d = decide(Epoch(3), &[row]).unwrap();
+        let d = decide_all(Epoch(3), &[row]).unwrap();
         assert_eq!(
             (d.vcl, d.vdl, d.pg_tails.clone()),
             (l(10), l(10), vec![l(10)])
@@ -421,7 +445,7 @@ mod tests {
         let mut row = pg(4, hs);
         row[0].as_mut().unwrap().points = vec![dead];
         row[1].as_mut().unwrap().points = vec![live];
-        let d = decide(Epoch(4), &[row]).unwrap();
+        let d = decide_all(Epoch(4), &[row]).unwrap();
         assert_eq!(
             d.vdl,
             l(3),
@@ -439,7 +463,7 @@ mod tests {
             next: l(1),
         }];
         assert_eq!(
-            decide(Epoch(5), &[row]),
+            decide_all(Epoch(5), &[row]),
             Err(RecoveryError::Superseded {
                 held: Epoch(5),
                 epoch: Epoch(5)
@@ -454,12 +478,12 @@ mod tests {
         let mut copy = rec(1, 0, 1, true);
         copy.epoch = Epoch(2);
         row[1] = Some(seg(vec![copy]));
-        assert_eq!(decide(Epoch(3), &[row.clone()]).unwrap().vdl, l(1));
+        assert_eq!(decide_all(Epoch(3), &[row.clone()]).unwrap().vdl, l(1));
         let mut other = rec(1, 0, 2, true);
         other.checksum = 0xdead;
         row[2] = Some(seg(vec![other]));
         assert!(matches!(
-            decide(Epoch(3), &[row]),
+            decide_all(Epoch(3), &[row]),
             Err(RecoveryError::TwoHistories { .. })
         ));
     }
@@ -474,14 +498,43 @@ mod tests {
             above: l(3),
             next: l(20),
         }];
-        let d = decide(Epoch(3), &[row]).unwrap();
+        let d = decide_all(Epoch(3), &[row]).unwrap();
         assert_eq!((d.vdl, d.next_lsn), (l(3), l(20)));
+    }
+
+    #[test]
+    fn a_vdl_announced_to_a_segment_whose_scan_failed_still_counts() {
+        // VDL 100 reached segment A only; A's scan failed. B..F were told 90 and hold 91..=100
+        // from 101's point of view only as predecessors: the scan starts at 101 for all.
+        let mut row = pg(5, vec![rec(100, 99, 1, true)]);
+        for s in row.iter_mut().flatten() {
+            s.last_committed = l(90);
+        }
+        let d = decide(Epoch(2), l(100), &[row]).unwrap();
+        assert_eq!((d.base, d.vdl), (l(100), l(100)));
+    }
+
+    #[test]
+    fn points_from_before_histories_stay_local() {
+        let mut row = pg(3, (1..=5).map(|n| rec(n, n - 1, 1, n == 5)).collect());
+        row[0].as_mut().unwrap().points = vec![Point {
+            epoch: Epoch(1),
+            above: l(2),
+            next: Lsn::ZERO,
+        }];
+        let d = decide_all(Epoch(2), &[row]).unwrap();
+        assert_eq!(
+            d.vdl,
+            l(5),
+            "a legacy point does not void other segments' records"
+        );
+        assert_eq!(d.history.len(), 1);
     }
 
     #[test]
     fn a_pg_without_a_read_quorum_is_refused() {
         assert_eq!(
-            decide(Epoch(2), &[pg(4, vec![]), pg(2, vec![])]),
+            decide_all(Epoch(2), &[pg(4, vec![]), pg(2, vec![])]),
             Err(RecoveryError::NoReadQuorum { pg: 1, answered: 2 })
         );
     }
@@ -494,7 +547,7 @@ mod tests {
         for s in row.iter_mut().flatten() {
             s.materialized = l(7);
         }
-        let d = decide(Epoch(2), &[row]).unwrap();
+        let d = decide_all(Epoch(2), &[row]).unwrap();
         assert_eq!((d.vcl, d.vdl, d.pg_tails.clone()), (l(7), l(7), vec![l(7)]));
         assert_eq!(d.next_lsn, l(10));
     }
@@ -507,7 +560,7 @@ mod tests {
         for s in row.iter_mut().flatten() {
             s.last_committed = l(20);
         }
-        let d = decide(Epoch(2), &[row, pg(3, vec![])]).unwrap();
+        let d = decide_all(Epoch(2), &[row, pg(3, vec![])]).unwrap();
         assert_eq!((d.base, d.vcl, d.vdl), (l(20), l(20), l(20)));
         assert_eq!(d.pg_tails, vec![l(12), l(0)]);
     }
@@ -518,7 +571,7 @@ mod tests {
         for s in row.iter_mut().flatten() {
             s.materialized = l(7);
         }
-        let d = decide(Epoch(2), &[row]).unwrap();
+        let d = decide_all(Epoch(2), &[row]).unwrap();
         assert_eq!(
             (d.base, d.vdl, d.pg_tails.clone()),
             (l(7), l(7), vec![l(7)])

@@ -36,7 +36,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed ^ 0x5eed_1095_7a5c_0ffe)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -44,7 +44,7 @@ impl Rng {
         z ^ (z >> 31)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -574,7 +574,8 @@ impl World {
                     .collect()
             })
             .collect();
-        let decision = recovery::decide(epoch, &scans).map_err(|e| format!("decide: {e}"))?;
+        let decision =
+            recovery::decide(epoch, Lsn(from.0 - 1), &scans).map_err(|e| format!("decide: {e}"))?;
         let history: Vec<Truncation> = decision
             .history
             .iter()
@@ -608,15 +609,15 @@ impl World {
             }
         }
         // 4. Lagging adopted segments get what they miss up to their PG's tail.
-        for k in 0..self.pgs {
+        for (k, row) in up.iter().enumerate() {
             let tail = decision.pg_tails[k];
-            for &i in &up[k] {
+            for &i in row {
                 let scl = self.segs[k][i].chain.scl();
                 if scl >= tail {
                     continue;
                 }
                 let mut missing: BTreeMap<Lsn, Rec> = BTreeMap::new();
-                for &j in &up[k] {
+                for &j in row {
                     if j == i {
                         continue;
                     }
@@ -629,12 +630,12 @@ impl World {
                     .write(epoch, &recs, Lsn::ZERO)
                     .map_err(|e| format!("PG {k} segment {i} refused a recovery copy: {e:?}"))?;
             }
-            let complete = up[k]
+            let complete = row
                 .iter()
                 .filter(|i| self.segs[k][**i].chain.scl() >= tail)
                 .count();
             if complete < WRITE_QUORUM {
-                let detail: Vec<String> = up[k]
+                let detail: Vec<String> = row
                     .iter()
                     .map(|i| {
                         let s = &self.segs[k][*i];
@@ -682,9 +683,9 @@ impl World {
     fn check(&self, d: &recovery::Decision, up: &[Vec<usize>]) -> Result<(), String> {
         // What the volume holds now: per PG, the records up to its tail on a complete segment.
         let mut kept: BTreeMap<Lsn, u32> = BTreeMap::new();
-        for k in 0..self.pgs {
+        for (k, row) in up.iter().enumerate() {
             let tail = d.pg_tails[k];
-            let complete: Vec<&Seg> = up[k]
+            let complete: Vec<&Seg> = row
                 .iter()
                 .map(|i| &self.segs[k][*i])
                 .filter(|s| s.chain.scl() >= tail)

@@ -363,7 +363,7 @@ impl Shipper {
                     segment_id: link.member.segment.clone(),
                     epoch: epoch.0,
                 };
-                match client(&link.channel()).install_epoch(req).await {
+                match answer_in_time(client(&link.channel()).install_epoch(req)).await {
                     Ok(s) => {
                         ok += 1;
                         states[k][i] = Some(s.into_inner());
@@ -395,7 +395,13 @@ impl Shipper {
             for (i, link) in row.iter().enumerate() {
                 got.push(match &states[k][i] {
                     None => None,
-                    Some(st) => match scan_segment(&layout.volume, link, st, from).await {
+                    Some(st) => match tokio::time::timeout(
+                        RECOVERY_RPC_TIMEOUT,
+                        scan_segment(&layout.volume, link, st, from),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err("no answer in time".into()))
+                    {
                         Ok(scan) => Some(scan),
                         Err(e) => {
                             tracing::warn!(segment = %link.member.segment, error = %e, "segment scan failed; treating it as unreachable");
@@ -408,7 +414,8 @@ impl Shipper {
         }
 
         // 4. The decision: volume-wide VCL and VDL, each PG's tail, the history to adopt.
-        let decision = recovery::decide(epoch, &scans).map_err(|e| rec_err(e.to_string()))?;
+        let decision =
+            recovery::decide(epoch, Lsn(from.0 - 1), &scans).map_err(|e| rec_err(e.to_string()))?;
         let history: Vec<RecoveryPoint> = decision
             .history
             .iter()
@@ -436,7 +443,7 @@ impl Shipper {
                         above_lsn: vdl.0,
                         decisions: history.clone(),
                     };
-                    match client(&link.channel()).truncate(req).await {
+                    match answer_in_time(client(&link.channel()).truncate(req)).await {
                         Ok(st) => {
                             adopted.push((i, Lsn(st.into_inner().scl)));
                             continue;
@@ -474,8 +481,7 @@ impl Shipper {
                 sources.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
                 let mut now = scl;
                 for (j, _) in sources {
-                    match copy_records(&layout, &row[j], &row[i], Lsn(now.0 + 1), tail, epoch).await
-                    {
+                    match copy_range(&layout, &row[j], &row[i], Lsn(now.0 + 1), tail, epoch).await {
                         Ok(got) => now = now.max(got),
                         Err(e) => {
                             tracing::warn!(segment = %row[i].member.segment, from = %row[j].member.segment, error = %e, "could not bring segment up to the PG tail")
@@ -629,11 +635,19 @@ impl Shipper {
             for link in &links[pg] {
                 let mut q = link.queue.lock().expect("queue");
                 if q.bytes + bytes > self.queue_limit_bytes && !q.records.is_empty() {
-                    // Memory stays bounded: what it missed comes from its peers instead.
-                    tracing::warn!(segment = %link.member.segment, "segment fell {} bytes behind; dropping its queue, it catches up from its peers", q.bytes);
-                    q.records.clear();
-                    q.bytes = 0;
-                    link.catch_up.store(true, Ordering::Relaxed);
+                    // Memory stays bounded: what a write quorum of its peers already holds is
+                    // dropped and comes from them instead (the rest LAL bounds).
+                    let on_quorum = quorum_scl(&s.seg_scl[pg]);
+                    let mut dropped = 0usize;
+                    while q.records.front().is_some_and(|r| r.lsn <= on_quorum) {
+                        let r = q.records.pop_front().expect("front");
+                        q.bytes -= r.data.len() + 64;
+                        dropped += 1;
+                    }
+                    if dropped > 0 {
+                        tracing::warn!(segment = %link.member.segment, dropped, "segment fell too far behind; what its peers hold is dropped from its queue, it catches up from them");
+                        link.catch_up.store(true, Ordering::Relaxed);
+                    }
                 }
                 q.records.extend(recs.iter().cloned());
                 q.bytes += bytes;
@@ -797,11 +811,13 @@ impl Shipper {
                 let mut bytes = 0;
                 q.records
                     .iter()
-                    .take_while(|r| {
+                    .enumerate()
+                    .take_while(|(n, r)| {
                         bytes += r.data.len() + 64;
-                        bytes <= self.max_batch_bytes
+                        // At least one record, however large.
+                        *n == 0 || bytes <= self.max_batch_bytes
                     })
-                    .cloned()
+                    .map(|(_, r)| Arc::clone(r))
                     .collect()
             };
             let vdl = self.vdl();
@@ -954,22 +970,26 @@ impl Shipper {
             return;
         };
         let started = Instant::now();
-        let mut from = Lsn(scl.0 + 1);
-        while from <= target {
-            let to = Lsn(target.0.min(from.0 + CATCH_UP_CHUNK_LSNS - 1));
-            match copy_records(&self.layout, &peer, link, from, to, self.epoch).await {
-                Ok(got) if got > scl => {
-                    scl = got;
-                    self.on_ack(link.pg, link.idx, scl);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(segment = %link.member.segment, from = %peer.member.segment, error = %e, "catching up from a peer failed; retrying later");
-                    link.catch_up.store(true, Ordering::Relaxed);
-                    return;
-                }
+        match copy_range(
+            &self.layout,
+            &peer,
+            link,
+            Lsn(scl.0 + 1),
+            target,
+            self.epoch,
+        )
+        .await
+        {
+            Ok(got) if got > scl => {
+                scl = got;
+                self.on_ack(link.pg, link.idx, scl);
             }
-            from = Lsn(to.0 + 1);
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(segment = %link.member.segment, from = %peer.member.segment, error = %e, "catching up from a peer failed; retrying later");
+                link.catch_up.store(true, Ordering::Relaxed);
+                return;
+            }
         }
         tracing::info!(segment = %link.member.segment, from = %peer.member.segment, %scl, took_ms = started.elapsed().as_millis() as u64, "segment caught up from a peer");
     }
@@ -1213,6 +1233,46 @@ async fn scan_segment(
             .collect(),
         headers,
     })
+}
+
+/// How long one recovery or catch-up call may take before its segment counts as not answering
+/// (a node that accepts connections but answers nothing must not hold recovery up).
+const RECOVERY_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A storage call's answer, or DEADLINE_EXCEEDED after `RECOVERY_RPC_TIMEOUT`.
+async fn answer_in_time<T>(
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(RECOVERY_RPC_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
+}
+
+/// Copies records `[from, to]` from `src` to `dst` in chunks of `CATCH_UP_CHUNK_LSNS` LSNs
+/// (memory stays bounded on both nodes and here), each within a deadline. Returns `dst`'s SCL
+/// after the last chunk that carried records (ZERO when none did).
+async fn copy_range(
+    layout: &Layout,
+    src: &Link,
+    dst: &Link,
+    from: Lsn,
+    to: Lsn,
+    epoch: Epoch,
+) -> Result<Lsn, String> {
+    let mut scl = Lsn::ZERO;
+    let mut at = from;
+    while at <= to {
+        let end = Lsn(to.0.min(at.0.saturating_add(CATCH_UP_CHUNK_LSNS - 1)));
+        let got = tokio::time::timeout(
+            RECOVERY_RPC_TIMEOUT * 3,
+            copy_records(layout, src, dst, at, end, epoch),
+        )
+        .await
+        .unwrap_or_else(|_| Err("no answer in time".into()))?;
+        scl = scl.max(got);
+        at = Lsn(end.0 + 1);
+    }
+    Ok(scl)
 }
 
 /// Copies records `(from..=to)` from one segment to another (recovery: a lagging segment is

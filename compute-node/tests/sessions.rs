@@ -25,6 +25,8 @@ async fn an_idle_transaction_is_ended_and_the_next_writer_goes_on() {
         .unwrap();
     a.batch_execute("BEGIN").await.unwrap();
     a.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    // A function call inside the transaction does not reset the watchdog for good.
+    a.batch_execute("SELECT logdb_commit_lsn()").await.unwrap();
     // A stays idle holding the write turn; B's write waits for it, then goes on.
     let b = writer.client().await;
     let started = Instant::now();

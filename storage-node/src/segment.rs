@@ -876,7 +876,15 @@ impl Segment {
         }
         let mut next = s.control.clone();
         next.epoch = next.epoch.max(epoch);
-        next.truncations = history.to_vec();
+        // This segment's own truncations from before histories (no first LSN) stay with it.
+        next.truncations = s
+            .control
+            .truncations
+            .iter()
+            .copied()
+            .filter(|t| t.next == Lsn::ZERO)
+            .chain(history.iter().copied())
+            .collect();
         self.store
             .save_control(&next)
             .map_err(|e| self.store_err(e))?;

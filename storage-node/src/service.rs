@@ -75,9 +75,11 @@ pub fn state_proto(st: &SegmentStatus) -> proto::SegmentState {
         last_committed_lsn: st.last_committed.0,
         highest_commit_lsn: st.highest_commit.0,
         highest_commit_timestamp_us: st.highest_commit_ts_us,
+        // Truncations from before decision histories (no first LSN) were this segment's own.
         recovery_points: st
             .truncations
             .iter()
+            .filter(|t| t.next > Lsn::ZERO)
             .map(|t| proto::RecoveryPoint {
                 epoch: t.epoch.0,
                 above_lsn: t.above.0,
