@@ -1144,6 +1144,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_truncation_from_before_histories_stays_local_when_a_history_is_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = segment(dir.path());
+        let recs: Vec<RedoRecord> = (1..=6).map(|l| record(l, l - 1)).collect();
+        seg.write(Epoch(1), recs, Lsn::ZERO).await.unwrap();
+        // An upgraded volume: this segment was truncated the old way, at its own tail.
+        seg.truncate(Epoch(2), Lsn(4)).unwrap();
+        assert!(seg.status().truncations.iter().all(|t| t.next == Lsn::ZERO));
+        let point = Truncation {
+            epoch: Epoch(3),
+            above: Lsn(4),
+            next: Lsn(7),
+        };
+        seg.adopt_history(Epoch(3), &[point]).unwrap();
+        let held = seg.status().truncations;
+        assert_eq!(
+            held.len(),
+            2,
+            "the old truncation is kept beside the history: {held:?}"
+        );
+        assert_eq!(held.last(), Some(&point));
+        assert_eq!(seg.status().scl, Lsn(4));
+    }
+
+    #[tokio::test]
     async fn a_write_whose_caller_went_away_leaves_nothing_in_flight() {
         let dir = tempfile::tempdir().unwrap();
         let seg = segment(dir.path());
