@@ -202,9 +202,9 @@ pub fn decide(
         pg_tails[*pg] = pg_tails[*pg].max(*lsn);
     }
 
+    // Every header counts here, voided ones too: their LSNs were used.
     let highest = answers()
         .map(|(_, s)| s.highest_lsn)
-        .chain(found.keys().copied())
         .chain(answers().flat_map(|(_, s)| s.headers.iter().map(|h| h.lsn)))
         .max()
         .unwrap_or(Lsn::ZERO);

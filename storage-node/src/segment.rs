@@ -764,15 +764,6 @@ impl Segment {
         Ok(Arc::new(f.record))
     }
 
-    /// Records with LSN in `[from, to]` (to = 0: all), in LSN order.
-    pub fn records(&self, from: Lsn, to: Lsn) -> Result<Vec<RedoRecord>, SegmentError> {
-        Ok(self
-            .records_with_epochs(from, to, false, false)?
-            .into_iter()
-            .map(|(_, r)| r)
-            .collect())
-    }
-
     /// Discards records above `above` written under epochs below `epoch` (recovery, after the
     /// new writer computed the VDL), and installs `epoch`.
     pub fn truncate(&self, epoch: Epoch, above: Lsn) -> Result<(), SegmentError> {
