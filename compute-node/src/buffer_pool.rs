@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use logdb_storage::types::PageId;
+use logdb_types::PageId;
 
 struct Inner {
     pages: HashMap<PageId, (Arc<Vec<u8>>, u64)>,

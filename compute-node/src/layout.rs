@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use logdb_storage::types::{PageId, PgIndex};
+use logdb_types::{PageId, PgIndex};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {

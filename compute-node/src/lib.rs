@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod page_diff;
 pub mod page_read;
 pub mod pg_server;
+pub mod quorum;
 pub mod recovery;
 pub mod recovery_sim;
 pub mod replica;
@@ -24,4 +25,4 @@ pub mod sql;
 pub mod tcp_proxy;
 pub mod vfs;
 
-pub use logdb_storage::proto;
+pub use logdb_types::proto;

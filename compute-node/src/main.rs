@@ -20,7 +20,7 @@ use logdb_compute::shipper::{Shipper, ShipperConfig};
 use logdb_compute::vfs::Engine;
 use logdb_config_store::api::proto::{RegisterComputeRequest, VolumeRef};
 use logdb_config_store::client::ConfigClient;
-use logdb_storage::types::Epoch;
+use logdb_types::Epoch;
 use tokio::net::TcpListener;
 
 #[derive(Parser, Debug)]
@@ -329,7 +329,7 @@ async fn open_writer(
         Some((client, name)) => {
             let current = get_volume(client, name).await?;
             let ticket = client
-                .acquire_ticket(name, &args.writer_id, current.epoch)
+                .acquire_ticket(name, &args.writer_id, Epoch(current.epoch))
                 .await
                 .with_context(|| format!("writer ticket for volume {name}"))?;
             let volume = ticket.volume.context("ticket without a volume")?;

@@ -3,8 +3,8 @@
 //! of the page that SQLite shifted (it does when it defragments a page) becomes one `PAGE_MOVE`;
 //! one `PAGE_IMAGE` when that is smaller or the page is new.
 
-use logdb_storage::record::{encode_move, RecordKind};
-use logdb_storage::types::PageId;
+use logdb_types::record::{encode_move, RecordKind};
+use logdb_types::PageId;
 
 use crate::shipper::PageChange;
 
@@ -155,8 +155,8 @@ fn image(page: PageId, new: &[u8]) -> PageChange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use logdb_storage::record::RedoRecord;
-    use logdb_storage::types::Lsn;
+    use logdb_types::record::RedoRecord;
+    use logdb_types::Lsn;
 
     /// Applies the changes the way storage does.
     fn apply(old: &[u8], changes: &[PageChange]) -> Vec<u8> {
@@ -176,7 +176,7 @@ mod tests {
                 )
             })
             .collect();
-        logdb_storage::page_apply::apply_all(old, &recs)
+        logdb_types::page_apply::apply_all(old, &recs)
     }
 
     #[test]

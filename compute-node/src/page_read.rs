@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use logdb_storage::proto::storage_service_client::StorageServiceClient;
-use logdb_storage::proto::ReadPageRequest;
-use logdb_storage::types::{Lsn, PageId};
+use logdb_types::proto::storage_service_client::StorageServiceClient;
+use logdb_types::proto::ReadPageRequest;
+use logdb_types::{Lsn, PageId};
 use tonic::transport::Channel;
 
 /// How long one segment may take to answer a page read before the next one is asked.

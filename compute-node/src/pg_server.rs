@@ -267,14 +267,14 @@ impl Session {
                 }
                 let reached = match (engine.writer(), engine.replica()) {
                     (Some(w), _) => {
-                        let lsn = logdb_storage::types::Lsn(lsn);
+                        let lsn = logdb_types::Lsn(lsn);
                         match tokio::time::timeout(timeout, w.wait_durable(lsn)).await {
                             Ok(Ok(())) => Ok(w.vdl().0),
                             _ => Err(w.vdl().0),
                         }
                     }
                     (_, Some(r)) => r
-                        .wait_for(logdb_storage::types::Lsn(lsn), timeout)
+                        .wait_for(logdb_types::Lsn(lsn), timeout)
                         .await
                         .map(|l| l.0)
                         .map_err(|l| l.0),

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use logdb_storage::types::{Epoch, Lsn};
+use logdb_types::{Epoch, Lsn};
 
 use crate::layout::READ_QUORUM;
 

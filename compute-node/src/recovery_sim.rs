@@ -1,32 +1,30 @@
-//! A deterministic simulator for crash recovery (docs/DESIGN.md §5). One seed drives a volume of
-//! 1-3 PGs × 6 segments through transactions whose records reach random subsets of their
-//! segments in random order (loss, delay, reordering), segments that go away and come back,
-//! coalescing and VDL announcements, writers that die at any point — mid-shipping, mid-recovery,
-//! after adopting their decision on only some segments — old writers whose messages still
-//! arrive after a newer writer took over, and recovery after recovery. Every recovery runs the
-//! real decision (`recovery::decide`); segments keep their chain with the real `Chain` and apply
-//! decisions with the real `Truncation` rule. After each recovery it checks:
-//! - no acknowledged commit is lost;
+//! A deterministic simulator for crash recovery (docs/DESIGN.md §5). It drives the very state
+//! machines the binaries run — the segment's `Acceptance` (storage-node `acceptance.rs`), the
+//! writer's `Quorum` (`quorum.rs`) and the recovery `decide` (`recovery.rs`) — with everything
+//! around them simulated from one seed: a volume of 1-3 PGs × 6 segments; transactions of 1-6
+//! records over random PGs; a network that loses, delays, reorders and duplicates messages and
+//! partitions segments; disks whose log loses unsynced frames past a random point on a crash
+//! (the last kept may be torn) while the control record is atomic; segment crashes that rebuild
+//! the core by replay; writers that die at any point — mid-shipping, mid-recovery, after adopting
+//! their decision on only some segments, holding a ticket they never used — writers the config
+//! store replaces while they still run (they go on shipping and acknowledging until fenced),
+//! and messages of dead writers that arrive late. After each recovery it checks:
+//! - no acknowledged commit is lost (including those a replaced writer acknowledged);
 //! - the volume is exactly a prefix of whole transactions: a transaction with one record kept has
 //!   all of them kept, and its commit at or below the VDL;
-//! - no segment ever holds two different records at one LSN it is asked to agree on, and the
-//!   segments that adopted the decision hold identical records up to their PG's tail;
-//! - no decision is refused by a segment that should take it (a protocol error, not a fault).
+//! - the segments that adopted the decision hold identical records up to their PG's tail;
+//! - no decision or write is refused by a segment that should take it (a protocol error).
 //!
 //! A failing seed names itself and replays exactly (`logdb-recovery-sim --seed N`).
-//!
-//! Mirrored rather than shared (open work, see the recovery issue): the segment's acceptance
-//! (`Segment::write`, `Segment::adopt_history`) and the writer's quorum arithmetic
-//! (`Shipper::on_ack`) are restated here step for step; moving both into pure cores that the
-//! binaries and this simulator share is the next step.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use logdb_storage::chain::Chain;
-use logdb_storage::page_store::Truncation;
-use logdb_storage::types::{Epoch, Lsn};
+use logdb_storage::acceptance::{Acceptance, Header as AHeader, Refusal};
+use logdb_storage::control::{Control, Descriptor, Truncation};
+use logdb_types::{Epoch, Lsn, PageId, PgIndex};
 
 use crate::layout::{SEGMENTS_PER_PG, WRITE_QUORUM};
+use crate::quorum::Quorum;
 use crate::recovery::{self, Header, Point, SegmentScan};
 
 /// splitmix64: small, fast, and the same on every machine.
@@ -55,23 +53,53 @@ impl Rng {
 struct Rec {
     lsn: Lsn,
     prev: Lsn,
-    /// The epoch the segment received it under (a copy carries the copier's).
-    epoch: Epoch,
     commit: bool,
     /// Identity of the record (its checksum, in the real thing).
     id: u32,
 }
 
-/// One segment, as `Segment` keeps it: installed epoch, decision history, records, chain,
-/// materialized LSN and the last VDL it was told.
-struct Seg {
-    up: bool,
+impl Rec {
+    fn header(&self) -> AHeader {
+        AHeader {
+            lsn: self.lsn,
+            prev: self.prev,
+            checksum: self.id,
+            page: PageId(self.lsn.0 % 7),
+            commit_ts_us: self.commit.then_some(self.lsn.0),
+        }
+    }
+
+    fn of(h: &AHeader) -> Rec {
+        Rec {
+            lsn: h.lsn,
+            prev: h.prev,
+            commit: h.commit_ts_us.is_some(),
+            id: h.checksum,
+        }
+    }
+}
+
+/// A write appended to a segment's log and waiting for its fsync (as `Segment::write` waits).
+struct Waiting {
+    ticket: u64,
     epoch: Epoch,
-    history: Vec<Truncation>,
-    records: BTreeMap<Lsn, Rec>,
-    chain: Chain,
-    materialized: Lsn,
-    last_committed: Lsn,
+    fresh: Vec<AHeader>,
+    /// What the caller sent, to send again when the write is lost.
+    sent: Vec<Rec>,
+}
+
+/// One segment: the very acceptance core `Segment` runs, over a simulated disk — a durable
+/// control record (saved atomically, as redb commits it) and a log whose frames past the last
+/// fsync may be lost, in part, by a crash (the last one kept may be torn: lost too).
+struct Seg {
+    /// Reachable (a partition makes it unreachable; its disk goes on).
+    up: bool,
+    core: Acceptance<()>,
+    disk_control: Control,
+    frames: Vec<(Epoch, AHeader)>,
+    synced: usize,
+    waiting: Vec<Waiting>,
+    next_ticket: u64,
 }
 
 #[derive(Debug)]
@@ -80,139 +108,179 @@ enum Refused {
     Invalid(String),
 }
 
+impl From<Refusal> for Refused {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Fenced { .. } => Refused::Fenced,
+            other => Refused::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// The answer to a write: acknowledged SCL now, or after the next fsync.
+enum Answer {
+    Acked(Lsn),
+    Pending,
+}
+
+fn sim_control() -> Control {
+    Control::new(
+        Descriptor {
+            volume: "sim".into(),
+            segment: "sim".into(),
+            pg: PgIndex(0),
+            first_page: 0,
+            page_count: u64::MAX,
+            page_size: 4096,
+            retention_secs: 0,
+        },
+        Epoch(0),
+    )
+}
+
 impl Seg {
     fn new() -> Seg {
+        let control = sim_control();
         Seg {
             up: true,
-            epoch: Epoch(0),
-            history: Vec::new(),
-            records: BTreeMap::new(),
-            chain: Chain::default(),
-            materialized: Lsn::ZERO,
-            last_committed: Lsn::ZERO,
+            core: Acceptance::new(control.clone()),
+            disk_control: control,
+            frames: Vec::new(),
+            synced: 0,
+            waiting: Vec::new(),
+            next_ticket: 1,
         }
     }
 
-    fn discards(&self, epoch: Epoch, lsn: Lsn) -> bool {
-        self.history.iter().any(|t| t.discards(epoch, lsn))
+    fn scl(&self) -> Lsn {
+        self.core.scl()
     }
 
-    /// `Segment::write`: fence, then the whole batch checked, then applied.
-    fn write(&mut self, epoch: Epoch, recs: &[Rec], vdl: Lsn) -> Result<(), Refused> {
-        if epoch < self.epoch {
-            return Err(Refused::Fenced);
-        }
-        self.epoch = epoch;
-        let mut fresh = Vec::new();
-        for r in recs {
-            if let Some(have) = self.records.get(&r.lsn) {
-                if have.id != r.id {
-                    return Err(Refused::Invalid(format!(
-                        "LSN {} already holds a different record",
-                        r.lsn
-                    )));
-                }
-                continue;
-            }
-            self.chain
-                .check(r.lsn, r.prev)
-                .map_err(|e| Refused::Invalid(e.to_string()))?;
-            fresh.push(*r);
-        }
-        self.last_committed = self.last_committed.max(vdl);
-        let mut fenced = false;
-        for r in fresh {
-            if self.discards(epoch, r.lsn) {
-                fenced = true;
-                continue;
-            }
-            self.chain
-                .insert(r.lsn, r.prev)
-                .map_err(|e| Refused::Invalid(e.to_string()))?;
-            self.records.insert(r.lsn, Rec { epoch, ..r });
-        }
-        if fenced {
-            return Err(Refused::Fenced);
+    /// A control record change: durable first, then applied (as `Segment` does).
+    fn save(&mut self, control: &Control) {
+        self.disk_control = control.clone();
+    }
+
+    fn install_epoch(&mut self, epoch: Epoch) -> Result<(), Refused> {
+        if let Some(c) = self.core.plan_epoch(epoch)? {
+            self.save(&c);
+            self.core.set_control(c);
         }
         Ok(())
     }
 
-    /// `Segment::adopt_history`.
+    /// `Segment::write`: epoch installed, batch admitted, fresh records appended; answered now
+    /// when nothing needs an fsync, else by `fsync`.
+    fn write(&mut self, epoch: Epoch, recs: &[Rec], vdl: Lsn) -> Result<Answer, Refused> {
+        self.install_epoch(epoch)?;
+        let headers: Vec<AHeader> = recs.iter().map(Rec::header).collect();
+        let admission = self.core.admit(epoch, &headers, vdl)?;
+        let fresh: Vec<AHeader> = admission.fresh.iter().map(|i| headers[*i]).collect();
+        if fresh.is_empty() && admission.wait_for == 0 {
+            self.core.durable(epoch, Vec::new())?;
+            return Ok(Answer::Acked(self.core.scl()));
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        for h in &fresh {
+            self.frames.push((epoch, *h));
+        }
+        self.core.in_flight(epoch, &fresh, ticket);
+        self.waiting.push(Waiting {
+            ticket,
+            epoch,
+            fresh,
+            sent: recs.to_vec(),
+        });
+        Ok(Answer::Pending)
+    }
+
+    /// The log is fsynced: every waiting write completes, each with its answer.
+    fn fsync(&mut self) -> Vec<(Waiting, Result<Lsn, Refused>)> {
+        self.synced = self.frames.len();
+        let done: Vec<Waiting> = std::mem::take(&mut self.waiting);
+        done.into_iter()
+            .map(|w| {
+                let entries: Vec<(Lsn, Lsn)> = w.fresh.iter().map(|h| (h.lsn, h.prev)).collect();
+                self.core.release(w.ticket, &entries);
+                let held = w.fresh.iter().map(|h| (*h, ())).collect();
+                let answer = self
+                    .core
+                    .durable(w.epoch, held)
+                    .map(|()| self.core.scl())
+                    .map_err(Refused::from);
+                (w, answer)
+            })
+            .collect()
+    }
+
+    /// The process dies: unsynced frames are lost past a random point (`keep` of them stay),
+    /// writes in flight are lost with their callers' answers; on restart the core is rebuilt
+    /// from the durable control record and the log, as `Segment::open` does.
+    fn crash(&mut self, keep: usize) -> Result<Vec<Waiting>, String> {
+        let lost = std::mem::take(&mut self.waiting);
+        self.frames.truncate(self.synced + keep);
+        self.synced = self.frames.len();
+        let mut core = Acceptance::new(self.disk_control.clone());
+        for (epoch, h) in &self.frames {
+            core.replay(*epoch, *h, ())
+                .map_err(|e| format!("replay after a crash: {e}"))?;
+        }
+        self.core = core;
+        Ok(lost)
+    }
+
     fn adopt(&mut self, epoch: Epoch, history: &[Truncation]) -> Result<(), Refused> {
-        if epoch < self.epoch {
-            return Err(Refused::Fenced);
-        }
-        if let Some(held) = self.history.iter().map(|t| t.epoch).max() {
-            if held > epoch {
-                return Err(Refused::Fenced);
-            }
-        }
-        let doomed: Vec<Lsn> = self
-            .records
-            .iter()
-            .filter(|(l, r)| history.iter().any(|t| t.discards(r.epoch, **l)))
-            .map(|(l, _)| *l)
-            .collect();
-        if doomed.first().is_some_and(|l| *l <= self.materialized) {
-            return Err(Refused::Invalid(format!(
-                "would discard materialized record {}",
-                doomed[0]
-            )));
-        }
-        self.epoch = epoch;
-        self.history = history.to_vec();
-        for l in doomed {
-            self.records.remove(&l);
-        }
-        let mut chain = Chain::starting_at(self.materialized);
-        for (l, r) in self.records.range(Lsn(self.materialized.0 + 1)..) {
-            let _ = chain.insert(*l, r.prev);
-        }
-        self.chain = chain;
-        let own = history.last().map_or(Lsn::ZERO, |t| t.above);
-        self.last_committed = self.last_committed.min(own);
+        self.install_epoch(epoch)?;
+        let change = self.core.plan_adopt(epoch, history)?;
+        self.save(&change.control);
+        self.core.apply(change);
         Ok(())
     }
 
-    /// One coalescing round: materialized moves to the last record at or below
-    /// min(SCL, announced VDL).
+    /// One coalescing round (its control record is durable with its versions).
     fn coalesce(&mut self) {
-        let target = self.chain.scl().min(self.last_committed);
-        if let Some((l, _)) = self.records.range(..=target).next_back() {
-            if *l > self.materialized {
-                self.materialized = *l;
-            }
+        if let Some(bound) = self.core.coalesce_bound() {
+            let mut c = self.core.control().clone();
+            c.materialized = bound;
+            self.save(&c);
+            self.core.materialized(c, |_| {});
         }
+    }
+
+    fn records(&self, range: impl std::ops::RangeBounds<Lsn>) -> Vec<(Epoch, Rec)> {
+        self.core
+            .records()
+            .range(range)
+            .map(|(_, h)| (h.epoch, Rec::of(&h.header)))
+            .collect()
     }
 
     /// `GetSegmentState` + `StreamRecords{headers_only, with_predecessor}` from `from`.
     fn scan(&self, from: Lsn) -> SegmentScan {
-        let before = self.records.range(..from).next_back();
+        let held = self.core.records();
+        let before = held.range(..from).next_back();
         let headers = before
             .into_iter()
-            .chain(self.records.range(from..))
-            .map(|(_, r)| Header {
-                lsn: r.lsn,
-                prev: r.prev,
-                epoch: r.epoch,
-                commit: r.commit,
-                commit_ts_us: if r.commit { r.lsn.0 } else { 0 },
-                checksum: r.id,
+            .chain(held.range(from..))
+            .map(|(_, h)| Header {
+                lsn: h.header.lsn,
+                prev: h.header.prev,
+                epoch: h.epoch,
+                commit: h.header.commit_ts_us.is_some(),
+                commit_ts_us: h.header.commit_ts_us.unwrap_or(0),
+                checksum: h.header.checksum,
             })
             .collect();
+        let control = self.core.control();
         SegmentScan {
-            scl: self.chain.scl(),
-            materialized: self.materialized,
-            last_committed: self.last_committed,
-            highest_lsn: self
-                .records
-                .keys()
-                .next_back()
-                .copied()
-                .unwrap_or(self.materialized),
-            highest_commit_ts_us: 0,
-            points: self
-                .history
+            scl: self.core.scl(),
+            materialized: control.materialized,
+            last_committed: self.core.last_committed(),
+            highest_lsn: self.core.highest_lsn(),
+            highest_commit_ts_us: self.core.highest_commit().1,
+            points: control
+                .truncations
                 .iter()
                 .map(|t| Point {
                     epoch: t.epoch,
@@ -230,21 +298,20 @@ struct Tx {
     records: Vec<(usize, Rec)>,
 }
 
-/// The writer of one epoch: LSNs, PG tails, what each segment acknowledged, its commits.
+/// The writer of one epoch: the very quorum core the shipper runs, the decision history its
+/// segments adopt, and its messages on their way.
 struct Writer {
     epoch: Epoch,
-    next_lsn: u64,
-    pg_tail: Vec<Lsn>,
+    quorum: Quorum,
     history: Vec<Truncation>,
     /// Segments that adopted this writer's history.
     adopted: Vec<[bool; SEGMENTS_PER_PG]>,
-    acked: Vec<[Lsn; SEGMENTS_PER_PG]>,
-    /// Per PG, this writer's records not yet on a write quorum.
-    outstanding: Vec<BTreeSet<Lsn>>,
-    commits: BTreeSet<Lsn>,
-    vdl: Lsn,
+    /// Commit LSN -> the commit record's identity.
+    commits: BTreeMap<Lsn, u32>,
     /// Records on their way: (pg, segment, record).
     in_flight: Vec<(usize, usize, Rec)>,
+    /// Fenced: it stops.
+    fenced: bool,
 }
 
 /// A broken invariant, with where it broke.
@@ -273,6 +340,28 @@ pub struct Stats {
     pub recoveries: u64,
     pub failed_recoveries: u64,
     pub zombie_deliveries: u64,
+    /// Commits acknowledged by a writer that had already been replaced (it did not know yet).
+    pub deposed_acknowledged: u64,
+    pub segment_crashes: u64,
+    /// Unsynced log frames a crash lost, and crashes that tore the last frame kept.
+    pub frames_lost: u64,
+    pub torn_frames: u64,
+    pub duplicates: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.transactions += o.transactions;
+        self.acknowledged += o.acknowledged;
+        self.recoveries += o.recoveries;
+        self.failed_recoveries += o.failed_recoveries;
+        self.zombie_deliveries += o.zombie_deliveries;
+        self.deposed_acknowledged += o.deposed_acknowledged;
+        self.segment_crashes += o.segment_crashes;
+        self.frames_lost += o.frames_lost;
+        self.torn_frames += o.torn_frames;
+        self.duplicates += o.duplicates;
+    }
 }
 
 struct World {
@@ -283,8 +372,12 @@ struct World {
     /// Commit records acknowledged to a client: (lsn, id).
     acknowledged: Vec<(Lsn, u32)>,
     writer: Option<Writer>,
+    /// A writer the config store replaced while it was still running (partitioned from it):
+    /// it goes on shipping, and acknowledging, until a segment fences it.
+    deposed: Option<Writer>,
     /// Messages of dead writers that may still arrive: (pg, segment, epoch, record).
     zombies: Vec<(usize, usize, Epoch, Rec)>,
+    /// The config store's last epoch ticket.
     last_epoch: u64,
     next_id: u32,
     stats: Stats,
@@ -303,6 +396,7 @@ pub fn run(seed: u64, steps: usize) -> Result<Stats, Violation> {
         txs: Vec::new(),
         acknowledged: Vec::new(),
         writer: None,
+        deposed: None,
         zombies: Vec::new(),
         last_epoch: 0,
         next_id: 1,
@@ -314,29 +408,62 @@ pub fn run(seed: u64, steps: usize) -> Result<Stats, Violation> {
     Ok(w.stats)
 }
 
+/// Whose write an answer belongs to.
+enum Caller {
+    Live,
+    Deposed,
+    /// A recovery's copy, or a dead writer's message.
+    Other,
+}
+
 impl World {
     fn step(&mut self) -> Result<(), String> {
         if self.writer.is_none() {
-            return self.recover();
+            // Between writers the world goes on: a deposed writer ships, disks flush, segments
+            // crash and come back, until the next writer recovers.
+            return match self.rng.below(100) {
+                0..=39 => self.recover(),
+                40..=64 => self.deliver(true),
+                65..=79 => {
+                    let (k, i) = self.any_segment();
+                    self.fsync(k, i)
+                }
+                80..=84 => self.crash_segment(),
+                85..=89 => {
+                    self.toggle_segment();
+                    Ok(())
+                }
+                _ => self.deliver_zombie(),
+            };
         }
         match self.rng.below(100) {
-            0..=29 => self.transaction(),
-            30..=64 => self.deliver(),
-            65..=67 => {
+            0..=25 => self.transaction(),
+            26..=54 => self.deliver(false),
+            55..=56 => {
                 self.crash_writer();
                 Ok(())
             }
-            68..=75 => {
+            57..=58 => {
+                self.depose_writer();
+                Ok(())
+            }
+            59..=63 => {
                 self.toggle_segment();
                 Ok(())
             }
-            76..=83 => {
+            64..=66 => self.crash_segment(),
+            67..=74 => {
+                let (k, i) = self.any_segment();
+                self.fsync(k, i)
+            }
+            75..=80 => {
                 let (k, i) = self.any_segment();
                 self.segs[k][i].coalesce();
                 Ok(())
             }
-            84..=91 => self.heartbeat(),
-            92..=95 => self.deliver_zombie(),
+            81..=86 => self.heartbeat(),
+            87..=89 => self.deliver_zombie(),
+            90..=94 => self.deliver(true),
             _ => self.catch_up(),
         }
     }
@@ -348,6 +475,24 @@ impl World {
         )
     }
 
+    fn caller(&self, epoch: Epoch) -> Caller {
+        if self.writer.as_ref().is_some_and(|w| w.epoch == epoch) {
+            Caller::Live
+        } else if self.deposed.as_ref().is_some_and(|w| w.epoch == epoch) {
+            Caller::Deposed
+        } else {
+            Caller::Other
+        }
+    }
+
+    fn writer_mut(&mut self, who: &Caller) -> Option<&mut Writer> {
+        match who {
+            Caller::Live => self.writer.as_mut(),
+            Caller::Deposed => self.deposed.as_mut(),
+            Caller::Other => None,
+        }
+    }
+
     /// A transaction of 1-6 records over random PGs, queued for every segment of its PGs.
     fn transaction(&mut self) -> Result<(), String> {
         let n = 1 + self.rng.below(6) as usize;
@@ -356,119 +501,175 @@ impl World {
         let w = self.writer.as_mut().expect("writer");
         for j in 0..n {
             let pg = self.rng.below(pgs) as usize;
-            let lsn = Lsn(w.next_lsn);
-            w.next_lsn += 1;
+            let (lsn, prev) = w.quorum.allocate(pg);
             let rec = Rec {
                 lsn,
-                prev: w.pg_tail[pg],
-                epoch: w.epoch,
+                prev,
                 commit: j + 1 == n,
                 id: self.next_id,
             };
             self.next_id += 1;
-            w.pg_tail[pg] = lsn;
-            w.outstanding[pg].insert(lsn);
             records.push((pg, rec));
             for i in 0..SEGMENTS_PER_PG {
                 w.in_flight.push((pg, i, rec));
             }
         }
-        w.commits.insert(records.last().expect("n >= 1").1.lsn);
+        let commit = records.last().expect("n >= 1").1;
+        w.quorum.commit(commit.lsn);
+        w.commits.insert(commit.lsn, commit.id);
         self.txs.push(Tx { records });
         self.stats.transactions += 1;
         Ok(())
     }
 
-    /// Some messages in flight arrive (in random order); some are lost for now and resent later.
-    fn deliver(&mut self) -> Result<(), String> {
+    /// Some messages of the live (or the deposed) writer arrive, in random order; some are
+    /// delivered twice (a retry whose first try did arrive).
+    fn deliver(&mut self, deposed: bool) -> Result<(), String> {
+        let who = if deposed {
+            Caller::Deposed
+        } else {
+            Caller::Live
+        };
         let count = 1 + self.rng.below(24) as usize;
         for _ in 0..count {
-            let w = self.writer.as_mut().expect("writer");
+            let duplicate = self.rng.chance(5);
+            let pick = self.rng.next_u64();
+            let Some(w) = self.writer_mut(&who).filter(|w| !w.fenced) else {
+                return Ok(());
+            };
             if w.in_flight.is_empty() {
                 break;
             }
-            let at = self.rng.below(w.in_flight.len() as u64) as usize;
+            let at = (pick % w.in_flight.len() as u64) as usize;
             let (k, i, rec) = w.in_flight[at];
             if !self.segs[k][i].up {
                 continue;
             }
-            w.in_flight.swap_remove(at);
-            if !self.send(k, i, &[rec])? {
-                return Ok(());
+            let w = self.writer_mut(&who).expect("writer");
+            if duplicate {
+                self.stats.duplicates += 1;
+            } else {
+                w.in_flight.swap_remove(at);
+            }
+            self.send(&who, k, i, &[rec])?;
+        }
+        Ok(())
+    }
+
+    /// Sends records to a segment as the shipper does (adopting the history first).
+    fn send(&mut self, who: &Caller, k: usize, i: usize, recs: &[Rec]) -> Result<(), String> {
+        let Some(w) = self.writer_mut(who) else {
+            return Ok(());
+        };
+        let (epoch, adopted, history) = (w.epoch, w.adopted[k][i], w.history.clone());
+        let vdl = w.quorum.vdl();
+        let seg = &mut self.segs[k][i];
+        if !adopted {
+            match seg.adopt(epoch, &history) {
+                Ok(()) => self.writer_mut(who).expect("writer").adopted[k][i] = true,
+                Err(r) => return self.answered(who, k, i, recs, Err(r)),
+            }
+        }
+        match self.segs[k][i].write(epoch, recs, vdl) {
+            Ok(Answer::Acked(scl)) => self.answered(who, k, i, recs, Ok(scl)),
+            // Most writes find the flusher idle and are answered at once; the rest wait for a
+            // later fsync (a crash before it loses them).
+            Ok(Answer::Pending) if self.rng.chance(75) => self.fsync(k, i),
+            Ok(Answer::Pending) => Ok(()),
+            Err(r) => self.answered(who, k, i, recs, Err(r)),
+        }
+    }
+
+    /// A writer hears a segment's answer (the segment is reachable: it got the request).
+    fn answered(
+        &mut self,
+        who: &Caller,
+        k: usize,
+        i: usize,
+        sent: &[Rec],
+        answer: Result<Lsn, Refused>,
+    ) -> Result<(), String> {
+        let live = matches!(who, Caller::Live);
+        let deposed = matches!(who, Caller::Deposed);
+        let Some(w) = self.writer_mut(who) else {
+            return Ok(());
+        };
+        match answer {
+            Ok(scl) => {
+                let done: Vec<(Lsn, u32)> = w
+                    .quorum
+                    .ack(k, i, scl)
+                    .into_iter()
+                    .map(|c| (c, w.commits[&c]))
+                    .collect();
+                for (c, id) in done {
+                    self.acknowledged.push((c, id));
+                    self.stats.acknowledged += 1;
+                    if deposed {
+                        self.stats.deposed_acknowledged += 1;
+                    }
+                }
+                Ok(())
+            }
+            Err(Refused::Fenced) if deposed => {
+                w.fenced = true;
+                Ok(())
+            }
+            Err(Refused::Fenced) => Err("the live writer was fenced".into()),
+            Err(Refused::Invalid(why)) => Err(format!(
+                "PG {k} segment {i} refused {} writer's records {:?}: {why}",
+                if live { "the live" } else { "a deposed" },
+                sent.iter().map(|r| r.lsn.0).collect::<Vec<_>>()
+            )),
+        }
+    }
+
+    /// Segment (k, i) fsyncs its log: every write waiting on it is answered — to its writer if
+    /// the segment is reachable; otherwise the caller timed out and sends the records again.
+    fn fsync(&mut self, k: usize, i: usize) -> Result<(), String> {
+        let done = self.segs[k][i].fsync();
+        let up = self.segs[k][i].up;
+        for (w, answer) in done {
+            let who = self.caller(w.epoch);
+            if up {
+                self.answered(&who, k, i, &w.sent, answer)?;
+            } else {
+                self.resend(&who, k, i, w.sent);
             }
         }
         Ok(())
     }
 
-    /// Sends records to a segment as the shipper does (adopting the history first); answers
-    /// false when the writer turned out to be fenced (it stops).
-    fn send(&mut self, k: usize, i: usize, recs: &[Rec]) -> Result<bool, String> {
-        let w = self.writer.as_mut().expect("writer");
-        let seg = &mut self.segs[k][i];
-        if !w.adopted[k][i] {
-            match seg.adopt(w.epoch, &w.history) {
-                Ok(()) => w.adopted[k][i] = true,
-                Err(Refused::Fenced) => return Err("a live writer's decision refused".into()),
-                Err(Refused::Invalid(why)) => {
-                    return Err(format!("PG {k} segment {i} refused the decision: {why}"))
-                }
-            }
+    fn resend(&mut self, who: &Caller, k: usize, i: usize, sent: Vec<Rec>) {
+        if let Some(w) = self.writer_mut(who) {
+            w.in_flight.extend(sent.into_iter().map(|r| (k, i, r)));
         }
-        match seg.write(w.epoch, recs, w.vdl) {
-            Ok(()) => {}
-            Err(Refused::Fenced) => return Err("the live writer was fenced".into()),
-            Err(Refused::Invalid(why)) => {
-                return Err(format!("PG {k} segment {i} refused a write: {why}"))
-            }
-        }
-        w.acked[k][i] = w.acked[k][i].max(seg.chain.scl());
-        self.advance_vdl();
-        Ok(true)
     }
 
-    /// `Shipper::on_ack`: a PG is durable to its 4th highest acknowledged SCL; VCL is below the
-    /// first record of any PG that is not; commits up to VCL are acknowledged in LSN order.
-    fn advance_vdl(&mut self) {
-        let w = self.writer.as_mut().expect("writer");
-        for k in 0..self.pgs {
-            let mut s = w.acked[k];
-            s.sort_unstable_by(|a, b| b.cmp(a));
-            let q = s[WRITE_QUORUM - 1];
-            w.outstanding[k].retain(|l| *l > q);
+    /// A storage process dies and restarts: what it had not fsynced may be lost, in part.
+    fn crash_segment(&mut self) -> Result<(), String> {
+        let (k, i) = self.any_segment();
+        let seg = &self.segs[k][i];
+        let unsynced = seg.frames.len() - seg.synced;
+        let mut keep = self.rng.below(unsynced as u64 + 1) as usize;
+        if keep > 0 && self.rng.chance(30) {
+            keep -= 1;
+            self.stats.torn_frames += 1;
         }
-        let vcl = w
-            .outstanding
-            .iter()
-            .filter_map(|o| o.first())
-            .min()
-            .map(|l| Lsn(l.0 - 1))
-            .unwrap_or(Lsn(w.next_lsn - 1));
-        while let Some(&c) = w.commits.first() {
-            if c > vcl {
-                break;
-            }
-            w.commits.pop_first();
-            w.vdl = c;
-            let tx = self
-                .txs
-                .iter()
-                .rev()
-                .find(|t| {
-                    t.records
-                        .last()
-                        .is_some_and(|(_, r)| r.lsn == c && r.epoch == w.epoch)
-                })
-                .expect("the commit's transaction");
-            let id = tx.records.last().expect("commit").1.id;
-            self.acknowledged.push((c, id));
-            self.stats.acknowledged += 1;
+        self.stats.frames_lost += (unsynced - keep) as u64;
+        self.stats.segment_crashes += 1;
+        let lost = self.segs[k][i].crash(keep)?;
+        for w in lost {
+            let who = self.caller(w.epoch);
+            self.resend(&who, k, i, w.sent);
         }
+        Ok(())
     }
 
     fn heartbeat(&mut self) -> Result<(), String> {
         let (k, i) = self.any_segment();
         if self.segs[k][i].up {
-            self.send(k, i, &[])?;
+            self.send(&Caller::Live, k, i, &[])?;
         }
         Ok(())
     }
@@ -476,14 +677,27 @@ impl World {
     /// The writer dies; some of its messages may still arrive later (a zombie).
     fn crash_writer(&mut self) {
         if let Some(w) = self.writer.take() {
-            if self.rng.chance(50) {
-                for (k, i, r) in w.in_flight {
-                    if self.rng.chance(30) {
-                        self.zombies.push((k, i, w.epoch, r));
-                    }
+            self.bury(w);
+        }
+    }
+
+    fn bury(&mut self, w: Writer) {
+        if self.rng.chance(50) {
+            for (k, i, r) in w.in_flight {
+                if self.rng.chance(30) {
+                    self.zombies.push((k, i, w.epoch, r));
                 }
             }
         }
+    }
+
+    /// The config store replaces the writer while it still runs (it is partitioned from the
+    /// config store, not from storage): a new writer recovers next, and the old one goes on.
+    fn depose_writer(&mut self) {
+        if let Some(old) = self.deposed.take() {
+            self.bury(old);
+        }
+        self.deposed = self.writer.take();
     }
 
     fn deliver_zombie(&mut self) -> Result<(), String> {
@@ -494,7 +708,7 @@ impl World {
         let (k, i, epoch, rec) = self.zombies.swap_remove(at);
         let seg = &mut self.segs[k][i];
         if seg.up {
-            // Refused or not, an old writer gets no acknowledgement that counts.
+            // Refused or not, a dead writer hears no answer.
             let _ = seg.write(epoch, &[rec], Lsn::ZERO);
             self.stats.zombie_deliveries += 1;
         }
@@ -521,23 +735,24 @@ impl World {
         }
         let Some(peer) = (0..SEGMENTS_PER_PG)
             .filter(|j| *j != i && self.segs[k][*j].up && w.adopted[k][*j])
-            .max_by_key(|j| self.segs[k][*j].chain.scl())
+            .max_by_key(|j| self.segs[k][*j].scl())
         else {
             return Ok(());
         };
-        let from = self.segs[k][i].chain.scl();
+        let from = self.segs[k][i].scl();
         let recs: Vec<Rec> = self.segs[k][peer]
-            .records
-            .range(Lsn(from.0 + 1)..)
-            .map(|(_, r)| *r)
+            .records(Lsn(from.0 + 1)..)
+            .into_iter()
+            .map(|(_, r)| r)
             .collect();
         if !recs.is_empty() {
-            self.send(k, i, &recs)?;
+            self.send(&Caller::Live, k, i, &recs)?;
         }
         Ok(())
     }
 
-    /// A new writer: fence, scan, decide, adopt, copy — any of which may fail part way.
+    /// A new writer: a ticket from the config store, then fence, scan, decide, adopt, copy —
+    /// any of which may fail part way.
     fn recover(&mut self) -> Result<(), String> {
         let up: Vec<Vec<usize>> = self
             .segs
@@ -552,18 +767,25 @@ impl World {
         }
         self.last_epoch += 1;
         let epoch = Epoch(self.last_epoch);
+        if self.rng.chance(5) {
+            // Died holding a ticket it never used: the epoch is burnt.
+            self.stats.failed_recoveries += 1;
+            return Ok(());
+        }
         // 1. The epoch on every reachable segment (a write quorum of every PG).
         for (k, row) in up.iter().enumerate() {
             for &i in row {
-                let s = &mut self.segs[k][i];
-                s.epoch = s.epoch.max(epoch);
+                self.segs[k][i]
+                    .install_epoch(epoch)
+                    .map_err(|e| format!("PG {k} segment {i} refused a new ticket: {e:?}"))?;
             }
         }
         // 2. Scan what they hold above what is known durable.
         let mut known = Vec::new();
         for (k, row) in up.iter().enumerate() {
             for &i in row {
-                known.push((self.segs[k][i].materialized, self.segs[k][i].last_committed));
+                let s = &self.segs[k][i];
+                known.push((s.core.control().materialized, s.core.last_committed()));
             }
         }
         let from = recovery::scan_start(known);
@@ -608,11 +830,12 @@ impl World {
                 done += 1;
             }
         }
-        // 4. Lagging adopted segments get what they miss up to their PG's tail.
+        // 4. Lagging adopted segments get what they miss up to their PG's tail; recovery waits
+        // for each copy's fsync.
         for (k, row) in up.iter().enumerate() {
             let tail = decision.pg_tails[k];
             for &i in row {
-                let scl = self.segs[k][i].chain.scl();
+                let scl = self.segs[k][i].scl();
                 if scl >= tail {
                     continue;
                 }
@@ -621,18 +844,28 @@ impl World {
                     if j == i {
                         continue;
                     }
-                    for (l, r) in self.segs[k][j].records.range(Lsn(scl.0 + 1)..=tail) {
-                        missing.entry(*l).or_insert(*r);
+                    for (_, r) in self.segs[k][j].records(Lsn(scl.0 + 1)..=tail) {
+                        missing.entry(r.lsn).or_insert(r);
                     }
                 }
                 let recs: Vec<Rec> = missing.into_values().collect();
                 self.segs[k][i]
                     .write(epoch, &recs, Lsn::ZERO)
                     .map_err(|e| format!("PG {k} segment {i} refused a recovery copy: {e:?}"))?;
+                for (w, answer) in self.segs[k][i].fsync() {
+                    if w.epoch == epoch {
+                        answer.map_err(|e| {
+                            format!("PG {k} segment {i} refused a recovery copy: {e:?}")
+                        })?;
+                    } else {
+                        let who = self.caller(w.epoch);
+                        self.answered(&who, k, i, &w.sent, answer)?;
+                    }
+                }
             }
             let complete = row
                 .iter()
-                .filter(|i| self.segs[k][**i].chain.scl() >= tail)
+                .filter(|i| self.segs[k][**i].scl() >= tail)
                 .count();
             if complete < WRITE_QUORUM {
                 let detail: Vec<String> = row
@@ -641,11 +874,11 @@ impl World {
                         let s = &self.segs[k][*i];
                         format!(
                             "seg {i}: scl {} mat {} recs {:?}",
-                            s.chain.scl(),
-                            s.materialized,
-                            s.records
-                                .values()
-                                .map(|r| (r.lsn.0, r.prev.0, r.epoch.0))
+                            s.scl(),
+                            s.core.control().materialized,
+                            s.records(..)
+                                .iter()
+                                .map(|(e, r)| (r.lsn.0, r.prev.0, e.0))
                                 .collect::<Vec<_>>()
                         )
                     })
@@ -661,20 +894,22 @@ impl World {
         let mut acked = vec![[Lsn::ZERO; SEGMENTS_PER_PG]; self.pgs];
         for (k, row) in up.iter().enumerate() {
             for &i in row {
-                acked[k][i] = self.segs[k][i].chain.scl().min(decision.pg_tails[k]);
+                acked[k][i] = self.segs[k][i].scl().min(decision.pg_tails[k]);
             }
         }
         self.writer = Some(Writer {
             epoch,
-            next_lsn: decision.next_lsn.0,
-            pg_tail: decision.pg_tails.clone(),
+            quorum: Quorum::new(
+                decision.next_lsn,
+                decision.vdl,
+                decision.pg_tails.clone(),
+                acked,
+            ),
             history,
             adopted,
-            acked,
-            outstanding: vec![BTreeSet::new(); self.pgs],
-            commits: BTreeSet::new(),
-            vdl: decision.vdl,
+            commits: BTreeMap::new(),
             in_flight: Vec::new(),
+            fenced: false,
         });
         Ok(())
     }
@@ -688,17 +923,17 @@ impl World {
             let complete: Vec<&Seg> = row
                 .iter()
                 .map(|i| &self.segs[k][*i])
-                .filter(|s| s.chain.scl() >= tail)
+                .filter(|s| s.scl() >= tail)
                 .collect();
-            let first = complete[0];
-            let view: BTreeMap<Lsn, u32> = first
-                .records
-                .range(..=tail)
-                .map(|(l, r)| (*l, r.id))
-                .collect();
+            let ids = |s: &Seg| -> BTreeMap<Lsn, u32> {
+                s.records(..=tail)
+                    .into_iter()
+                    .map(|(_, r)| (r.lsn, r.id))
+                    .collect()
+            };
+            let view = ids(complete[0]);
             for s in &complete[1..] {
-                let other: BTreeMap<Lsn, u32> =
-                    s.records.range(..=tail).map(|(l, r)| (*l, r.id)).collect();
+                let other = ids(s);
                 // Below what both materialized the records may have been compacted away in
                 // the real thing; here they are all kept, so they must agree everywhere.
                 if other != view {
@@ -745,12 +980,7 @@ impl World {
 pub fn sweep(first: u64, count: u64, steps: usize) -> Result<Stats, Violation> {
     let mut total = Stats::default();
     for seed in first..first + count {
-        let s = run(seed, steps)?;
-        total.transactions += s.transactions;
-        total.acknowledged += s.acknowledged;
-        total.recoveries += s.recoveries;
-        total.failed_recoveries += s.failed_recoveries;
-        total.zombie_deliveries += s.zombie_deliveries;
+        total.add(&run(seed, steps)?);
     }
     Ok(total)
 }

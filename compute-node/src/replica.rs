@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use logdb_storage::page_apply;
-use logdb_storage::record::RedoRecord;
-use logdb_storage::types::{Epoch, Lsn, PageId};
+use logdb_types::page_apply;
+use logdb_types::record::RedoRecord;
+use logdb_types::{Epoch, Lsn, PageId};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use logdb_config_store::api::proto::VolumeRef;
 use logdb_config_store::client::ConfigClient;
-use logdb_storage::record::RedoRecord;
-use logdb_storage::types::{Epoch, Lsn};
+use logdb_types::record::RedoRecord;
+use logdb_types::{Epoch, Lsn};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status, Streaming};

@@ -18,7 +18,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use logdb_storage::types::{Lsn, PageId};
+use logdb_types::{Lsn, PageId};
 use rusqlite::ffi;
 
 use crate::buffer_pool::BufferPool;
@@ -178,7 +178,7 @@ impl Engine {
         }
     }
 
-    pub fn epoch(&self) -> logdb_storage::types::Epoch {
+    pub fn epoch(&self) -> logdb_types::Epoch {
         match &self.role {
             Role::Writer(s) => s.epoch(),
             Role::Replica(r) => r.epoch(),

@@ -154,7 +154,7 @@ async fn the_volume_grows_and_the_writer_ships_to_the_new_protection_groups() {
     // The new PGs' segments hold records on the storage nodes.
     let mut storage = cluster.nodes[0].client().await;
     let segs = storage
-        .list_segments(logdb_storage::proto::ListSegmentsRequest {})
+        .list_segments(logdb_types::proto::ListSegmentsRequest {})
         .await
         .unwrap()
         .into_inner()

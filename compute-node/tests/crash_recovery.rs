@@ -295,7 +295,7 @@ async fn a_segment_away_through_two_failovers_drops_the_old_tail_and_converges()
         let mut images = Vec::new();
         for (id, c) in clients.iter_mut() {
             let r = c
-                .read_page(logdb_storage::proto::ReadPageRequest {
+                .read_page(logdb_types::proto::ReadPageRequest {
                     volume_id: "vol1".into(),
                     page_id: page,
                     requested_lsn: 0,

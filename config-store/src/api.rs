@@ -4,6 +4,7 @@
 //! stale epoch or a placement that cannot be met, UNAVAILABLE with the leader's address on a
 //! follower.
 
+use logdb_types::Epoch;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
@@ -99,7 +100,7 @@ pub fn pg_to_proto(pg: &model::ProtectionGroup) -> proto::ProtectionGroup {
                 node_id: m.node_id.clone(),
                 zone: m.zone.clone(),
                 address: m.address.clone(),
-                segment: pg.segment_name(m),
+                segment: pg.segment_name(m).into_string(),
             })
             .collect(),
         membership_epoch: pg.membership_epoch,
@@ -110,7 +111,7 @@ pub fn volume_to_proto(v: &model::Volume) -> proto::Volume {
     proto::Volume {
         name: v.name.clone(),
         spec: Some(spec_to_proto(&v.spec)),
-        epoch: v.epoch,
+        epoch: v.epoch.0,
         writer: v.writer.clone().unwrap_or_default(),
         pgs: v.pgs.iter().map(pg_to_proto).collect(),
         used_bytes: v.used_bytes,
@@ -244,12 +245,12 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
             .run(Command::AcquireTicket {
                 volume: r.volume,
                 writer: r.writer,
-                known_epoch: r.known_epoch,
+                known_epoch: Epoch(r.known_epoch),
             })
             .await?
         {
             Reply::Ticket { epoch, volume } => Ok(Response::new(proto::Ticket {
-                epoch,
+                epoch: epoch.0,
                 volume: Some(volume_to_proto(&volume)),
             })),
             other => Err(unexpected(other)),

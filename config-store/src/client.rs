@@ -2,6 +2,7 @@
 //! leads, follows the `x-logdb-leader` hint of a follower's refusal, and moves on to the next
 //! member when one is unreachable — so a leader change costs a retry, not an error.
 
+use logdb_types::Epoch;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -89,12 +90,12 @@ impl ConfigClient {
         &self,
         volume: &str,
         writer: &str,
-        known_epoch: u64,
+        known_epoch: Epoch,
     ) -> Result<proto::Ticket, Status> {
         let req = proto::AcquireTicketRequest {
             volume: volume.into(),
             writer: writer.into(),
-            known_epoch,
+            known_epoch: known_epoch.0,
         };
         self.call(|mut c| {
             let req = req.clone();

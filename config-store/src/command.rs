@@ -2,6 +2,7 @@
 //! leader stamps it), so applying the log on any member gives the same state.
 
 use crate::model::{ProtectionGroup, Volume, VolumeSpec};
+use logdb_types::Epoch;
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Command {
@@ -31,7 +32,7 @@ pub enum Command {
     AcquireTicket {
         volume: String,
         writer: String,
-        known_epoch: u64,
+        known_epoch: Epoch,
     },
     /// The writer's view of used bytes; may add a PG (growth).
     ReportUsage {
@@ -69,7 +70,7 @@ pub enum Response {
     Volume(Volume),
     /// A writer ticket: the new epoch and the layout to write to.
     Ticket {
-        epoch: u64,
+        epoch: Epoch,
         volume: Volume,
     },
     /// Usage recorded; `grown` is the PG added, if any.

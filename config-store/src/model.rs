@@ -1,6 +1,7 @@
 //! What the config store knows: volumes (spec, epoch, writer, protection groups and their six
 //! members) and the storage node registry.
 
+use logdb_types::{Epoch, PgIndex, SegmentId};
 use std::collections::BTreeSet;
 
 /// A DNS label (RFC 1123) of at most `max` characters: lowercase letters, digits and '-', not
@@ -104,8 +105,8 @@ pub struct ProtectionGroup {
 
 impl ProtectionGroup {
     /// The segment name a member holds this PG under.
-    pub fn segment_name(&self, member: &Member) -> String {
-        format!("pg{}-{}", self.index, member.node_id)
+    pub fn segment_name(&self, member: &Member) -> SegmentId {
+        SegmentId::of(PgIndex(self.index), &member.node_id)
     }
 }
 
@@ -114,7 +115,7 @@ pub struct Volume {
     pub name: String,
     pub spec: VolumeSpec,
     /// The last writer ticket handed out (0: none yet).
-    pub epoch: u64,
+    pub epoch: Epoch,
     pub writer: Option<String>,
     pub pgs: Vec<ProtectionGroup>,
     pub used_bytes: u64,

@@ -1,5 +1,6 @@
 //! The state machine: every command applied in one place, every refusal a clear error.
 
+use logdb_types::Epoch;
 use std::collections::BTreeMap;
 
 use crate::command::{Command, Response};
@@ -24,8 +25,8 @@ pub enum ConfigError {
     #[error("ticket refused for volume {volume}: the caller knew epoch {known}, the volume is at epoch {current}")]
     StaleEpoch {
         volume: String,
-        known: u64,
-        current: u64,
+        known: Epoch,
+        current: Epoch,
     },
     /// Not enough healthy nodes for a placement (gRPC FAILED_PRECONDITION).
     #[error("cannot place volume {volume}: {reason}")]
@@ -50,7 +51,7 @@ fn valid_name(what: &str, name: &str) -> Result<(), ConfigError> {
 
 /// Bumps the volume's epoch and names its writer: how every ticket and failover ends.
 fn name_writer(v: &mut Volume, writer: String) -> Response {
-    v.epoch += 1;
+    v.epoch = v.epoch.next();
     v.writer = Some(writer);
     Response::Ticket {
         epoch: v.epoch,
@@ -164,7 +165,7 @@ impl State {
                 let mut volume = Volume {
                     name: name.clone(),
                     spec,
-                    epoch: 0,
+                    epoch: Epoch(0),
                     writer: None,
                     pgs: Vec::new(),
                     used_bytes: 0,
@@ -553,7 +554,7 @@ mod tests {
             .apply(Command::AcquireTicket {
                 volume: "nope".into(),
                 writer: "w".into(),
-                known_epoch: 0,
+                known_epoch: Epoch(0),
             })
             .unwrap_err();
         assert_eq!(e, ConfigError::UnknownVolume("nope".into()));
@@ -567,17 +568,17 @@ mod tests {
             s.apply(Command::AcquireTicket {
                 volume: "v1".into(),
                 writer: "w".into(),
-                known_epoch: known,
+                known_epoch: Epoch(known),
             })
         };
         let Response::Ticket { epoch, .. } = ticket(&mut s, 0).unwrap() else {
             panic!()
         };
-        assert_eq!(epoch, 1);
+        assert_eq!(epoch, Epoch(1));
         let Response::Ticket { epoch, volume } = ticket(&mut s, 1).unwrap() else {
             panic!()
         };
-        assert_eq!((epoch, volume.writer.as_deref()), (2, Some("w")));
+        assert_eq!((epoch, volume.writer.as_deref()), (Epoch(2), Some("w")));
         // Two callers who both knew epoch 1: the second loses.
         let e = ticket(&mut s, 1).unwrap_err();
         assert_eq!(
@@ -662,7 +663,7 @@ mod tests {
         s.apply(Command::AcquireTicket {
             volume: "v1".into(),
             writer: "c0".into(),
-            known_epoch: 0,
+            known_epoch: Epoch(0),
         })
         .unwrap();
         assert_eq!(
@@ -676,13 +677,13 @@ mod tests {
         let Response::Ticket { epoch, volume } = fail(&mut s, Some("c2")).unwrap() else {
             panic!()
         };
-        assert_eq!((epoch, volume.writer.as_deref()), (2, Some("c2")));
+        assert_eq!((epoch, volume.writer.as_deref()), (Epoch(2), Some("c2")));
         // The old writer's restart, knowing epoch 1, can take no ticket.
         assert!(s
             .apply(Command::AcquireTicket {
                 volume: "v1".into(),
                 writer: "c0".into(),
-                known_epoch: 1,
+                known_epoch: Epoch(1),
             })
             .is_err());
         // auto: the first compute that is not the writer.

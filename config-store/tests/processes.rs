@@ -3,6 +3,7 @@
 //! ever share an epoch), restart from disk, and bad input refused with
 //! the field and the reason.
 
+use logdb_types::Epoch;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -156,7 +157,10 @@ async fn a_three_process_group_survives_kill9_of_its_leader() {
         "{}",
         err.message()
     );
-    let err = client.acquire_ticket("nope", "w", 0).await.unwrap_err();
+    let err = client
+        .acquire_ticket("nope", "w", Epoch(0))
+        .await
+        .unwrap_err();
     assert_eq!(
         (err.code(), err.message()),
         (Code::InvalidArgument, "unknown volume nope")
@@ -197,7 +201,10 @@ async fn a_three_process_group_survives_kill9_of_its_leader() {
     .unwrap()
     .into_inner();
     assert_eq!(watch.message().await.unwrap().unwrap().epoch, 0);
-    let t = client.acquire_ticket("v1", "watch-test", 0).await.unwrap();
+    let t = client
+        .acquire_ticket("v1", "watch-test", Epoch(0))
+        .await
+        .unwrap();
     let seen = tokio::time::timeout(Duration::from_secs(10), watch.message())
         .await
         .unwrap()
@@ -217,7 +224,7 @@ async fn a_three_process_group_survives_kill9_of_its_leader() {
             let mut known = first_epoch;
             let mut mine = 0;
             while mine < 15 {
-                match c.acquire_ticket("v1", &format!("w{w}"), known).await {
+                match c.acquire_ticket("v1", &format!("w{w}"), Epoch(known)).await {
                     Ok(t) => {
                         assert!(
                             t.epoch > known,

@@ -3,6 +3,7 @@
 //! concurrent callers share an epoch, keeps serving when the leader stops, and a member restarted
 //! from its directory catches up; a single member restarted from disk has lost nothing.
 
+use logdb_types::Epoch;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -87,11 +88,11 @@ async fn ticket(m: &Member, known: u64) -> Result<u64, MemberError> {
         .write(Command::AcquireTicket {
             volume: "v1".into(),
             writer: format!("w{}", m.id),
-            known_epoch: known,
+            known_epoch: Epoch(known),
         })
         .await?
     {
-        Response::Ticket { epoch, .. } => Ok(epoch),
+        Response::Ticket { epoch, .. } => Ok(epoch.0),
         r => panic!("{r:?}"),
     }
 }
@@ -157,7 +158,7 @@ async fn three_members_keep_epochs_strict_across_a_leader_loss_and_a_restart() {
     // The old leader restarts from its directory on its address and catches up.
     let back = start(leader, dir.path(), &old_addr).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while back.state().await.volumes.get("v1").map(|v| v.epoch) != Some(last) {
+    while back.state().await.volumes.get("v1").map(|v| v.epoch.0) != Some(last) {
         assert!(
             Instant::now() < deadline,
             "restarted member did not catch up to epoch {last}"
@@ -189,7 +190,7 @@ async fn a_single_member_restarted_from_disk_has_lost_nothing() {
     // The committed log is applied again: the volume and its epoch are back.
     assert_eq!(ticket(&m, 2).await.unwrap(), 3);
     let state = m.state().await;
-    assert_eq!(state.volumes["v1"].epoch, 3);
+    assert_eq!(state.volumes["v1"].epoch, Epoch(3));
     assert_eq!(state.nodes.len(), 6);
     m.stop().await;
 }
@@ -237,7 +238,7 @@ async fn snapshots_survive_restarts_and_bring_a_lagging_member_back() {
     // It returns and is brought up to date (by a snapshot: the log it missed is purged).
     let back = start_small(gone_id, gone_addr).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while back.state().await.volumes.get("v1").map(|v| v.epoch) != Some(60) {
+    while back.state().await.volumes.get("v1").map(|v| v.epoch.0) != Some(60) {
         assert!(
             Instant::now() < deadline,
             "lagging member not brought up to date"
@@ -255,7 +256,7 @@ async fn snapshots_survive_restarts_and_bring_a_lagging_member_back() {
     }
     for m in &restarted {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while m.state().await.volumes.get("v1").map(|v| v.epoch) != Some(60) {
+        while m.state().await.volumes.get("v1").map(|v| v.epoch.0) != Some(60) {
             assert!(
                 Instant::now() < deadline,
                 "member {} lost state across a restart",

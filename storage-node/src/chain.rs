@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::types::Lsn;
+use logdb_types::Lsn;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ChainError {
     #[error(
         "record LSN {lsn} links back to {prev}, but LSN {existing} already follows {prev} in this PG"

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::types::Epoch;
+use logdb_types::Epoch;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{action} rejected: epoch {requested} < {seen} seen for volume {volume}")]

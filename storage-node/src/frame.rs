@@ -6,8 +6,8 @@
 //! Payload: `kind u8 = 1 | epoch u64 | record` — the epoch the record was written under, which
 //! decides whether a later truncation (recovery, DESIGN.md §7) discards it.
 
-use crate::record::{RecordError, RedoRecord};
-use crate::types::Epoch;
+use logdb_types::record::{RecordError, RedoRecord};
+use logdb_types::Epoch;
 
 const MAGIC: u32 = 0x4C47_4442; // "LGDB"
 pub const FRAME_HEADER_LEN: usize = 12;
@@ -118,8 +118,8 @@ pub fn resync(buf: &[u8], from: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::RecordKind;
-    use crate::types::{Lsn, PageId};
+    use logdb_types::record::RecordKind;
+    use logdb_types::{Lsn, PageId};
 
     fn rec(lsn: u64) -> RedoRecord {
         RedoRecord::new(

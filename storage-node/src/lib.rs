@@ -5,22 +5,20 @@
 //! Data moves through the modules in this order: `service` (gRPC) → `fencing` → `segment` →
 //! `segment_log` (fsync) → `chain` (SCL) → `materializer` → `page_store` → `segment::read_page`.
 
+pub mod acceptance;
 pub mod chain;
+pub mod control;
 pub mod fencing;
 pub mod frame;
 pub mod materializer;
 pub mod metrics;
 pub mod node;
-pub mod page_apply;
 pub mod page_store;
-pub mod record;
 pub mod registration;
 pub mod segment;
 pub mod segment_log;
 pub mod service;
 pub mod testkit;
-pub mod types;
 
-pub mod proto {
-    tonic::include_proto!("logdb.storage.v1");
-}
+// The vocabulary lives in `logdb-types`; these names keep the storage paths callers know.
+pub use logdb_types::{ids as types, page_apply, proto, record};

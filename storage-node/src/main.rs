@@ -10,8 +10,8 @@ use anyhow::Context;
 use clap::Parser;
 use logdb_storage::materializer::{self, MaterializerConfig};
 use logdb_storage::node::{Node, NodeConfig};
-use logdb_storage::proto::storage_service_server::StorageServiceServer;
 use logdb_storage::service::{StorageSvc, RECORD_OVERHEAD};
+use logdb_types::proto::storage_service_server::StorageServiceServer;
 use tokio::net::TcpListener;
 
 #[derive(Parser, Debug)]

@@ -10,7 +10,7 @@ use crate::fencing::VolumeEpochs;
 use crate::metrics::Metrics;
 use crate::page_store::Descriptor;
 use crate::segment::{Segment, SegmentError};
-use crate::types::{Epoch, PageId, PgIndex, SegmentKey};
+use logdb_types::{Epoch, PageId, PgIndex, SegmentKey};
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {

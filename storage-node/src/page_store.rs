@@ -12,90 +12,12 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
-use crate::types::{Epoch, Lsn, PageId, PgIndex};
+use logdb_types::{Lsn, PageId};
 
 const VERSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("page_versions");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CONTROL_KEY: &str = "control";
-/// Version of the control record's layout; bump with an upgrade step when it changes.
-pub const CONTROL_FORMAT: u32 = 1;
-
-/// What a segment is: fixed when it is created.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Descriptor {
-    pub volume: String,
-    pub segment: String,
-    pub pg: PgIndex,
-    pub first_page: u64,
-    pub page_count: u64,
-    pub page_size: u32,
-    pub retention_secs: u64,
-}
-
-impl Descriptor {
-    pub fn holds(&self, page: PageId) -> bool {
-        page.0 >= self.first_page && page.0 - self.first_page < self.page_count
-    }
-}
-
-/// A recovery decision: records above `above` written under an epoch below `epoch` are
-/// discarded; the writer of `epoch` allocated its own records from `next` on (0: not known, a
-/// decision from before this was recorded).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Truncation {
-    pub epoch: Epoch,
-    pub above: Lsn,
-    #[serde(default)]
-    pub next: Lsn,
-}
-
-impl Truncation {
-    pub fn discards(&self, record_epoch: Epoch, lsn: Lsn) -> bool {
-        record_epoch < self.epoch && lsn > self.above
-    }
-}
-
-/// A finished coalescing round: every record at or below `lsn` was materialized at `unix_ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Round {
-    pub lsn: Lsn,
-    pub unix_ms: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Control {
-    pub format: u32,
-    pub descriptor: Descriptor,
-    pub epoch: Epoch,
-    pub truncations: Vec<Truncation>,
-    /// Every record at or below this LSN is in a stored version (it is also a chained record,
-    /// so the SCL restarts from here when older log files are gone).
-    pub materialized: Lsn,
-    /// Reads below this LSN are refused: the log and versions under it may be gone.
-    pub horizon: Lsn,
-    /// Rounds above the horizon, oldest first: candidates for the next horizon.
-    pub rounds: Vec<Round>,
-}
-
-impl Control {
-    pub fn new(descriptor: Descriptor, epoch: Epoch) -> Self {
-        Control {
-            format: CONTROL_FORMAT,
-            descriptor,
-            epoch,
-            truncations: Vec::new(),
-            materialized: Lsn::ZERO,
-            horizon: Lsn::ZERO,
-            rounds: Vec::new(),
-        }
-    }
-
-    pub fn discards(&self, record_epoch: Epoch, lsn: Lsn) -> bool {
-        self.truncations
-            .iter()
-            .any(|t| t.discards(record_epoch, lsn))
-    }
-}
+pub use crate::control::{Control, Descriptor, Round, Truncation, CONTROL_FORMAT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -308,6 +230,7 @@ impl PageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use logdb_types::{Epoch, PgIndex};
 
     fn desc() -> Descriptor {
         Descriptor {

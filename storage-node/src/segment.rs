@@ -7,19 +7,20 @@
 //! durable control record (epoch, truncation, coalescing round, retention), so no change can
 //! overwrite another's.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::chain::{Chain, ChainError};
+use crate::acceptance::{Acceptance, Change, Header, Refusal};
+use crate::chain::ChainError;
 use crate::fencing::{Fenced, VolumeEpochs};
 use crate::frame;
-use crate::page_apply;
 use crate::page_store::{Control, Descriptor, PageStore, Round, StoreError, Truncation};
-use crate::record::{RecordError, RedoRecord};
 use crate::segment_log::{Loc, LogError, ReplayReport, SegmentLog};
-use crate::types::{Epoch, Lsn, PageId, SegmentKey};
+use logdb_types::page_apply;
+use logdb_types::record::{RecordError, RedoRecord};
+use logdb_types::{Epoch, Lsn, PageId, SegmentKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
@@ -85,116 +86,19 @@ impl SegmentError {
     }
 }
 
-/// A retained record: where it is in the log, and its bytes while not yet materialized.
+/// What the segment keeps with a retained record: where it is in the log, and its bytes while
+/// not yet materialized.
 #[derive(Clone, Debug)]
-struct Entry {
+struct Stored {
     loc: Loc,
-    epoch: Epoch,
-    page: PageId,
-    checksum: u32,
     rec: Option<Arc<RedoRecord>>,
 }
 
 #[derive(Debug)]
 struct State {
-    control: Control,
-    chain: Chain,
-    /// Every retained record by LSN.
-    records: BTreeMap<Lsn, Entry>,
-    /// Every retained record by page.
-    pages: HashMap<PageId, BTreeSet<Lsn>>,
-    /// Records pushed to the log and not yet durable: checksum and the ticket to wait for.
-    inflight: HashMap<Lsn, (u32, u64)>,
-    /// Backlinks of records in flight (backlink -> LSN), so that two batches in flight at once
-    /// cannot both claim the same predecessor.
-    inflight_links: HashMap<Lsn, Lsn>,
-    last_committed: Lsn,
-    highest_commit: (Lsn, u64),
+    /// The acceptance rules and the record index (pure).
+    core: Acceptance<Stored>,
     coalescing: HashSet<PageId>,
-}
-
-impl State {
-    fn highest_lsn(&self) -> Lsn {
-        self.records
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(self.control.materialized)
-    }
-
-    fn pending(&self) -> usize {
-        self.records
-            .range(Lsn(self.control.materialized.0 + 1)..)
-            .count()
-    }
-
-    fn insert(&mut self, lsn: Lsn, entry: Entry, rec: &RedoRecord) {
-        if rec.is_commit() && lsn > self.highest_commit.0 {
-            self.highest_commit = (lsn, rec.commit_ts_us);
-        }
-        self.pages.entry(entry.page).or_default().insert(lsn);
-        self.records.insert(lsn, entry);
-    }
-
-    /// The chain again from `first` on, after records from `first` up were discarded: it ends
-    /// at the last record kept below `first` (or the materialized LSN), and every kept record
-    /// above joins it again (so the work is proportional to what lies above `first`).
-    fn relink_from(&mut self, first: Lsn) {
-        let below = self
-            .records
-            .range(..first)
-            .next_back()
-            .map(|(l, _)| *l)
-            .unwrap_or_default()
-            .max(self.control.materialized);
-        self.chain.truncate(Lsn(first.0 - 1), below);
-        let above: Vec<(Lsn, Lsn)> = self
-            .records
-            .range(first..)
-            .map(|(l, e)| {
-                let prev = e
-                    .rec
-                    .as_ref()
-                    .expect("unmaterialized records stay in memory")
-                    .prev_lsn;
-                (*l, prev)
-            })
-            .collect();
-        for (lsn, prev) in above {
-            if let Err(err) = self.chain.insert(lsn, prev) {
-                tracing::error!(%lsn, error = %err, "kept record does not fit the relinked chain");
-            }
-        }
-    }
-
-    /// The highest commit still held, after a truncation above `above`.
-    fn recompute_highest_commit(&mut self, above: Lsn) {
-        if self.highest_commit.0 <= above {
-            return;
-        }
-        self.highest_commit = self
-            .records
-            .iter()
-            .rev()
-            .find_map(|(l, e)| {
-                e.rec
-                    .as_ref()
-                    .filter(|r| r.is_commit())
-                    .map(|r| (*l, r.commit_ts_us))
-            })
-            .unwrap_or((Lsn::ZERO, 0));
-    }
-
-    fn remove(&mut self, lsn: Lsn) {
-        if let Some(e) = self.records.remove(&lsn) {
-            if let Some(set) = self.pages.get_mut(&e.page) {
-                set.remove(&lsn);
-                if set.is_empty() {
-                    self.pages.remove(&e.page);
-                }
-            }
-        }
-    }
 }
 
 /// A snapshot of the segment's progress.
@@ -217,17 +121,14 @@ pub struct SegmentStatus {
 /// Takes a write's records out of the in-flight tables when the write ends, however it ends.
 struct InflightGuard<'a> {
     segment: &'a Segment,
+    ticket: u64,
     entries: Vec<(Lsn, Lsn)>,
 }
 
 impl InflightGuard<'_> {
     fn release(&mut self, s: &mut State) {
-        for (lsn, prev) in self.entries.drain(..) {
-            s.inflight.remove(&lsn);
-            if s.inflight_links.get(&prev) == Some(&lsn) {
-                s.inflight_links.remove(&prev);
-            }
-        }
+        s.core.release(self.ticket, &self.entries);
+        self.entries.clear();
     }
 }
 
@@ -390,50 +291,27 @@ impl Segment {
             segment: descriptor.segment.clone(),
         };
         let mut state = State {
-            chain: Chain::starting_at(control.materialized),
-            control,
-            records: BTreeMap::new(),
-            pages: HashMap::new(),
-            inflight: HashMap::new(),
-            inflight_links: HashMap::new(),
-            last_committed: Lsn::ZERO,
-            highest_commit: (Lsn::ZERO, 0),
+            core: Acceptance::new(control),
             coalescing: HashSet::new(),
         };
         let (log, replay) = SegmentLog::open(&dir.join(LOG_DIR), log_file_bytes, |f, loc| {
-            let lsn = f.record.lsn;
-            if state.control.discards(f.epoch, lsn)
-                || lsn <= state.control.horizon
-                || state.records.contains_key(&lsn)
-            {
-                return;
-            }
-            let materialized = lsn <= state.control.materialized;
-            if !materialized {
-                if let Err(e) = state.chain.insert(lsn, f.record.prev_lsn) {
-                    tracing::error!(segment = %key, error = %e, "replayed record does not fit the chain; skipped");
-                    return;
-                }
-            }
-            let entry = Entry {
+            let materialized = f.record.lsn <= state.core.control().materialized;
+            let header = Header::of(&f.record);
+            let stored = Stored {
                 loc,
-                epoch: f.epoch,
-                page: f.record.page_id,
-                checksum: f.record.checksum,
-                rec: None,
+                rec: (!materialized).then(|| Arc::new(f.record)),
             };
-            let rec = Arc::new(f.record);
-            let entry = Entry { rec: (!materialized).then(|| Arc::clone(&rec)), ..entry };
-            state.insert(lsn, entry, &rec);
+            if let Err(e) = state.core.replay(f.epoch, header, stored) {
+                tracing::error!(segment = %key, error = %e, "replayed record does not fit the chain; skipped");
+            }
         })
         .map_err(|source| SegmentError::Log { segment: key.clone(), source })?;
-        state.last_committed = state.control.materialized;
-        epochs.raise(&key.volume, state.control.epoch);
+        epochs.raise(&key.volume, state.core.epoch());
         tracing::info!(
             segment = %key,
             frames = replay.frames,
-            scl = %state.chain.scl(),
-            materialized = %state.control.materialized,
+            scl = %state.core.scl(),
+            materialized = %state.core.control().materialized,
             corrupt = replay.corrupt.len(),
             "segment opened"
         );
@@ -489,6 +367,32 @@ impl Segment {
         }
     }
 
+    /// The error for what the acceptance core refused `action` for.
+    fn refused(&self, action: &'static str, refusal: Refusal) -> SegmentError {
+        match refusal {
+            Refusal::Fenced { requested, seen } => Fenced {
+                action,
+                volume: self.key.volume.clone(),
+                requested,
+                seen,
+            }
+            .into(),
+            Refusal::Chain(source) => SegmentError::Chain {
+                segment: self.key.clone(),
+                source,
+            },
+            Refusal::BelowMaterialized {
+                above,
+                materialized,
+            } => SegmentError::TruncateBelowMaterialized {
+                segment: self.key.clone(),
+                above,
+                materialized,
+            },
+            Refusal::Different { .. } | Refusal::Invalid(_) => self.invalid(refusal.to_string()),
+        }
+    }
+
     fn invalid(&self, reason: String) -> SegmentError {
         SegmentError::Invalid {
             segment: self.key.clone(),
@@ -498,37 +402,40 @@ impl Segment {
 
     pub fn status(&self) -> SegmentStatus {
         let s = self.lock();
+        let c = &s.core;
         SegmentStatus {
             descriptor: self.descriptor.clone(),
-            scl: s.chain.scl(),
-            highest_lsn: s.highest_lsn(),
-            epoch: s.control.epoch,
-            materialized: s.control.materialized,
-            horizon: s.control.horizon,
-            pending_records: s.pending() as u64,
-            last_committed: s.last_committed,
-            highest_commit: s.highest_commit.0,
-            highest_commit_ts_us: s.highest_commit.1,
-            truncations: s.control.truncations.clone(),
+            scl: c.scl(),
+            highest_lsn: c.highest_lsn(),
+            epoch: c.epoch(),
+            materialized: c.control().materialized,
+            horizon: c.control().horizon,
+            pending_records: c.pending() as u64,
+            last_committed: c.last_committed(),
+            highest_commit: c.highest_commit().0,
+            highest_commit_ts_us: c.highest_commit().1,
+            truncations: c.control().truncations.clone(),
         }
     }
 
     /// Installs `epoch` durably if it is newer than the segment's; refuses an older one.
     pub fn install_epoch(&self, action: &'static str, epoch: Epoch) -> Result<(), SegmentError> {
         self.epochs.check(action, &self.key.volume, epoch)?;
-        if epoch <= self.lock().control.epoch {
+        if epoch <= self.lock().core.epoch() {
             return Ok(());
         }
         let _control = self.control_lock.lock().expect("control lock");
         let mut s = self.lock();
         self.epochs.check(action, &self.key.volume, epoch)?;
-        if epoch > s.control.epoch {
-            let mut next = s.control.clone();
-            next.epoch = epoch;
+        let plan = s
+            .core
+            .plan_epoch(epoch)
+            .map_err(|r| self.refused(action, r))?;
+        if let Some(next) = plan {
             self.store
                 .save_control(&next)
                 .map_err(|e| self.store_err(e))?;
-            s.control = next;
+            s.core.set_control(next);
             self.epochs.raise(&self.key.volume, epoch);
             tracing::info!(segment = %self.key, %epoch, "epoch installed");
         }
@@ -561,56 +468,24 @@ impl Segment {
         }
         self.install_epoch("write", epoch)?;
 
-        let (wait_for, fresh) = {
+        let (wait_for, fresh, ticket) = {
             let mut s = self.lock();
             self.epochs.check("write", &self.key.volume, epoch)?;
-            let mut wait_for = 0u64;
-            let mut fresh: Vec<RedoRecord> = Vec::new();
-            let mut in_batch = HashSet::new();
-            let mut batch_links = HashMap::new();
-            for r in records {
-                let same = |checksum: u32| -> Result<(), SegmentError> {
-                    if checksum == r.checksum {
-                        Ok(())
-                    } else {
-                        Err(self.invalid(format!(
-                            "LSN {} already holds a different record (checksum {checksum:#010x}, not {:#010x})",
-                            r.lsn, r.checksum
-                        )))
-                    }
-                };
-                if let Some(e) = s.records.get(&r.lsn) {
-                    same(e.checksum)?;
-                } else if let Some(&(checksum, ticket)) = s.inflight.get(&r.lsn) {
-                    same(checksum)?;
-                    wait_for = wait_for.max(ticket);
-                } else if r.lsn <= s.control.horizon {
-                    // A re-send of a record materialized and dropped from the index long ago:
-                    // already durable here, nothing to do.
-                } else if in_batch.insert(r.lsn) {
-                    let chain_err = |source| SegmentError::Chain {
-                        segment: self.key.clone(),
-                        source,
-                    };
-                    s.chain.check(r.lsn, r.prev_lsn).map_err(chain_err)?;
-                    let claimed = batch_links
-                        .get(&r.prev_lsn)
-                        .or_else(|| s.inflight_links.get(&r.prev_lsn));
-                    if let Some(&existing) = claimed.filter(|l| **l != r.lsn) {
-                        return Err(chain_err(ChainError::Conflict {
-                            lsn: r.lsn,
-                            prev: r.prev_lsn,
-                            existing,
-                        }));
-                    }
-                    batch_links.insert(r.prev_lsn, r.lsn);
-                    fresh.push(r);
-                }
-            }
-            if last_committed > s.last_committed {
-                s.last_committed = last_committed;
-            }
-            if !fresh.is_empty() {
+            let headers: Vec<Header> = records.iter().map(Header::of).collect();
+            let admission = s
+                .core
+                .admit(epoch, &headers, last_committed)
+                .map_err(|r| self.refused("write", r))?;
+            let mut wait_for = admission.wait_for;
+            let mut records: Vec<Option<RedoRecord>> = records.into_iter().map(Some).collect();
+            let fresh: Vec<RedoRecord> = admission
+                .fresh
+                .iter()
+                .map(|i| records[*i].take().expect("each index once"))
+                .collect();
+            if fresh.is_empty() {
+                (wait_for, Vec::new(), 0)
+            } else {
                 let frames: Vec<(Lsn, Vec<u8>)> = fresh
                     .iter()
                     .map(|r| {
@@ -621,13 +496,14 @@ impl Segment {
                     .collect();
                 let (ticket, locs) = self.log.push(&frames).map_err(|e| self.log_err(e))?;
                 wait_for = wait_for.max(ticket);
-                for r in &fresh {
-                    s.inflight.insert(r.lsn, (r.checksum, ticket));
-                    s.inflight_links.insert(r.prev_lsn, r.lsn);
-                }
-                (wait_for, fresh.into_iter().zip(locs).collect::<Vec<_>>())
-            } else {
-                (wait_for, Vec::new())
+                let fresh_headers: Vec<Header> =
+                    admission.fresh.iter().map(|i| headers[*i]).collect();
+                s.core.in_flight(epoch, &fresh_headers, ticket);
+                (
+                    wait_for,
+                    fresh.into_iter().zip(locs).collect::<Vec<_>>(),
+                    ticket,
+                )
             }
         };
 
@@ -636,6 +512,7 @@ impl Segment {
         // instead of waiting on, or being refused by, a write nobody finishes.
         let mut guard = InflightGuard {
             segment: self,
+            ticket,
             entries: fresh.iter().map(|(r, _)| (r.lsn, r.prev_lsn)).collect(),
         };
         let durable = if wait_for > 0 {
@@ -647,43 +524,24 @@ impl Segment {
         let mut s = self.lock();
         guard.release(&mut s);
         durable.map_err(|e| self.log_err(e))?;
-        let mut fenced = false;
-        for (r, loc) in fresh {
-            let lsn = r.lsn;
-            if s.control.discards(epoch, lsn) {
-                fenced = true;
-                continue;
-            }
-            if let Err(source) = s.chain.insert(lsn, r.prev_lsn) {
-                // Checked before the append; only a truncation in between can get here.
-                return Err(SegmentError::Chain {
-                    segment: self.key.clone(),
-                    source,
-                });
-            }
-            let rec = Arc::new(r);
-            let entry = Entry {
-                loc,
-                epoch,
-                page: rec.page_id,
-                checksum: rec.checksum,
-                rec: Some(Arc::clone(&rec)),
-            };
-            s.insert(lsn, entry, &rec);
-        }
-        if fenced || epoch < s.control.epoch {
-            return Err(Fenced {
-                action: "write",
-                volume: self.key.volume.clone(),
-                requested: epoch,
-                seen: s.control.epoch,
-            }
-            .into());
-        }
+        let held = fresh
+            .into_iter()
+            .map(|(r, loc)| {
+                let header = Header::of(&r);
+                let stored = Stored {
+                    loc,
+                    rec: Some(Arc::new(r)),
+                };
+                (header, stored)
+            })
+            .collect();
+        s.core
+            .durable(epoch, held)
+            .map_err(|r| self.refused("write", r))?;
         Ok(WriteAck {
-            scl: s.chain.scl(),
-            highest_lsn: s.highest_lsn(),
-            epoch: s.control.epoch,
+            scl: s.core.scl(),
+            highest_lsn: s.core.highest_lsn(),
+            epoch: s.core.epoch(),
         })
     }
 
@@ -699,7 +557,7 @@ impl Segment {
         }
         let (at, scl) = {
             let s = self.lock();
-            let scl = s.chain.scl();
+            let scl = s.core.scl();
             let at = if at == Lsn::ZERO { scl } else { at };
             self.check_readable(&s, at)?;
             (at, scl)
@@ -709,16 +567,16 @@ impl Segment {
             Ok(None) => (Lsn::ZERO, vec![0; self.descriptor.page_size as usize]),
             Err(e) => return Err(self.store_err(e)),
         };
-        let entries: Vec<(Lsn, Entry)> = {
+        let entries: Vec<(Lsn, Stored)> = {
             let s = self.lock();
             // Retention may have moved while the version was read.
             self.check_readable(&s, at)?;
-            s.pages
-                .get(&page)
+            s.core
+                .lsns_of(page)
                 .filter(|_| base_lsn < at)
                 .map(|set| {
                     set.range(Lsn(base_lsn.0 + 1)..=at)
-                        .map(|lsn| (*lsn, s.records[lsn].clone()))
+                        .map(|lsn| (*lsn, s.core.records()[lsn].payload.clone()))
                         .collect()
                 })
                 .unwrap_or_default()
@@ -737,7 +595,8 @@ impl Segment {
     }
 
     fn check_readable(&self, s: &State, at: Lsn) -> Result<(), SegmentError> {
-        let scl = s.chain.scl();
+        let scl = s.core.scl();
+        let horizon = s.core.control().horizon;
         if at > scl {
             return Err(SegmentError::NotYetComplete {
                 segment: self.key.clone(),
@@ -745,18 +604,18 @@ impl Segment {
                 scl,
             });
         }
-        if at < s.control.horizon {
+        if at < horizon {
             return Err(SegmentError::BelowHorizon {
                 segment: self.key.clone(),
                 requested: at,
-                horizon: s.control.horizon,
+                horizon,
             });
         }
         Ok(())
     }
 
     /// A record's bytes: from memory, or read back (and verified) from the log.
-    fn load(&self, entry: &Entry) -> Result<Arc<RedoRecord>, SegmentError> {
+    fn load(&self, entry: &Stored) -> Result<Arc<RedoRecord>, SegmentError> {
         if let Some(r) = &entry.rec {
             return Ok(Arc::clone(r));
         }
@@ -767,129 +626,35 @@ impl Segment {
     /// Discards records above `above` written under epochs below `epoch` (recovery, after the
     /// new writer computed the VDL), and installs `epoch`.
     pub fn truncate(&self, epoch: Epoch, above: Lsn) -> Result<(), SegmentError> {
-        self.epochs.check("truncate", &self.key.volume, epoch)?;
-        let _control = self.control_lock.lock().expect("control lock");
-        let mut s = self.lock();
-        self.epochs.check("truncate", &self.key.volume, epoch)?;
-        if s.control.materialized > above {
-            return Err(SegmentError::TruncateBelowMaterialized {
-                segment: self.key.clone(),
-                above,
-                materialized: s.control.materialized,
-            });
-        }
-        let mut next = s.control.clone();
-        next.epoch = next.epoch.max(epoch);
-        let t = Truncation {
-            epoch,
-            above,
-            next: Lsn::ZERO,
-        };
-        if !next.truncations.contains(&t) {
-            next.truncations.push(t);
-        }
-        self.store
-            .save_control(&next)
-            .map_err(|e| self.store_err(e))?;
-        s.control = next;
-        self.epochs.raise(&self.key.volume, epoch);
-        let doomed: Vec<Lsn> = s
-            .records
-            .range(Lsn(above.0.saturating_add(1))..)
-            .filter(|(_, e)| e.epoch < epoch)
-            .map(|(l, _)| *l)
-            .collect();
-        for lsn in &doomed {
-            s.remove(*lsn);
-        }
-        let kept = s
-            .records
-            .range(..=above)
-            .next_back()
-            .map(|(l, _)| *l)
-            .unwrap_or_default()
-            .max(s.control.materialized);
-        s.chain.truncate(above, kept);
-        s.last_committed = s.last_committed.min(above);
-        s.recompute_highest_commit(above);
-        tracing::info!(segment = %self.key, %epoch, %above, removed = doomed.len(), scl = %s.chain.scl(), "truncated");
-        Ok(())
+        self.change("truncate", epoch, |core| core.plan_truncate(epoch, above))
     }
 
     /// Recovery: adopts the new writer's decision history — every decision it honours, its own
-    /// (under `epoch`) last — in place of the segment's, and applies each point of it: a record
-    /// some point discards is removed. A decision the writer did not see is dropped with the
-    /// old history (its writer never reached a write quorum with it, so it never wrote). A
-    /// history older than the one held is refused: it comes from a stale writer.
+    /// (under `epoch`) last — in place of the segment's (`Acceptance::plan_adopt` says which
+    /// records that removes and why an older history is refused).
     pub fn adopt_history(&self, epoch: Epoch, history: &[Truncation]) -> Result<(), SegmentError> {
-        let Some(own) = history.last() else {
-            return Err(self.invalid("an empty decision history".into()));
-        };
-        if own.epoch != epoch || history.windows(2).any(|w| w[0].epoch >= w[1].epoch) {
-            return Err(self.invalid(format!(
-                "decision history must have strictly increasing epochs ending with the caller's {epoch}"
-            )));
-        }
-        self.epochs.check("truncate", &self.key.volume, epoch)?;
+        self.change("truncate", epoch, |core| core.plan_adopt(epoch, history))
+    }
+
+    /// A recovery decision: planned by the core, made durable, then applied.
+    fn change(
+        &self,
+        action: &'static str,
+        epoch: Epoch,
+        plan: impl FnOnce(&Acceptance<Stored>) -> Result<Change, Refusal>,
+    ) -> Result<(), SegmentError> {
+        self.epochs.check(action, &self.key.volume, epoch)?;
         let _control = self.control_lock.lock().expect("control lock");
         let mut s = self.lock();
-        self.epochs.check("truncate", &self.key.volume, epoch)?;
-        if let Some(held) = s.control.truncations.iter().map(|t| t.epoch).max() {
-            if held > epoch {
-                return Err(Fenced {
-                    action: "truncate",
-                    volume: self.key.volume.clone(),
-                    requested: epoch,
-                    seen: held,
-                }
-                .into());
-            }
-        }
-        // Points already in the held history were applied when they came: what they void is gone
-        // and cannot come back. Only the new ones are applied, over the records above them —
-        // near the tail, so this does not grow with the unmaterialized log.
-        let doomed: BTreeSet<Lsn> = history
-            .iter()
-            .filter(|t| !s.control.truncations.contains(t))
-            .flat_map(|t| {
-                s.records
-                    .range(Lsn(t.above.0.saturating_add(1))..)
-                    .filter(|(_, e)| e.epoch < t.epoch)
-                    .map(|(l, _)| *l)
-            })
-            .collect();
-        if let Some(first) = doomed.first().filter(|l| **l <= s.control.materialized) {
-            return Err(SegmentError::TruncateBelowMaterialized {
-                segment: self.key.clone(),
-                above: Lsn(first.0 - 1),
-                materialized: s.control.materialized,
-            });
-        }
-        let mut next = s.control.clone();
-        next.epoch = next.epoch.max(epoch);
-        // This segment's own truncations from before histories (no first LSN) stay with it.
-        next.truncations = s
-            .control
-            .truncations
-            .iter()
-            .copied()
-            .filter(|t| t.next == Lsn::ZERO)
-            .chain(history.iter().copied())
-            .collect();
+        self.epochs.check(action, &self.key.volume, epoch)?;
+        let change = plan(&s.core).map_err(|r| self.refused(action, r))?;
         self.store
-            .save_control(&next)
+            .save_control(&change.control)
             .map_err(|e| self.store_err(e))?;
-        s.control = next;
+        let cap = change.cap;
+        let removed = s.core.apply(change);
         self.epochs.raise(&self.key.volume, epoch);
-        for lsn in &doomed {
-            s.remove(*lsn);
-        }
-        if let Some(&first) = doomed.first() {
-            s.relink_from(first);
-        }
-        s.last_committed = s.last_committed.min(own.above);
-        s.recompute_highest_commit(own.above);
-        tracing::info!(segment = %self.key, %epoch, above = %own.above, next = %own.next, removed = doomed.len(), scl = %s.chain.scl(), "adopted the writer's recovery decisions");
+        tracing::info!(segment = %self.key, %epoch, above = %cap, removed, scl = %s.core.scl(), "recovery decision applied");
         Ok(())
     }
 
@@ -903,36 +668,39 @@ impl Segment {
         headers_only: bool,
         with_predecessor: bool,
     ) -> Result<Vec<(Epoch, RedoRecord)>, SegmentError> {
-        let entries: Vec<Entry> = {
+        let entries: Vec<(Epoch, Stored)> = {
             let s = self.lock();
-            if from <= s.control.horizon && s.control.horizon > Lsn::ZERO {
+            let horizon = s.core.control().horizon;
+            if from <= horizon && horizon > Lsn::ZERO {
                 return Err(SegmentError::BelowHorizon {
                     segment: self.key.clone(),
                     requested: from,
-                    horizon: Lsn(s.control.horizon.0 + 1),
+                    horizon: Lsn(horizon.0 + 1),
                 });
             }
             let to = if to == Lsn::ZERO { Lsn(u64::MAX) } else { to };
             if from > to {
                 return Ok(Vec::new());
             }
+            let records = s.core.records();
             let before = with_predecessor
-                .then(|| s.records.range(..from).next_back().map(|(_, e)| e.clone()))
+                .then(|| records.range(..from).next_back())
                 .flatten();
             before
                 .into_iter()
-                .chain(s.records.range(from..=to).map(|(_, e)| e.clone()))
+                .chain(records.range(from..=to))
+                .map(|(_, h)| (h.epoch, h.payload.clone()))
                 .collect()
         };
         entries
             .iter()
-            .map(|e| {
+            .map(|(epoch, e)| {
                 let r = self.load(e)?;
                 let mut r = (*r).clone();
                 if headers_only {
                     r.data = Vec::new();
                 }
-                Ok((e.epoch, r))
+                Ok((*epoch, r))
             })
             .collect()
     }
@@ -944,24 +712,18 @@ impl Segment {
         let _control = self.control_lock.lock().expect("control lock");
         let (bound, by_page) = {
             let mut s = self.lock();
-            let target = s.chain.scl().min(s.last_committed);
-            let materialized = s.control.materialized;
-            let Some(bound) = s
-                .records
-                .range(..=target)
-                .next_back()
-                .map(|(l, _)| *l)
-                .filter(|b| *b > materialized)
-            else {
+            let Some(bound) = s.core.coalesce_bound() else {
                 return Ok(RoundOutcome::default());
             };
+            let materialized = s.core.control().materialized;
             let mut by_page: BTreeMap<PageId, Vec<Arc<RedoRecord>>> = BTreeMap::new();
-            for (_, e) in s.records.range(Lsn(materialized.0 + 1)..=bound) {
-                let rec = e
+            for (_, h) in s.core.records().range(Lsn(materialized.0 + 1)..=bound) {
+                let rec = h
+                    .payload
                     .rec
                     .clone()
                     .expect("unmaterialized records stay in memory");
-                by_page.entry(e.page).or_default().push(rec);
+                by_page.entry(h.header.page).or_default().push(rec);
             }
             s.coalescing = by_page.keys().copied().collect();
             (bound, by_page)
@@ -970,11 +732,7 @@ impl Segment {
         let mut s = self.lock();
         s.coalescing.clear();
         let next = result?;
-        let first = Lsn(s.control.materialized.0 + 1);
-        for (_, e) in s.records.range_mut(first..=bound) {
-            e.rec = None;
-        }
-        s.control = next;
+        s.core.materialized(next, |stored| stored.rec = None);
         Ok(RoundOutcome {
             records: by_page.values().map(Vec::len).sum(),
             pages: by_page.len(),
@@ -997,7 +755,7 @@ impl Segment {
             let lsn = recs.last().expect("at least one record").lsn;
             versions.push((*page, lsn, image));
         }
-        let mut next = self.lock().control.clone();
+        let mut next = self.lock().core.control().clone();
         next.materialized = bound;
         next.rounds.push(Round {
             lsn: bound,
@@ -1014,7 +772,7 @@ impl Segment {
     pub fn collect_garbage(&self, now_ms: u64) -> Result<usize, SegmentError> {
         let _control = self.control_lock.lock().expect("control lock");
         let cutoff = now_ms.saturating_sub(self.descriptor.retention_secs.saturating_mul(1000));
-        let mut next = self.lock().control.clone();
+        let mut next = self.lock().core.control().clone();
         let Some(horizon) = next
             .rounds
             .iter()
@@ -1030,14 +788,7 @@ impl Segment {
         self.store
             .save_control(&next)
             .map_err(|e| self.store_err(e))?;
-        {
-            let mut s = self.lock();
-            s.control = next;
-            let doomed: Vec<Lsn> = s.records.range(..=horizon).map(|(l, _)| *l).collect();
-            for lsn in doomed {
-                s.remove(lsn);
-            }
-        }
+        self.lock().core.forget_through(next);
         let versions = self
             .store
             .remove_versions_below(horizon)
@@ -1054,14 +805,15 @@ impl Segment {
     pub fn pages(&self, limit: usize) -> Result<Vec<PageRow>, SegmentError> {
         let rows: Vec<(PageId, Vec<Lsn>, bool)> = {
             let s = self.lock();
-            let materialized = s.control.materialized;
-            let mut pages: Vec<&PageId> = s.pages.keys().collect();
+            let materialized = s.core.control().materialized;
+            let page_lsns = s.core.page_lsns();
+            let mut pages: Vec<&PageId> = page_lsns.keys().collect();
             pages.sort();
             pages
                 .into_iter()
                 .take(if limit == 0 { usize::MAX } else { limit })
                 .map(|p| {
-                    let pending = s.pages[p]
+                    let pending = page_lsns[p]
                         .range(Lsn(materialized.0 + 1)..)
                         .copied()
                         .collect();
@@ -1097,8 +849,8 @@ mod tests {
     use std::future::Future;
 
     use super::*;
-    use crate::record::RecordKind;
-    use crate::types::PgIndex;
+    use logdb_types::record::RecordKind;
+    use logdb_types::PgIndex;
 
     fn segment(dir: &Path) -> Arc<Segment> {
         let descriptor = Descriptor {
@@ -1175,8 +927,7 @@ mod tests {
                 "waits for its fsync"
             );
         }
-        assert!(seg.lock().inflight.is_empty());
-        assert!(seg.lock().inflight_links.is_empty());
+        assert!(seg.lock().core.nothing_in_flight());
         // The resend is taken as new and acknowledged with the record in the SCL.
         let ack = seg
             .write(Epoch(1), vec![record(2, 1)], Lsn::ZERO)

@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use tokio::sync::watch;
 
 use crate::frame::{self, LoggedRecord};
-use crate::types::Lsn;
+use logdb_types::Lsn;
 
 /// Where a frame sits: file sequence number, byte offset, length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -427,8 +427,8 @@ fn replay_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{RecordKind, RedoRecord};
-    use crate::types::{Epoch, PageId};
+    use logdb_types::record::{RecordKind, RedoRecord};
+    use logdb_types::{Epoch, PageId};
 
     fn frame_for(lsn: u64) -> (Lsn, Vec<u8>) {
         let r = RedoRecord::new(

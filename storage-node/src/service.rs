@@ -11,10 +11,10 @@ use tonic::{Request, Response, Status};
 
 use crate::node::{Node, NodeError};
 use crate::page_store::Truncation;
-use crate::proto::{self, storage_service_server::StorageService};
-use crate::record::RedoRecord;
 use crate::segment::{Segment, SegmentError, SegmentStatus};
-use crate::types::{Epoch, Lsn, PageId, PgIndex};
+use logdb_types::proto::{self, storage_service_server::StorageService};
+use logdb_types::record::RedoRecord;
+use logdb_types::{Epoch, Lsn, PageId, PgIndex};
 
 /// Per-record bytes counted toward the batch limit besides the payload (header, framing).
 pub const RECORD_OVERHEAD: usize = 64;

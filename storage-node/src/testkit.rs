@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
-use crate::proto::storage_service_client::StorageServiceClient;
+use logdb_types::proto::storage_service_client::StorageServiceClient;
 
 /// The `logdb-storage` binary of this build (built on first use).
 pub fn storage_binary() -> PathBuf {

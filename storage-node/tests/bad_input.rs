@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use logdb_storage::proto::{CreateSegmentRequest, RedoLogRecord};
-use logdb_storage::record::{RecordKind, RedoRecord};
-use logdb_storage::types::{Lsn, PageId};
+use logdb_types::proto::{CreateSegmentRequest, RedoLogRecord};
+use logdb_types::record::{RecordKind, RedoRecord};
+use logdb_types::{Lsn, PageId};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +97,7 @@ async fn every_bad_batch_is_refused_whole_with_a_reason() {
                     RecordKind::Move,
                     0,
                     0,
-                    logdb_storage::record::encode_move(8190, 10),
+                    logdb_types::record::encode_move(8190, 10),
                 )),
             ],
             "page move of 10 bytes from 8190 to 0 is outside the 8192-byte page",
@@ -126,7 +126,7 @@ async fn every_bad_batch_is_refused_whole_with_a_reason() {
         ),
     ];
     for (what, records, needle) in cases {
-        let req = logdb_storage::proto::WriteRecordsRequest {
+        let req = logdb_types::proto::WriteRecordsRequest {
             volume_id: VOL.into(),
             segment_id: SEG.into(),
             records,

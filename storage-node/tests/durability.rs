@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use logdb_storage::record::RedoRecord;
+use logdb_types::record::RedoRecord;
 use tonic::Code;
 
 /// Record `lsn` of the workload: deterministic, so the expected pages can be recomputed.
@@ -21,15 +21,15 @@ fn workload_record(lsn: u64) -> RedoRecord {
     } else if lsn.is_multiple_of(7) {
         let (src, dst, len) = ((lsn * 31) % 4000, (lsn * 17) % 4000, lsn % 300 + 1);
         RedoRecord::new(
-            logdb_storage::types::Lsn(lsn),
-            logdb_storage::types::Lsn(lsn - 1),
+            logdb_types::Lsn(lsn),
+            logdb_types::Lsn(lsn - 1),
             lsn,
-            logdb_storage::types::PageId(page),
+            logdb_types::PageId(page),
             dst as u32,
-            logdb_storage::record::RecordKind::Move,
+            logdb_types::record::RecordKind::Move,
             0,
             0,
-            logdb_storage::record::encode_move(src as u32, len as u32),
+            logdb_types::record::encode_move(src as u32, len as u32),
         )
     } else {
         let offset = ((lsn * 131) % 8000) as u32;

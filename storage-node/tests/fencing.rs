@@ -5,13 +5,13 @@
 mod common;
 
 use common::*;
-use logdb_storage::proto::{
+use logdb_types::proto::{
     InstallEpochRequest, RecoveryPoint, StreamRecordsRequest, TruncateRequest,
 };
 use tonic::Code;
 
 async fn install(
-    c: &mut logdb_storage::proto::storage_service_client::StorageServiceClient<
+    c: &mut logdb_types::proto::storage_service_client::StorageServiceClient<
         tonic::transport::Channel,
     >,
     segment: &str,
@@ -98,7 +98,7 @@ async fn node_with_ten_records_of_writer_1(
     dir: &std::path::Path,
 ) -> (
     logdb_storage::testkit::StorageProcess,
-    logdb_storage::proto::storage_service_client::StorageServiceClient<tonic::transport::Channel>,
+    logdb_types::proto::storage_service_client::StorageServiceClient<tonic::transport::Channel>,
 ) {
     let node = StorageNode::start(dir, &[]);
     let mut c = node.client().await;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use logdb_storage::proto::{CreateSegmentRequest, StreamRecordsRequest};
+use logdb_types::proto::{CreateSegmentRequest, StreamRecordsRequest};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

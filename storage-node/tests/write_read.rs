@@ -5,10 +5,10 @@
 mod common;
 
 use common::*;
-use logdb_storage::proto::{
+use logdb_types::proto::{
     CreateSegmentRequest, InspectPagesRequest, PageState, ReadPageRequest, StreamRecordsRequest,
 };
-use logdb_storage::record::RedoRecord;
+use logdb_types::record::RedoRecord;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,13 +281,13 @@ async fn one_node_serves_many_volumes_and_page_sizes() {
     }
     for (vol, size) in [("small", 4096usize), ("default", 8192), ("huge", 65536)] {
         for (seg, page) in [("pg0", 3u64), ("pg1", 150)] {
-            let img = logdb_storage::record::RedoRecord::new(
-                logdb_storage::types::Lsn(1),
-                logdb_storage::types::Lsn(0),
+            let img = logdb_types::record::RedoRecord::new(
+                logdb_types::Lsn(1),
+                logdb_types::Lsn(0),
                 1,
-                logdb_storage::types::PageId(page),
+                logdb_types::PageId(page),
                 0,
-                logdb_storage::record::RecordKind::Image,
+                logdb_types::record::RecordKind::Image,
                 0,
                 0,
                 vec![size as u8 ^ page as u8; size],
@@ -310,7 +310,7 @@ async fn one_node_serves_many_volumes_and_page_sizes() {
         }
     }
     let listed = c
-        .list_segments(logdb_storage::proto::ListSegmentsRequest {})
+        .list_segments(logdb_types::proto::ListSegmentsRequest {})
         .await
         .unwrap()
         .into_inner()

@@ -43,7 +43,10 @@ fn main() -> anyhow::Result<()> {
                        "schedules_per_s": (count as f64 / secs).round(),
                        "transactions": s.transactions, "acknowledged": s.acknowledged,
                        "recoveries": s.recoveries, "failed_recoveries": s.failed_recoveries,
-                       "zombie_deliveries": s.zombie_deliveries})
+                       "zombie_deliveries": s.zombie_deliveries,
+                       "deposed_acknowledged": s.deposed_acknowledged,
+                       "segment_crashes": s.segment_crashes, "frames_lost": s.frames_lost,
+                       "torn_frames": s.torn_frames, "duplicates": s.duplicates})
             );
             Ok(())
         }

@@ -148,7 +148,10 @@ async fn logdb(bin_dir: &Path, dir: &Path, args: &Args) -> anyhow::Result<()> {
     let mut lat = Vec::with_capacity(args.tickets);
     for _ in 0..args.tickets {
         let t = Instant::now();
-        known = client.acquire_ticket("v1", "bench", known).await?.epoch;
+        known = client
+            .acquire_ticket("v1", "bench", logdb_types::Epoch(known))
+            .await?
+            .epoch;
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let (p50, p99) = stats(lat);

@@ -5,8 +5,8 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use logdb_storage::proto::storage_service_client::StorageServiceClient;
-use logdb_storage::proto::SegmentRef;
+use logdb_types::proto::storage_service_client::StorageServiceClient;
+use logdb_types::proto::SegmentRef;
 use serde::{Deserialize, Serialize};
 
 use crate::units::human_bytes;

@@ -665,7 +665,7 @@ impl Supervisor {
                     pg.members
                         .iter()
                         .filter(|m| m.node_id == n.id)
-                        .map(move |m| (pg.index, pg.segment_name(m)))
+                        .map(move |m| (pg.index, pg.segment_name(m).into_string()))
                 })
                 .collect();
             let address = field(&n.id, "grpc")
@@ -761,7 +761,7 @@ impl Supervisor {
             data_dir: self.dir.display().to_string(),
             config_store: self.member.addr.clone(),
             phase: status::phase(writer.process == "running", healthy_nodes).into(),
-            epoch: volume.as_ref().map_or(0, |v| v.epoch),
+            epoch: volume.as_ref().map_or(0, |v| v.epoch.0),
             writer,
             read_only_psql: format!("postgresql://logdb@127.0.0.1:{}/{}", s.ro_port, s.volume),
             replicas,
@@ -813,7 +813,7 @@ impl Supervisor {
             .await
             .volumes
             .get(&self.state.volume)
-            .map_or(0, |v| v.epoch);
+            .map_or(0, |v| v.epoch.0);
         let msg = format!(
             "{new} is the writer (epoch {epoch}) after {} ms",
             started.elapsed().as_millis()

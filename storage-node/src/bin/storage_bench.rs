@@ -14,13 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use logdb_storage::proto::storage_service_client::StorageServiceClient;
-use logdb_storage::proto::{
-    CreateSegmentRequest, ReadPageRequest, SegmentRef, WriteRecordsRequest,
-};
-use logdb_storage::record::{RecordKind, RedoRecord};
 use logdb_storage::testkit::{percentile, TempDir};
-use logdb_storage::types::{Lsn, PageId};
+use logdb_types::proto::storage_service_client::StorageServiceClient;
+use logdb_types::proto::{CreateSegmentRequest, ReadPageRequest, SegmentRef, WriteRecordsRequest};
+use logdb_types::record::{RecordKind, RedoRecord};
+use logdb_types::{Lsn, PageId};
 use serde_json::json;
 use tonic::transport::Channel;
 

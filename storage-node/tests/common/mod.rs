@@ -6,11 +6,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use logdb_storage::proto::storage_service_client::StorageServiceClient;
-use logdb_storage::proto::{self, CreateSegmentRequest, ReadPageRequest, WriteRecordsRequest};
-use logdb_storage::record::{RecordKind, RedoRecord, FLAG_COMMIT};
 pub use logdb_storage::testkit::StorageProcess;
-use logdb_storage::types::{Lsn, PageId};
+use logdb_types::proto::storage_service_client::StorageServiceClient;
+use logdb_types::proto::{self, CreateSegmentRequest, ReadPageRequest, WriteRecordsRequest};
+use logdb_types::record::{RecordKind, RedoRecord, FLAG_COMMIT};
+use logdb_types::{Lsn, PageId};
 use tonic::transport::Channel;
 
 pub const PAGE: u32 = 8192;

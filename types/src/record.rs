@@ -6,8 +6,8 @@
 //! `lsn u64 | prev_lsn u64 | tx_id u64 | page_id u64 | offset u32 | type u8 | flags u8 |
 //!  commit_ts_us u64 | data_len u32 | data`, then `checksum u32` (CRC-32C of everything before).
 
+use crate::ids::{Lsn, PageId};
 use crate::proto;
-use crate::types::{Lsn, PageId};
 
 /// What a record does to its page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

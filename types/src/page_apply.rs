@@ -31,7 +31,7 @@ pub fn apply_all<'a>(base: &[u8], recs: impl IntoIterator<Item = &'a RedoRecord>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Lsn, PageId};
+    use crate::{Lsn, PageId};
 
     fn rec(lsn: u64, kind: RecordKind, offset: u32, data: Vec<u8>) -> RedoRecord {
         RedoRecord::new(

@@ -1,0 +1,86 @@
+//! The segment's control record as data: what a segment is (its descriptor), the epoch it has
+//! installed, the recovery decisions it honours, how far its log is materialized and its
+//! retention horizon. Pure types shared by the acceptance core (which decides) and the page
+//! store (which makes them durable, as versioned JSON).
+
+use logdb_types::{Epoch, Lsn, PageId, PgIndex};
+
+/// Version of the control record's layout; bump with an upgrade step when it changes.
+pub const CONTROL_FORMAT: u32 = 1;
+
+/// What a segment is: fixed when it is created.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Descriptor {
+    pub volume: String,
+    pub segment: String,
+    pub pg: PgIndex,
+    pub first_page: u64,
+    pub page_count: u64,
+    pub page_size: u32,
+    pub retention_secs: u64,
+}
+
+impl Descriptor {
+    pub fn holds(&self, page: PageId) -> bool {
+        page.0 >= self.first_page && page.0 - self.first_page < self.page_count
+    }
+}
+
+/// A recovery decision: records above `above` written under an epoch below `epoch` are
+/// discarded; the writer of `epoch` allocated its own records from `next` on (0: not known, a
+/// decision from before this was recorded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Truncation {
+    pub epoch: Epoch,
+    pub above: Lsn,
+    #[serde(default)]
+    pub next: Lsn,
+}
+
+impl Truncation {
+    pub fn discards(&self, record_epoch: Epoch, lsn: Lsn) -> bool {
+        record_epoch < self.epoch && lsn > self.above
+    }
+}
+
+/// A finished coalescing round: every record at or below `lsn` was materialized at `unix_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Round {
+    pub lsn: Lsn,
+    pub unix_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Control {
+    pub format: u32,
+    pub descriptor: Descriptor,
+    pub epoch: Epoch,
+    pub truncations: Vec<Truncation>,
+    /// Every record at or below this LSN is in a stored version (it is also a chained record,
+    /// so the SCL restarts from here when older log files are gone).
+    pub materialized: Lsn,
+    /// Reads below this LSN are refused: the log and versions under it may be gone.
+    pub horizon: Lsn,
+    /// Rounds above the horizon, oldest first: candidates for the next horizon.
+    pub rounds: Vec<Round>,
+}
+
+impl Control {
+    pub fn new(descriptor: Descriptor, epoch: Epoch) -> Self {
+        Control {
+            format: CONTROL_FORMAT,
+            descriptor,
+            epoch,
+            truncations: Vec::new(),
+            materialized: Lsn::ZERO,
+            horizon: Lsn::ZERO,
+            rounds: Vec::new(),
+        }
+    }
+
+    pub fn discards(&self, record_epoch: Epoch, lsn: Lsn) -> bool {
+        self.truncations
+            .iter()
+            .any(|t| t.discards(record_epoch, lsn))
+    }
+}
