@@ -318,6 +318,19 @@ impl<P> Acceptance<P> {
                 fenced = true;
                 continue;
             }
+            if let Some(held) = self.records.get(&h.lsn) {
+                // The same record became durable through another write meanwhile (a copy taken
+                // while an older write of it, voided by a decision a later history dropped, was
+                // still waiting for its fsync): nothing to do. A different one is refused.
+                if held.header.checksum != h.checksum {
+                    return Err(Refusal::Different {
+                        lsn: h.lsn,
+                        held: held.header.checksum,
+                        got: h.checksum,
+                    });
+                }
+                continue;
+            }
             // Checked at admission; only a decision in between can make it fail.
             self.chain.insert(h.lsn, h.prev)?;
             self.insert(epoch, h, payload);
@@ -669,6 +682,46 @@ mod tests {
         );
         assert_eq!(a.scl(), Lsn(1));
         assert!(!a.records().contains_key(&Lsn(2)));
+    }
+
+    #[test]
+    fn a_record_made_durable_twice_by_two_writes_is_taken_once() {
+        let mut a: Acceptance<()> = Acceptance::new(control());
+        write(&mut a, 1, &[h(1, 0)]).unwrap();
+        // Writer 1's record 2 waits for its fsync...
+        a.admit(Epoch(1), &[h(2, 1)], Lsn::ZERO).unwrap();
+        a.in_flight(Epoch(1), &[h(2, 1)], 3);
+        // ...while writer 2's decision voids it (writer 2 dies before a quorum adopts it)...
+        let voids = [Truncation {
+            epoch: Epoch(2),
+            above: Lsn(1),
+            next: Lsn(2),
+        }];
+        let change = a.plan_adopt(Epoch(2), &voids).unwrap();
+        a.apply(change);
+        // ...and writer 3, which kept record 2, copies it here.
+        let keeps = [Truncation {
+            epoch: Epoch(3),
+            above: Lsn(2),
+            next: Lsn(3),
+        }];
+        let change = a.plan_adopt(Epoch(3), &keeps).unwrap();
+        a.apply(change);
+        let adm = a.admit(Epoch(3), &[h(2, 1)], Lsn::ZERO).unwrap();
+        assert_eq!(adm.fresh, vec![0]);
+        a.in_flight(Epoch(3), &[h(2, 1)], 4);
+        // Writer 1's write ends first: the record is kept (writer 3's history keeps it), and
+        // writer 1 hears it is fenced.
+        a.release(3, &[(Lsn(2), Lsn(1))]);
+        assert!(matches!(
+            a.durable(Epoch(1), vec![(h(2, 1), ())]),
+            Err(Refusal::Fenced { .. })
+        ));
+        // Writer 3's copy then ends as a success, not a chain error.
+        a.release(4, &[(Lsn(2), Lsn(1))]);
+        a.durable(Epoch(3), vec![(h(2, 1), ())]).unwrap();
+        assert_eq!(a.scl(), Lsn(2));
+        assert!(a.nothing_in_flight());
     }
 
     #[test]

@@ -305,6 +305,10 @@ impl Shipper {
 
     fn on_ack(&self, pg: usize, idx: usize, scl: Lsn) {
         let mut s = self.state.lock().expect("ship state");
+        if scl <= s.quorum.acked(pg, idx) {
+            // Nothing new: page readers waiting for a segment to catch up need not wake.
+            return;
+        }
         let done = s.quorum.ack(pg, idx, scl);
         if let Some(&vdl) = done.last() {
             self.metrics.vdl.set(vdl.0 as i64);
