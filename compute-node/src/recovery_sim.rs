@@ -294,6 +294,8 @@ impl Seg {
 }
 
 struct Tx {
+    /// The epoch of the writer that made it.
+    epoch: Epoch,
     /// (pg, record) of each record, in LSN order; the last is the commit.
     records: Vec<(usize, Rec)>,
 }
@@ -380,28 +382,44 @@ struct World {
     /// The config store's last epoch ticket.
     last_epoch: u64,
     next_id: u32,
+    /// Records a completed recovery discarded (older writers' records above its VDL): no later
+    /// recovery may keep one.
+    voided: std::collections::HashSet<u32>,
     stats: Stats,
+    /// A scripted scenario: recoveries neither die nor burn tickets, and a write is fsynced
+    /// at once unless `sync_writes` is off.
+    scripted: bool,
+    sync_writes: bool,
+}
+
+impl World {
+    fn new(rng: Rng, pgs: usize) -> World {
+        World {
+            rng,
+            pgs,
+            segs: (0..pgs)
+                .map(|_| (0..SEGMENTS_PER_PG).map(|_| Seg::new()).collect())
+                .collect(),
+            txs: Vec::new(),
+            acknowledged: Vec::new(),
+            writer: None,
+            deposed: None,
+            zombies: Vec::new(),
+            last_epoch: 0,
+            next_id: 1,
+            voided: Default::default(),
+            stats: Stats::default(),
+            scripted: false,
+            sync_writes: true,
+        }
+    }
 }
 
 /// Runs schedule `seed` for `steps` steps.
 pub fn run(seed: u64, steps: usize) -> Result<Stats, Violation> {
     let mut rng = Rng::new(seed);
     let pgs = 1 + rng.below(3) as usize;
-    let mut w = World {
-        rng,
-        pgs,
-        segs: (0..pgs)
-            .map(|_| (0..SEGMENTS_PER_PG).map(|_| Seg::new()).collect())
-            .collect(),
-        txs: Vec::new(),
-        acknowledged: Vec::new(),
-        writer: None,
-        deposed: None,
-        zombies: Vec::new(),
-        last_epoch: 0,
-        next_id: 1,
-        stats: Stats::default(),
-    };
+    let mut w = World::new(rng, pgs);
     for step in 0..steps {
         w.step().map_err(|what| Violation { seed, step, what })?;
     }
@@ -496,11 +514,20 @@ impl World {
     /// A transaction of 1-6 records over random PGs, queued for every segment of its PGs.
     fn transaction(&mut self) -> Result<(), String> {
         let n = 1 + self.rng.below(6) as usize;
-        let pgs = self.pgs as u64;
+        let pgs: Vec<usize> = (0..n)
+            .map(|_| self.rng.below(self.pgs as u64) as usize)
+            .collect();
+        self.queue_transaction(&pgs);
+        Ok(())
+    }
+
+    /// A transaction with one record on each of `pgs` (in order; the last is its commit),
+    /// queued for every segment of their PGs. Answers the records' LSNs.
+    fn queue_transaction(&mut self, pgs: &[usize]) -> Vec<Lsn> {
+        let n = pgs.len();
         let mut records = Vec::new();
         let w = self.writer.as_mut().expect("writer");
-        for j in 0..n {
-            let pg = self.rng.below(pgs) as usize;
+        for (j, &pg) in pgs.iter().enumerate() {
             let (lsn, prev) = w.quorum.allocate(pg);
             let rec = Rec {
                 lsn,
@@ -517,9 +544,11 @@ impl World {
         let commit = records.last().expect("n >= 1").1;
         w.quorum.commit(commit.lsn);
         w.commits.insert(commit.lsn, commit.id);
-        self.txs.push(Tx { records });
+        let lsns = records.iter().map(|(_, r)| r.lsn).collect();
+        let epoch = w.epoch;
+        self.txs.push(Tx { epoch, records });
         self.stats.transactions += 1;
-        Ok(())
+        lsns
     }
 
     /// Some messages of the live (or the deposed) writer arrive, in random order; some are
@@ -574,7 +603,8 @@ impl World {
             Ok(Answer::Acked(scl)) => self.answered(who, k, i, recs, Ok(scl)),
             // Most writes find the flusher idle and are answered at once; the rest wait for a
             // later fsync (a crash before it loses them).
-            Ok(Answer::Pending) if self.rng.chance(75) => self.fsync(k, i),
+            Ok(Answer::Pending) if self.scripted && self.sync_writes => self.fsync(k, i),
+            Ok(Answer::Pending) if !self.scripted && self.rng.chance(75) => self.fsync(k, i),
             Ok(Answer::Pending) => Ok(()),
             Err(r) => self.answered(who, k, i, recs, Err(r)),
         }
@@ -760,6 +790,9 @@ impl World {
             .map(|row| (0..SEGMENTS_PER_PG).filter(|i| row[*i].up).collect())
             .collect();
         if up.iter().any(|u| u.len() < WRITE_QUORUM) {
+            if self.scripted {
+                return Err("a script recovered without a write quorum of every PG".into());
+            }
             // Cannot fence a write quorum yet: wait for segments to come back.
             let (k, i) = self.any_segment();
             self.segs[k][i].up = true;
@@ -767,7 +800,7 @@ impl World {
         }
         self.last_epoch += 1;
         let epoch = Epoch(self.last_epoch);
-        if self.rng.chance(5) {
+        if !self.scripted && self.rng.chance(5) {
             // Died holding a ticket it never used: the epoch is burnt.
             self.stats.failed_recoveries += 1;
             return Ok(());
@@ -808,7 +841,7 @@ impl World {
             })
             .collect();
         // 3. Adoption; the writer may die after any number of them.
-        let dies_after = if self.rng.chance(15) {
+        let dies_after = if !self.scripted && self.rng.chance(15) {
             Some(self.rng.below(6 * self.pgs as u64) as usize)
         } else {
             None
@@ -891,6 +924,12 @@ impl World {
         }
         self.check(&decision, &up)?;
         self.stats.recoveries += 1;
+        // The decision is on a write quorum of every PG now: what it discards is gone for good.
+        for tx in self.txs.iter().filter(|t| t.epoch < epoch) {
+            for (_, r) in tx.records.iter().filter(|(_, r)| r.lsn > decision.vdl) {
+                self.voided.insert(r.id);
+            }
+        }
         let mut acked = vec![[Lsn::ZERO; SEGMENTS_PER_PG]; self.pgs];
         for (k, row) in up.iter().enumerate() {
             for &i in row {
@@ -942,6 +981,12 @@ impl World {
             }
             kept.extend(view);
         }
+        if let Some((lsn, _)) = kept.iter().find(|(_, id)| self.voided.contains(*id)) {
+            return Err(format!(
+                "record {lsn}, discarded by an earlier recovery, is back (VDL {}, epoch {})",
+                d.vdl, d.epoch
+            ));
+        }
         for (lsn, id) in &self.acknowledged {
             if kept.get(lsn) != Some(id) {
                 return Err(format!(
@@ -973,6 +1018,112 @@ impl World {
             }
         }
         Ok(())
+    }
+}
+
+/// A scripted schedule on the same world: the named scenarios of the recovery issue are fixed
+/// sequences of these events (`compute-node/tests/recovery_sim.rs`). Every `recover` runs the
+/// same checks as a random schedule's.
+pub struct Script {
+    w: World,
+}
+
+impl Script {
+    /// A volume of `pgs` PGs and its first writer.
+    pub fn new(pgs: usize) -> Result<Script, String> {
+        let mut w = World::new(Rng::new(0), pgs);
+        w.scripted = true;
+        w.recover()?;
+        Ok(Script { w })
+    }
+
+    /// The writer allocates a transaction with one record on each of `pgs`; answers their LSNs
+    /// (the last is the commit). Nothing is sent yet.
+    pub fn transaction(&mut self, pgs: &[usize]) -> Vec<u64> {
+        self.w.queue_transaction(pgs).iter().map(|l| l.0).collect()
+    }
+
+    /// Delivers the writer's queued records `lsns` to segments `segments` of their PG. With
+    /// `fsync` off the writes wait in the segments' logs, unsynced.
+    pub fn deliver(&mut self, lsns: &[u64], segments: &[usize], fsync: bool) -> Result<(), String> {
+        self.w.sync_writes = fsync;
+        let picked: Vec<(usize, usize, Rec)> = {
+            let w = self.w.writer.as_mut().ok_or("no writer")?;
+            let (take, keep): (Vec<_>, Vec<_>) = w
+                .in_flight
+                .drain(..)
+                .partition(|(_, i, r)| lsns.contains(&r.lsn.0) && segments.contains(i));
+            w.in_flight = keep;
+            take
+        };
+        let mut picked = picked;
+        picked.sort_by_key(|(_, i, r)| (r.lsn, *i));
+        for (k, i, rec) in picked {
+            self.w.send(&Caller::Live, k, i, &[rec])?;
+        }
+        self.w.sync_writes = true;
+        Ok(())
+    }
+
+    /// Segment `i` of PG `pg` fsyncs its log: the writes waiting on it are answered.
+    pub fn fsync(&mut self, pg: usize, i: usize) -> Result<(), String> {
+        self.w.fsync(pg, i)
+    }
+
+    pub fn crash_writer(&mut self) {
+        let w = self.w.writer.take();
+        if let Some(w) = w {
+            // Everything it had in flight is lost with it.
+            drop(w);
+        }
+    }
+
+    /// Segment `i` of PG `pg` becomes unreachable (`false`) or reachable again.
+    pub fn reachable(&mut self, pg: usize, i: usize, up: bool) {
+        self.w.segs[pg][i].up = up;
+    }
+
+    /// Segment `i` of PG `pg` crashes and restarts, keeping `keep` of its unsynced frames.
+    pub fn crash_segment(&mut self, pg: usize, i: usize, keep: usize) -> Result<(), String> {
+        let lost = self.w.segs[pg][i].crash(keep)?;
+        for w in lost {
+            let who = self.w.caller(w.epoch);
+            self.w.resend(&who, pg, i, w.sent);
+        }
+        Ok(())
+    }
+
+    /// A new writer recovers (ticket, fence, scan, decide, adopt, copy) and the invariants are
+    /// checked.
+    pub fn recover(&mut self) -> Result<(), String> {
+        self.w.recover()
+    }
+
+    /// Commits acknowledged to clients so far.
+    pub fn acknowledged(&self) -> Vec<u64> {
+        self.w.acknowledged.iter().map(|(l, _)| l.0).collect()
+    }
+
+    /// The writer's VDL.
+    pub fn vdl(&self) -> u64 {
+        self.w.writer.as_ref().map_or(0, |w| w.quorum.vdl().0)
+    }
+
+    /// Whether segment `i` of PG `pg` holds the record the latest writer to allocate `lsn`
+    /// made there.
+    pub fn holds(&self, pg: usize, i: usize, lsn: u64) -> bool {
+        let id = self
+            .w
+            .txs
+            .iter()
+            .flat_map(|t| t.records.iter())
+            .rev()
+            .find(|(_, r)| r.lsn.0 == lsn);
+        let held = self.w.segs[pg][i].core.records().get(&Lsn(lsn));
+        match (id, held) {
+            (Some((_, r)), Some(h)) => h.header.checksum == r.id,
+            _ => false,
+        }
     }
 }
 

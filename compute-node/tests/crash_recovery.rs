@@ -3,13 +3,15 @@
 //! and every commit acknowledged before it is there. Killed while SQLite runs the statement,
 //! while its records are being shipped (some on a write quorum, the commit record not), and
 //! after its commit record reached a minority; with one protection group, and with small ones so
-//! the transaction spans several.
+//! the transaction spans several; and with a replica taking over (a failover through the config
+//! store) instead of a restart.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Writer};
+use common::{setup, Cluster, Setup, Writer};
+use logdb_config_store::api::proto;
 
 /// Rows the large transaction inserts (about 10 MB of redo).
 const BIG: u64 = 100_000;
@@ -314,4 +316,150 @@ async fn a_segment_away_through_two_failovers_drops_the_old_tail_and_converges()
             );
         }
     }
+}
+
+/// A `--role auto` compute node of volume `vol1` (the config store says who writes).
+fn compute(s: &Setup, id: &str) -> Writer {
+    Writer::start_with(&[
+        "--config-store",
+        s.member.addr.as_str(),
+        "--volume",
+        "vol1",
+        "--writer-id",
+        id,
+        "--role",
+        "auto",
+        "--max-batch-bytes",
+        "65536",
+    ])
+}
+
+async fn get_volume(s: &Setup) -> proto::Volume {
+    let req = proto::VolumeRef {
+        name: "vol1".into(),
+    };
+    s.client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.get_volume(r).await }
+        })
+        .await
+        .unwrap()
+}
+
+/// The writer is killed (-9) mid-shipping a large transaction and the config store promotes a
+/// replica (no restart of the old writer): the new writer's volume holds the transaction whole
+/// or not at all, every acknowledged commit, and passes `PRAGMA integrity_check`.
+async fn takeover_in_big_transaction(segment_size: u64, pgs: usize) {
+    let s = setup("vol1", segment_size, 1 << 30).await;
+    // Grow the volume to `pgs` protection groups first, so the transaction spans them.
+    let mut volume = get_volume(&s).await;
+    while volume.pgs.len() < pgs {
+        let req = proto::ReportUsageRequest {
+            volume: "vol1".into(),
+            used_bytes: volume.pgs.len() as u64 * segment_size,
+        };
+        s.client
+            .call(|mut c| {
+                let r = req.clone();
+                async move { c.report_usage(r).await }
+            })
+            .await
+            .unwrap();
+        volume = get_volume(&s).await;
+    }
+    let mut writer = compute(&s, "c0");
+    let replica = compute(&s, "c1");
+    assert_eq!(
+        (writer.role.as_str(), replica.role.as_str()),
+        ("writer", "replica")
+    );
+    writer
+        .psql("CREATE TABLE big (id INTEGER PRIMARY KEY, filler TEXT)")
+        .unwrap();
+    for i in 1..=BEFORE {
+        writer
+            .psql(&format!("INSERT INTO big VALUES ({i}, 'acknowledged {i}')"))
+            .unwrap();
+    }
+    let vdl_before = sum_metric(&writer.scrape().await, "logdb_compute_vdl ", None)[0];
+    let big = format!(
+        "WITH RECURSIVE x(n) AS (SELECT {} UNION ALL SELECT n + 1 FROM x WHERE n < {}) \
+         INSERT INTO big SELECT n, printf('%84d', n) FROM x",
+        BEFORE + 1,
+        BEFORE + BIG
+    );
+    let client = psql_in_background(writer.port, big);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "the transaction never shipped");
+        let text = writer.scrape().await;
+        let vdl = sum_metric(&text, "logdb_compute_vdl ", None)[0];
+        assert_eq!(vdl, vdl_before, "the large transaction committed too soon");
+        if quorum_scls(&text, pgs).iter().any(|q| *q > vdl_before) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    writer.kill9();
+    assert!(
+        !client.join().unwrap().status.success(),
+        "the large transaction was not acknowledged"
+    );
+
+    let req = proto::FailoverRequest {
+        volume: "vol1".into(),
+        target: "c1".into(),
+    };
+    let v = s
+        .client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.failover(r).await }
+        })
+        .await
+        .unwrap();
+    assert_eq!(v.writer, "c1");
+    let mut replica = replica;
+    let replica = tokio::task::spawn_blocking(move || {
+        replica
+            .await_announce(Duration::from_secs(60))
+            .expect("the replica never restarted as the writer");
+        replica
+    })
+    .await
+    .unwrap();
+    assert_eq!(replica.role, "writer");
+    let count: u64 = replica
+        .psql("SELECT count(*) FROM big")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        count == BEFORE || count == BEFORE + BIG,
+        "{count} rows after the takeover: the transaction is neither whole nor absent"
+    );
+    assert_eq!(replica.psql("PRAGMA integrity_check").unwrap().trim(), "ok");
+    assert_eq!(
+        replica
+            .psql(&format!("SELECT count(*) FROM big WHERE id <= {BEFORE}"))
+            .unwrap()
+            .trim(),
+        BEFORE.to_string(),
+        "every acknowledged commit is there"
+    );
+    replica
+        .psql("INSERT INTO big VALUES (-1, 'after the takeover')")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_takes_over_from_a_writer_killed_mid_shipping_one_pg() {
+    takeover_in_big_transaction(1 << 30, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_takes_over_from_a_writer_killed_mid_shipping_across_pgs() {
+    takeover_in_big_transaction(4 << 20, 6).await;
 }

@@ -27,3 +27,153 @@ fn a_seed_replays_exactly() {
     let b = recovery_sim::run(42, STEPS).unwrap();
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
 }
+
+// The defects the recovery issue named, each as a scripted schedule on the same simulated world
+// (real `Acceptance`, `Quorum` and `decide`); `Script::recover` runs the same checks as the
+// random schedules (nothing acknowledged lost, whole transactions only, nothing discarded back,
+// segments agree) and each scenario asserts its own outcome too.
+
+use recovery_sim::Script;
+
+const ALL: [usize; 6] = [0, 1, 2, 3, 4, 5];
+
+/// A large transaction split over batches and PGs whose commit record reached no write quorum:
+/// recovery truncated each PG at its own complete LSN, so the records of the PG that had them
+/// all survived without their commit — a half transaction, the corruption first reported.
+#[test]
+fn scenario_a_transaction_over_batches_and_pgs_without_its_commit_is_wholly_discarded() {
+    let mut s = Script::new(2).unwrap();
+    let a = s.transaction(&[0, 1]);
+    s.deliver(&a, &ALL, true).unwrap();
+    assert_eq!(s.acknowledged(), vec![a[1]]);
+    // Four records over both PGs on every segment, the commit (PG 0) on two segments only.
+    let b = s.transaction(&[1, 0, 1, 0, 0]);
+    s.deliver(&b[..4], &ALL, true).unwrap();
+    s.deliver(&b[4..], &[0, 1], true).unwrap();
+    assert_eq!(s.acknowledged(), vec![a[1]], "never acknowledged");
+    s.crash_writer();
+    s.reachable(0, 0, false);
+    s.reachable(0, 1, false);
+    s.recover().unwrap();
+    assert_eq!(s.vdl(), a[1]);
+    for (lsn, pg) in b.iter().zip([1, 0, 1, 0, 0]) {
+        for i in 2..6 {
+            assert!(
+                !s.holds(pg, i, *lsn),
+                "record {lsn} of the unacknowledged transaction kept"
+            );
+        }
+    }
+    // The two segments holding its commit come back: it is discarded there too, for good.
+    s.reachable(0, 0, true);
+    s.reachable(0, 1, true);
+    let c = s.transaction(&[0, 1]);
+    s.deliver(&c, &ALL, true).unwrap();
+    s.crash_writer();
+    s.recover().unwrap();
+    // The new writer allocated from above what its recovery saw: its first record took the
+    // discarded commit's LSN, and every segment holds the new record there.
+    assert_eq!(c[0], b[4]);
+    for i in ALL {
+        assert!(
+            s.holds(0, i, c[0]),
+            "segment {i} does not hold the new record at {}",
+            c[0]
+        );
+    }
+    assert_eq!(s.acknowledged(), vec![a[1], c[1]]);
+}
+
+/// A truncation owed to a segment that was away during recovery lived only in that writer's
+/// memory: when the writer died before the segment returned, the next writer compared raw SCLs,
+/// found the away segment ahead, and copied the old writer's unacknowledged tail to the others.
+#[test]
+fn scenario_a_truncation_owed_to_an_absent_segment_outlives_its_writer() {
+    let mut s = Script::new(1).unwrap();
+    let a = s.transaction(&[0]);
+    s.deliver(&a, &ALL, true).unwrap();
+    let b = s.transaction(&[0, 0]);
+    s.deliver(&b, &[5], true).unwrap();
+    s.crash_writer();
+    s.reachable(0, 5, false);
+    s.recover().unwrap();
+    // Writer 2 dies before writing anything, and before segment 5 is back.
+    s.crash_writer();
+    s.reachable(0, 5, true);
+    s.reachable(0, 0, false);
+    s.reachable(0, 1, false);
+    s.recover().unwrap();
+    for i in 2..6 {
+        for lsn in &b {
+            assert!(
+                !s.holds(0, i, *lsn),
+                "the old tail {lsn} came back on segment {i}"
+            );
+        }
+    }
+    let c = s.transaction(&[0]);
+    s.deliver(&c, &[2, 3, 4, 5], true).unwrap();
+    assert_eq!(s.acknowledged(), vec![a[0], c[0]]);
+    s.reachable(0, 0, true);
+    s.reachable(0, 1, true);
+    s.crash_writer();
+    s.recover().unwrap();
+}
+
+/// A write whose caller went away (the writer died while its records waited for their fsync)
+/// kept its records in flight on the segment: the next writer, reusing those LSNs for its own
+/// records, was refused ("already holds a different record") until the old write ended.
+#[test]
+fn scenario_a_write_whose_caller_went_away_does_not_block_the_next_writer() {
+    let mut s = Script::new(1).unwrap();
+    let a = s.transaction(&[0]);
+    s.deliver(&a, &ALL, true).unwrap();
+    let b = s.transaction(&[0, 0]);
+    s.deliver(&b, &ALL, false).unwrap();
+    s.crash_writer();
+    s.recover().unwrap();
+    let c = s.transaction(&[0]);
+    assert_eq!(c[0], b[0], "the new writer reuses the LSN nobody saw");
+    s.deliver(&c, &ALL, true).unwrap();
+    assert_eq!(s.acknowledged(), vec![a[0], c[0]]);
+    // The old writes end now: what they carried is discarded, not mixed in.
+    for i in ALL {
+        s.fsync(0, i).unwrap();
+        assert!(s.holds(0, i, c[0]));
+        assert!(
+            !s.holds(0, i, b[1]),
+            "the dead writer's record {} landed",
+            b[1]
+        );
+    }
+    s.crash_writer();
+    s.recover().unwrap();
+}
+
+/// Log frames a crash keeps without their fsync (the first of a transaction's records, its
+/// commit torn): replay trusts them, and recovery must still discard the transaction whole.
+#[test]
+fn scenario_unsynced_frames_a_crash_keeps_are_discarded_with_their_transaction() {
+    let mut s = Script::new(1).unwrap();
+    let a = s.transaction(&[0]);
+    s.deliver(&a, &ALL, true).unwrap();
+    let b = s.transaction(&[0, 0]);
+    s.deliver(&b, &ALL, false).unwrap();
+    for i in ALL {
+        s.crash_segment(0, i, 1).unwrap();
+        assert!(
+            s.holds(0, i, b[0]),
+            "the unsynced first frame survived the crash"
+        );
+        assert!(!s.holds(0, i, b[1]), "the torn commit did not");
+    }
+    s.crash_writer();
+    s.recover().unwrap();
+    for i in ALL {
+        assert!(
+            !s.holds(0, i, b[0]),
+            "half of an unacknowledged transaction kept"
+        );
+    }
+    assert_eq!(s.acknowledged(), vec![a[0]]);
+}
