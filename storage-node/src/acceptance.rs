@@ -104,6 +104,9 @@ pub struct Acceptance<P> {
     inflight_links: HashMap<Lsn, Lsn>,
     last_committed: Lsn,
     highest_commit: (Lsn, u64),
+    /// Records held above the materialized LSN (kept as a count: status is asked often, and
+    /// counting a large unmaterialized log each time made recovery grow with it).
+    pending: usize,
 }
 
 impl<P> Acceptance<P> {
@@ -118,6 +121,7 @@ impl<P> Acceptance<P> {
             inflight: HashMap::new(),
             inflight_links: HashMap::new(),
             highest_commit: (Lsn::ZERO, 0),
+            pending: 0,
         }
     }
 
@@ -144,9 +148,13 @@ impl<P> Acceptance<P> {
 
     /// Records above the materialized LSN.
     pub fn pending(&self) -> usize {
-        self.records
-            .range(Lsn(self.control.materialized.0 + 1)..)
-            .count()
+        debug_assert_eq!(
+            self.pending,
+            self.records
+                .range(Lsn(self.control.materialized.0 + 1)..)
+                .count()
+        );
+        self.pending
     }
 
     /// The highest VDL the writer announced (capped by truncations).
@@ -200,8 +208,10 @@ impl<P> Acceptance<P> {
         }))
     }
 
-    /// Installs a control record the shell made durable (`plan_epoch`, a round, retention).
+    /// Installs a control record the shell made durable (`plan_epoch`); the materialized LSN
+    /// moves only through `materialized`.
     pub fn set_control(&mut self, control: Control) {
+        debug_assert_eq!(control.materialized, self.control.materialized);
         self.control = control;
     }
 
@@ -482,6 +492,7 @@ impl<P> Acceptance<P> {
         let bound = control.materialized;
         for (_, h) in self.records.range_mut(first..=bound) {
             forget(&mut h.payload);
+            self.pending -= 1;
         }
         self.control = control;
     }
@@ -489,6 +500,10 @@ impl<P> Acceptance<P> {
     /// Retention moved the horizon (`control.horizon`): records at or below it are forgotten.
     pub fn forget_through(&mut self, control: Control) {
         let horizon = control.horizon;
+        debug_assert!(
+            horizon <= control.materialized,
+            "retention below what is materialized"
+        );
         self.control = control;
         let doomed: Vec<Lsn> = self.records.range(..=horizon).map(|(l, _)| *l).collect();
         for lsn in doomed {
@@ -506,6 +521,9 @@ impl<P> Acceptance<P> {
             .entry(header.page)
             .or_default()
             .insert(header.lsn);
+        if header.lsn > self.control.materialized {
+            self.pending += 1;
+        }
         self.records.insert(
             header.lsn,
             Held {
@@ -518,6 +536,9 @@ impl<P> Acceptance<P> {
 
     fn remove(&mut self, lsn: Lsn) {
         if let Some(h) = self.records.remove(&lsn) {
+            if lsn > self.control.materialized {
+                self.pending -= 1;
+            }
             if let Some(set) = self.pages.get_mut(&h.header.page) {
                 set.remove(&lsn);
                 if set.is_empty() {
