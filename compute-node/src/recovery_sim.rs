@@ -349,6 +349,8 @@ pub struct Stats {
     pub frames_lost: u64,
     pub torn_frames: u64,
     pub duplicates: u64,
+    /// Segment queues the writer dropped (what a write quorum of peers holds) to stay bounded.
+    pub overflows: u64,
 }
 
 impl Stats {
@@ -363,6 +365,7 @@ impl Stats {
         self.frames_lost += o.frames_lost;
         self.torn_frames += o.torn_frames;
         self.duplicates += o.duplicates;
+        self.overflows += o.overflows;
     }
 }
 
@@ -482,7 +485,15 @@ impl World {
             81..=86 => self.heartbeat(),
             87..=89 => self.deliver_zombie(),
             90..=94 => self.deliver(true),
-            _ => self.catch_up(),
+            96..=97 => {
+                let (k, i) = self.any_segment();
+                self.overflow(k, i);
+                Ok(())
+            }
+            _ => {
+                let (k, i) = self.any_segment();
+                self.catch_up(k, i)
+            }
         }
     }
 
@@ -756,9 +767,26 @@ impl World {
         }
     }
 
+    /// The writer's queue for segment (k, i) passes its bound (`Shipper::append`): what a write
+    /// quorum of the PG already holds is dropped from it — the segment gets it from its peers.
+    /// Answers how many records were dropped.
+    fn overflow(&mut self, k: usize, i: usize) -> usize {
+        let Some(w) = self.writer.as_mut() else {
+            return 0;
+        };
+        let on_quorum = w.quorum.quorum_scl(k);
+        let before = w.in_flight.len();
+        w.in_flight
+            .retain(|(pg, seg, r)| !(*pg == k && *seg == i && r.lsn <= on_quorum));
+        let dropped = before - w.in_flight.len();
+        if dropped > 0 {
+            self.stats.overflows += 1;
+        }
+        dropped
+    }
+
     /// The writer copies what a lagging segment misses from a peer (`Shipper::catch_up`).
-    fn catch_up(&mut self) -> Result<(), String> {
-        let (k, i) = self.any_segment();
+    fn catch_up(&mut self, k: usize, i: usize) -> Result<(), String> {
         let w = self.writer.as_ref().expect("writer");
         if !self.segs[k][i].up || !w.adopted[k][i] {
             return Ok(());
@@ -1068,6 +1096,22 @@ impl Script {
     /// Segment `i` of PG `pg` fsyncs its log: the writes waiting on it are answered.
     pub fn fsync(&mut self, pg: usize, i: usize) -> Result<(), String> {
         self.w.fsync(pg, i)
+    }
+
+    /// The writer's queue for segment `i` of PG `pg` overflows (see `World::overflow`);
+    /// answers how many queued records were dropped.
+    pub fn overflow(&mut self, pg: usize, i: usize) -> usize {
+        self.w.overflow(pg, i)
+    }
+
+    /// The writer brings segment `i` of PG `pg` up from its best peer.
+    pub fn catch_up(&mut self, pg: usize, i: usize) -> Result<(), String> {
+        self.w.catch_up(pg, i)
+    }
+
+    /// The SCL segment `i` of PG `pg` holds.
+    pub fn scl(&self, pg: usize, i: usize) -> u64 {
+        self.w.segs[pg][i].scl().0
     }
 
     pub fn crash_writer(&mut self) {

@@ -19,6 +19,7 @@ fn recovery_holds_under_thousands_of_fault_schedules() {
     assert!(stats.deposed_acknowledged > 0, "{stats:?}");
     assert!(stats.torn_frames > 0 && stats.frames_lost > 0, "{stats:?}");
     assert!(stats.duplicates > 0, "{stats:?}");
+    assert!(stats.overflows > 0, "{stats:?}");
 }
 
 #[test]
@@ -176,4 +177,35 @@ fn scenario_unsynced_frames_a_crash_keeps_are_discarded_with_their_transaction()
         );
     }
     assert_eq!(s.acknowledged(), vec![a[0]]);
+}
+
+/// A segment away long enough for the writer's queue to it to pass its bound: the queue was
+/// dropped whole and the segment never caught up again for the writer's lifetime. Now only what
+/// a write quorum of its peers holds is dropped, and the segment is brought back from them.
+#[test]
+fn scenario_a_segment_whose_queue_overflowed_catches_up_from_its_peers() {
+    let mut s = Script::new(1).unwrap();
+    s.reachable(0, 5, false);
+    let mut last = 0;
+    for _ in 0..20 {
+        let t = s.transaction(&[0, 0]);
+        s.deliver(&t, &[0, 1, 2, 3, 4], true).unwrap();
+        last = t[1];
+    }
+    assert_eq!(s.acknowledged().len(), 20);
+    assert_eq!(
+        s.overflow(0, 5),
+        40,
+        "everything queued for it is on a write quorum"
+    );
+    s.reachable(0, 5, true);
+    assert_eq!(s.scl(0, 5), 0);
+    s.catch_up(0, 5).unwrap();
+    assert_eq!(
+        s.scl(0, 5),
+        last,
+        "the segment is whole again without a recovery"
+    );
+    s.crash_writer();
+    s.recover().unwrap();
 }

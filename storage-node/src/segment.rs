@@ -918,27 +918,34 @@ mod tests {
         seg.write(Epoch(1), vec![record(1, 0)], Lsn::ZERO)
             .await
             .unwrap();
-        // The caller of this write goes away while it waits for its fsync.
-        {
-            let mut write = Box::pin(seg.write(Epoch(1), vec![record(2, 1)], Lsn::ZERO));
+        // The caller of a write goes away while it waits for its fsync. (The flusher may win
+        // the race and make a write durable before its first poll — on a disk whose fsync is
+        // instant — so the next record is tried until one is caught waiting.)
+        let mut waiting = None;
+        for lsn in 2..200u64 {
+            let mut write = Box::pin(seg.write(Epoch(1), vec![record(lsn, lsn - 1)], Lsn::ZERO));
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            assert!(
-                write.as_mut().poll(&mut cx).is_pending(),
-                "waits for its fsync"
-            );
+            match write.as_mut().poll(&mut cx) {
+                std::task::Poll::Pending => {
+                    waiting = Some(lsn);
+                    break;
+                }
+                std::task::Poll::Ready(ack) => assert_eq!(ack.unwrap().scl, Lsn(lsn)),
+            }
         }
+        let lsn = waiting.expect("no write was ever caught waiting for its fsync");
         assert!(seg.lock().core.nothing_in_flight());
         // The resend is taken as new and acknowledged with the record in the SCL.
         let ack = seg
-            .write(Epoch(1), vec![record(2, 1)], Lsn::ZERO)
+            .write(Epoch(1), vec![record(lsn, lsn - 1)], Lsn::ZERO)
             .await
             .unwrap();
-        assert_eq!(ack.scl, Lsn(2));
+        assert_eq!(ack.scl, Lsn(lsn));
         // A different record after it is not refused as a second claim on its backlink.
         let ack = seg
-            .write(Epoch(1), vec![record(3, 2)], Lsn::ZERO)
+            .write(Epoch(1), vec![record(lsn + 1, lsn)], Lsn::ZERO)
             .await
             .unwrap();
-        assert_eq!(ack.scl, Lsn(3));
+        assert_eq!(ack.scl, Lsn(lsn + 1));
     }
 }

@@ -46,7 +46,8 @@ fn main() -> anyhow::Result<()> {
                        "zombie_deliveries": s.zombie_deliveries,
                        "deposed_acknowledged": s.deposed_acknowledged,
                        "segment_crashes": s.segment_crashes, "frames_lost": s.frames_lost,
-                       "torn_frames": s.torn_frames, "duplicates": s.duplicates})
+                       "torn_frames": s.torn_frames, "duplicates": s.duplicates,
+                       "overflows": s.overflows})
             );
             Ok(())
         }
