@@ -229,6 +229,9 @@ async fn allocation_stops_lal_records_above_vdl_while_storage_is_gone() {
     }
     let resume = Resume(&cluster, vec![0, 2, 4]);
     let vdl = engine.writer().unwrap().vdl();
+    let allocated = |m: &ComputeMetrics| m.records_shipped.get();
+    // Counted before the writer starts: it may reach the stall before this thread looks.
+    let before = allocated(&metrics);
     // Commits whose durability nobody waits for: allocation must stop near VDL + LAL.
     let (e, n) = (Arc::clone(&engine), name.to_string());
     let writer = tokio::task::spawn_blocking(move || {
@@ -245,8 +248,6 @@ async fn allocation_stops_lal_records_above_vdl_while_storage_is_gone() {
         }
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let allocated = |m: &ComputeMetrics| m.records_shipped.get();
-    let before = allocated(&metrics);
     // Wait until allocation stalls (the writer thread is held back) ...
     let mut last = before;
     loop {
