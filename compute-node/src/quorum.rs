@@ -12,7 +12,7 @@ use logdb_types::Lsn;
 use crate::layout::{SEGMENTS_PER_PG, WRITE_QUORUM};
 
 /// The 4th highest SCL of a PG: every record at or below it is on a write quorum.
-pub fn quorum_scl(scls: &[Lsn; SEGMENTS_PER_PG]) -> Lsn {
+fn quorum_scl(scls: &[Lsn; SEGMENTS_PER_PG]) -> Lsn {
     let mut s = *scls;
     s.sort_unstable_by(|a, b| b.cmp(a));
     s[WRITE_QUORUM - 1]

@@ -1114,12 +1114,9 @@ impl Script {
         self.w.segs[pg][i].scl().0
     }
 
+    /// The writer dies; everything it had in flight is lost with it.
     pub fn crash_writer(&mut self) {
-        let w = self.w.writer.take();
-        if let Some(w) = w {
-            // Everything it had in flight is lost with it.
-            drop(w);
-        }
+        self.w.writer = None;
     }
 
     /// Segment `i` of PG `pg` becomes unreachable (`false`) or reachable again.

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{setup, Cluster, Setup, Writer};
+use common::{auto_compute, failover, setup, Cluster, Setup, Writer};
 use logdb_config_store::api::proto;
 
 /// Rows the large transaction inserts (about 10 MB of redo).
@@ -64,12 +64,8 @@ fn psql_in_background(port: u16, sql: String) -> std::thread::JoinHandle<std::pr
     })
 }
 
-async fn crash_in_big_transaction(pgs: usize, pages_per_pg: u64, at: KillPoint) {
-    let cluster = Cluster::start(pgs, pages_per_pg);
-    let extra = ["--max-batch-bytes", "65536"];
-    let layout = cluster.layout_path.to_str().unwrap().to_string();
-    let args = [&["--layout", layout.as_str()][..], &extra[..]].concat();
-    let mut writer = Writer::start_with(&args);
+/// The table, and `BEFORE` acknowledged commits before the large transaction.
+fn load_before(writer: &Writer) {
     writer
         .psql("CREATE TABLE big (id INTEGER PRIMARY KEY, filler TEXT)")
         .unwrap();
@@ -78,6 +74,53 @@ async fn crash_in_big_transaction(pgs: usize, pages_per_pg: u64, at: KillPoint) 
             .psql(&format!("INSERT INTO big VALUES ({i}, 'acknowledged {i}')"))
             .unwrap();
     }
+}
+
+/// The large transaction: one statement inserting `BIG` rows.
+fn big_insert() -> String {
+    format!(
+        "WITH RECURSIVE x(n) AS (SELECT {} UNION ALL SELECT n + 1 FROM x WHERE n < {}) \
+         INSERT INTO big SELECT n, printf('%84d', n) FROM x",
+        BEFORE + 1,
+        BEFORE + BIG
+    )
+}
+
+/// After recovery (`what`): the large transaction wholly there or wholly absent, the database
+/// intact, every commit acknowledged before it there.
+fn assert_whole_or_absent(writer: &Writer, what: &str) {
+    let count: u64 = writer
+        .psql("SELECT count(*) FROM big")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        count == BEFORE || count == BEFORE + BIG,
+        "{what}: {count} rows: the transaction is neither whole nor absent"
+    );
+    assert_eq!(
+        writer.psql("PRAGMA integrity_check").unwrap().trim(),
+        "ok",
+        "{what}"
+    );
+    assert_eq!(
+        writer
+            .psql(&format!("SELECT count(*) FROM big WHERE id <= {BEFORE}"))
+            .unwrap()
+            .trim(),
+        BEFORE.to_string(),
+        "{what}: every acknowledged commit is there"
+    );
+}
+
+async fn crash_in_big_transaction(pgs: usize, pages_per_pg: u64, at: KillPoint) {
+    let cluster = Cluster::start(pgs, pages_per_pg);
+    let extra = ["--max-batch-bytes", "65536"];
+    let layout = cluster.layout_path.to_str().unwrap().to_string();
+    let args = [&["--layout", layout.as_str()][..], &extra[..]].concat();
+    let mut writer = Writer::start_with(&args);
+    load_before(&writer);
     let vdl_before = sum_metric(&writer.scrape().await, "logdb_compute_vdl ", None)[0];
     let stopped: Vec<usize> = match at {
         KillPoint::CommitOnMinority => vec![3, 4, 5],
@@ -87,12 +130,6 @@ async fn crash_in_big_transaction(pgs: usize, pages_per_pg: u64, at: KillPoint) 
         cluster.nodes[i].signal("STOP");
     }
 
-    let big = format!(
-        "WITH RECURSIVE x(n) AS (SELECT {} UNION ALL SELECT n + 1 FROM x WHERE n < {}) \
-         INSERT INTO big SELECT n, printf('%84d', n) FROM x",
-        BEFORE + 1,
-        BEFORE + BIG
-    );
     let shipped_before = sum_metric(
         &writer.scrape().await,
         "logdb_compute_records_shipped",
@@ -103,7 +140,7 @@ async fn crash_in_big_transaction(pgs: usize, pages_per_pg: u64, at: KillPoint) 
     .unwrap_or(0.0);
     let started = Instant::now();
     let port = writer.port;
-    let client = psql_in_background(port, big);
+    let client = psql_in_background(port, big_insert());
 
     // Wait for the kill point.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -147,29 +184,7 @@ async fn crash_in_big_transaction(pgs: usize, pages_per_pg: u64, at: KillPoint) 
     }
 
     let writer = Writer::start_with(&args);
-    let count: u64 = writer
-        .psql("SELECT count(*) FROM big")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        count == BEFORE || count == BEFORE + BIG,
-        "{at:?}: {count} rows: the transaction is neither whole nor absent"
-    );
-    assert_eq!(
-        writer.psql("PRAGMA integrity_check").unwrap().trim(),
-        "ok",
-        "{at:?}"
-    );
-    assert_eq!(
-        writer
-            .psql(&format!("SELECT count(*) FROM big WHERE id <= {BEFORE}"))
-            .unwrap()
-            .trim(),
-        BEFORE.to_string(),
-        "every acknowledged commit is there"
-    );
+    assert_whole_or_absent(&writer, &format!("{at:?}"));
     // The volume goes on: a new commit, then all six segments agree after another restart.
     writer
         .psql("INSERT INTO big VALUES (-1, 'after recovery')")
@@ -318,20 +333,8 @@ async fn a_segment_away_through_two_failovers_drops_the_old_tail_and_converges()
     }
 }
 
-/// A `--role auto` compute node of volume `vol1` (the config store says who writes).
 fn compute(s: &Setup, id: &str) -> Writer {
-    Writer::start_with(&[
-        "--config-store",
-        s.member.addr.as_str(),
-        "--volume",
-        "vol1",
-        "--writer-id",
-        id,
-        "--role",
-        "auto",
-        "--max-batch-bytes",
-        "65536",
-    ])
+    auto_compute(&s.member.addr, id, &["--max-batch-bytes", "65536"])
 }
 
 async fn get_volume(s: &Setup) -> proto::Volume {
@@ -374,22 +377,9 @@ async fn takeover_in_big_transaction(segment_size: u64, pgs: usize) {
         (writer.role.as_str(), replica.role.as_str()),
         ("writer", "replica")
     );
-    writer
-        .psql("CREATE TABLE big (id INTEGER PRIMARY KEY, filler TEXT)")
-        .unwrap();
-    for i in 1..=BEFORE {
-        writer
-            .psql(&format!("INSERT INTO big VALUES ({i}, 'acknowledged {i}')"))
-            .unwrap();
-    }
+    load_before(&writer);
     let vdl_before = sum_metric(&writer.scrape().await, "logdb_compute_vdl ", None)[0];
-    let big = format!(
-        "WITH RECURSIVE x(n) AS (SELECT {} UNION ALL SELECT n + 1 FROM x WHERE n < {}) \
-         INSERT INTO big SELECT n, printf('%84d', n) FROM x",
-        BEFORE + 1,
-        BEFORE + BIG
-    );
-    let client = psql_in_background(writer.port, big);
+    let client = psql_in_background(writer.port, big_insert());
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         assert!(Instant::now() < deadline, "the transaction never shipped");
@@ -399,7 +389,7 @@ async fn takeover_in_big_transaction(segment_size: u64, pgs: usize) {
         if quorum_scls(&text, pgs).iter().any(|q| *q > vdl_before) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(2));
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     writer.kill9();
     assert!(
@@ -407,18 +397,7 @@ async fn takeover_in_big_transaction(segment_size: u64, pgs: usize) {
         "the large transaction was not acknowledged"
     );
 
-    let req = proto::FailoverRequest {
-        volume: "vol1".into(),
-        target: "c1".into(),
-    };
-    let v = s
-        .client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.failover(r).await }
-        })
-        .await
-        .unwrap();
+    let v = failover(&s, "c1").await;
     assert_eq!(v.writer, "c1");
     let mut replica = replica;
     let replica = tokio::task::spawn_blocking(move || {
@@ -430,25 +409,7 @@ async fn takeover_in_big_transaction(segment_size: u64, pgs: usize) {
     .await
     .unwrap();
     assert_eq!(replica.role, "writer");
-    let count: u64 = replica
-        .psql("SELECT count(*) FROM big")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        count == BEFORE || count == BEFORE + BIG,
-        "{count} rows after the takeover: the transaction is neither whole nor absent"
-    );
-    assert_eq!(replica.psql("PRAGMA integrity_check").unwrap().trim(), "ok");
-    assert_eq!(
-        replica
-            .psql(&format!("SELECT count(*) FROM big WHERE id <= {BEFORE}"))
-            .unwrap()
-            .trim(),
-        BEFORE.to_string(),
-        "every acknowledged commit is there"
-    );
+    assert_whole_or_absent(&replica, "after the takeover");
     replica
         .psql("INSERT INTO big VALUES (-1, 'after the takeover')")
         .unwrap();

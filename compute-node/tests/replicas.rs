@@ -10,20 +10,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{setup, Setup, Writer};
-use logdb_config_store::api::proto;
+use common::{auto_compute, failover, setup, Writer};
 
 fn compute(member: &str, id: &str) -> Writer {
-    Writer::start_with(&[
-        "--config-store",
-        member,
-        "--volume",
-        "vol1",
-        "--writer-id",
-        id,
-        "--role",
-        "auto",
-    ])
+    auto_compute(member, id, &[])
 }
 
 async fn lsn(c: &tokio_postgres::Client, sql: &str) -> u64 {
@@ -45,20 +35,6 @@ async fn count(c: &tokio_postgres::Client) -> i64 {
         .await
         .unwrap()
         .get(0)
-}
-
-async fn failover(s: &Setup, target: &str) -> proto::Volume {
-    let req = proto::FailoverRequest {
-        volume: "vol1".into(),
-        target: target.into(),
-    };
-    s.client
-        .call(|mut c| {
-            let r = req.clone();
-            async move { c.failover(r).await }
-        })
-        .await
-        .unwrap()
 }
 
 /// Waits (on a blocking thread) for `w`'s next announcement and checks its role.

@@ -586,21 +586,9 @@ impl<P> Acceptance<P> {
 mod tests {
     use super::*;
     use crate::control::Descriptor;
-    use logdb_types::PgIndex;
 
     fn control() -> Control {
-        Control::new(
-            Descriptor {
-                volume: "v".into(),
-                segment: "s".into(),
-                pg: PgIndex(0),
-                first_page: 0,
-                page_count: 100,
-                page_size: 4096,
-                retention_secs: 60,
-            },
-            Epoch(1),
-        )
+        Control::new(Descriptor::for_tests(), Epoch(1))
     }
 
     fn h(lsn: u64, prev: u64) -> Header {

@@ -21,6 +21,20 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
+    /// A small segment of volume `v` for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Descriptor {
+        Descriptor {
+            volume: "v".into(),
+            segment: "s".into(),
+            pg: PgIndex(0),
+            first_page: 0,
+            page_count: 100,
+            page_size: 4096,
+            retention_secs: 60,
+        }
+    }
+
     pub fn holds(&self, page: PageId) -> bool {
         page.0 >= self.first_page && page.0 - self.first_page < self.page_count
     }

@@ -230,25 +230,13 @@ impl PageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use logdb_types::{Epoch, PgIndex};
-
-    fn desc() -> Descriptor {
-        Descriptor {
-            volume: "v".into(),
-            segment: "s".into(),
-            pg: PgIndex(0),
-            first_page: 0,
-            page_count: 100,
-            page_size: 4096,
-            retention_secs: 60,
-        }
-    }
+    use logdb_types::Epoch;
 
     #[test]
     fn versions_are_found_by_lsn_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pages.redb");
-        let mut control = Control::new(desc(), Epoch(1));
+        let mut control = Control::new(Descriptor::for_tests(), Epoch(1));
         {
             let store = PageStore::open(&path).unwrap();
             control.materialized = Lsn(30);

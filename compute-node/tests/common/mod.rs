@@ -312,3 +312,34 @@ pub async fn setup(name: &str, segment_size: u64, max_size: u64) -> Setup {
         volume,
     }
 }
+
+/// A `--role auto` compute node of volume `vol1` (the config store decides who writes), with
+/// `extra` arguments.
+pub fn auto_compute(member: &str, id: &str, extra: &[&str]) -> Writer {
+    let base = [
+        "--config-store",
+        member,
+        "--volume",
+        "vol1",
+        "--writer-id",
+        id,
+        "--role",
+        "auto",
+    ];
+    Writer::start_with(&[&base[..], extra].concat())
+}
+
+/// Asks the config store to make `target` the writer of `vol1`.
+pub async fn failover(s: &Setup, target: &str) -> proto::Volume {
+    let req = proto::FailoverRequest {
+        volume: "vol1".into(),
+        target: target.into(),
+    };
+    s.client
+        .call(|mut c| {
+            let r = req.clone();
+            async move { c.failover(r).await }
+        })
+        .await
+        .unwrap()
+}
