@@ -1,13 +1,16 @@
-//! Growth (DESIGN.md §8): the writer tells the config store how much of the volume it uses; past
-//! 80% of allocated the store adds a protection group, and the writer — watching its volume —
-//! starts shipping to the new PG's six segments. Until then a write beyond the volume's pages is
-//! refused with a clear "volume is full" error and retried by the client.
+//! Growth (DESIGN.md §8): the writer tells the config store how much of the volume it uses — the
+//! committed size, or more if an open transaction already reaches further — and the store adds
+//! as many protection groups as keep that under 80% of allocated (up to maxSize). The writer,
+//! watching its volume, starts shipping to each new PG's six segments; a write that reaches a
+//! page before its PG is there waits for it (`Shipper::wait_for_pg`). A report goes out every
+//! interval and at once when a transaction nears the end of the allocated pages.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use logdb_config_store::api::proto;
 use logdb_config_store::client::ConfigClient;
+use logdb_config_store::state::GROWTH_THRESHOLD;
 
 use crate::layout::Layout;
 use crate::vfs::Engine;
@@ -19,10 +22,16 @@ pub async fn report_usage(
     volume: String,
     interval: Duration,
 ) {
-    let mut last = u64::MAX;
+    let (mut last, mut allocated) = (u64::MAX, u64::MAX);
     loop {
-        let used = engine.used_bytes();
-        if used != last {
+        let wanted = engine
+            .writer()
+            .map_or(0, |s| s.wanted_pages() * engine.page_size as u64);
+        let used = engine.used_bytes().max(wanted);
+        // Reported again while it still asks for growth: a PG that could not be placed yet
+        // (its pods are coming) is placed at a later report.
+        let wants_growth = used as f64 > GROWTH_THRESHOLD * allocated as f64;
+        if used != last || wants_growth {
             let req = proto::ReportUsageRequest {
                 volume: volume.clone(),
                 used_bytes: used,
@@ -36,6 +45,7 @@ pub async fn report_usage(
             {
                 Ok(r) => {
                     last = used;
+                    allocated = r.allocated_bytes;
                     if r.grown {
                         tracing::info!(
                             used,
@@ -49,7 +59,15 @@ pub async fn report_usage(
                 }
             }
         }
-        tokio::time::sleep(interval).await;
+        match engine.writer() {
+            Some(s) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = s.growth_wanted() => {}
+                }
+            }
+            None => tokio::time::sleep(interval).await,
+        }
     }
 }
 

@@ -25,6 +25,10 @@ pub struct Layout {
     pub pages_per_pg: u64,
     #[serde(default)]
     pub retention_seconds: u64,
+    /// The most pages the volume may grow to (maxSize / page size); 0: it cannot grow (a
+    /// layout file without a config store).
+    #[serde(default)]
+    pub max_pages: u64,
     pub pgs: Vec<ProtectionGroup>,
 }
 
@@ -101,6 +105,7 @@ impl Layout {
             page_size: spec.page_size,
             pages_per_pg: spec.segment_size / spec.page_size.max(1) as u64,
             retention_seconds: spec.retention_seconds,
+            max_pages: spec.max_size / spec.page_size.max(1) as u64,
             pgs: v
                 .pgs
                 .iter()

@@ -245,6 +245,13 @@ impl Engine {
         *self.db_pages.lock().expect("size") * self.page_size as u64
     }
 
+    /// The writing transaction ended: what it reached no longer counts as wanted space.
+    fn transaction_ended(&self) {
+        if let Some(s) = self.writer() {
+            s.forget_wanted_pages();
+        }
+    }
+
     /// The last storage-side error a VFS call hit (for the SQL error message).
     pub fn take_last_error(&self) -> Option<String> {
         self.last_error.lock().expect("last error").take()
@@ -288,6 +295,12 @@ impl Conn {
 
     /// Ships the overlay as one transaction: diff → redo → shipper; the pool gets the new images.
     fn commit(&mut self) -> Result<(), ShipError> {
+        let result = self.ship();
+        self.engine.transaction_ended();
+        result
+    }
+
+    fn ship(&mut self) -> Result<(), ShipError> {
         let overlay = std::mem::take(&mut self.overlay);
         let size = self.size.take();
         if overlay.is_empty() {
@@ -531,6 +544,10 @@ unsafe extern "C" fn x_write(
         c.overlay.insert(page, image);
         if page + 1 > c.size_pages() {
             c.size = Some(page + 1);
+            if let Some(s) = c.engine.writer() {
+                // Growth on demand: the PGs this transaction will need are asked for now.
+                s.want_pages(page + 1);
+            }
         }
         done += n;
     }
@@ -559,7 +576,9 @@ fn commit_rc(c: &mut Conn) -> c_int {
         Err(e) => {
             c.engine.set_error(&e);
             match e {
-                ShipError::VolumeFull(..) => ffi::SQLITE_FULL,
+                ShipError::VolumeFull(..)
+                | ShipError::VolumeMax { .. }
+                | ShipError::GrowthTimeout { .. } => ffi::SQLITE_FULL,
                 _ => ffi::SQLITE_IOERR_WRITE,
             }
         }
@@ -641,6 +660,7 @@ unsafe extern "C" fn x_unlock(f: *mut ffi::sqlite3_file, level: c_int) -> c_int 
         // The transaction ended without a sync: a rollback of spilled pages. Nothing leaves.
         c.overlay.clear();
         c.size = None;
+        c.engine.transaction_ended();
     }
     release(&c.engine, c.lock, level);
     c.lock = c.lock.min(level);
@@ -674,6 +694,7 @@ unsafe extern "C" fn x_file_control(
             c.in_batch = false;
             c.overlay.clear();
             c.size = None;
+            c.engine.transaction_ended();
             ffi::SQLITE_OK
         }
         _ => ffi::SQLITE_NOTFOUND,

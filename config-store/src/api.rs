@@ -275,7 +275,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
                 grown,
             } => Ok(Response::new(proto::UsageReply {
                 allocated_bytes,
-                grown: grown.is_some(),
+                grown: !grown.is_empty(),
             })),
             other => Err(unexpected(other)),
         }

@@ -73,10 +73,11 @@ pub enum Response {
         epoch: Epoch,
         volume: Volume,
     },
-    /// Usage recorded; `grown` is the PG added, if any.
+    /// Usage recorded; `grown` are the PGs added (none, or as many as keep usage under the
+    /// growth threshold).
     Usage {
         allocated_bytes: u64,
-        grown: Option<ProtectionGroup>,
+        grown: Vec<ProtectionGroup>,
     },
     Replaced(ProtectionGroup),
 }

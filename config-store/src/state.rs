@@ -268,21 +268,30 @@ impl State {
                     .volumes
                     .get(&volume)
                     .ok_or_else(|| ConfigError::UnknownVolume(volume.clone()))?;
-                let allocated = v.allocated_bytes();
-                let wants_growth = used_bytes as f64 > GROWTH_THRESHOLD * allocated as f64
-                    && allocated + v.spec.segment_size <= v.spec.max_size;
-                // A growth that cannot be placed yet (its pods are still coming) is retried at
-                // the next report; the usage is recorded either way.
-                let grown = if wants_growth {
-                    self.new_pg(v, now_ms).ok()
-                } else {
-                    None
-                };
+                // Growth keeps used bytes under GROWTH_THRESHOLD of allocated: a report of a
+                // large write yet to come (the writer reports what an open transaction will
+                // need) gets every PG it needs at once, up to maxSize.
+                let (segment, max) = (v.spec.segment_size, v.spec.max_size);
+                let mut grown = Vec::new();
+                loop {
+                    let v = self.volume_mut(&volume)?;
+                    let allocated = v.allocated_bytes();
+                    if used_bytes as f64 <= GROWTH_THRESHOLD * allocated as f64
+                        || allocated + segment > max
+                    {
+                        break;
+                    }
+                    // A growth that cannot be placed yet (its pods are still coming) is retried
+                    // at the next report; the usage is recorded either way. Each new PG counts
+                    // in the load the next one is placed by.
+                    let Ok(pg) = self.new_pg(&self.volumes[&volume], now_ms) else {
+                        break;
+                    };
+                    self.volume_mut(&volume)?.pgs.push(pg.clone());
+                    grown.push(pg);
+                }
                 let v = self.volume_mut(&volume)?;
                 v.used_bytes = used_bytes;
-                if let Some(pg) = &grown {
-                    v.pgs.push(pg.clone());
-                }
                 Ok(Response::Usage {
                     allocated_bytes: v.allocated_bytes(),
                     grown,
@@ -710,7 +719,7 @@ mod tests {
             usage(&mut s, 8 * GIB),
             Response::Usage {
                 allocated_bytes: 10 * GIB,
-                grown: None
+                grown: vec![]
             }
         );
         let Response::Usage {
@@ -721,7 +730,7 @@ mod tests {
             panic!()
         };
         assert_eq!(allocated_bytes, 20 * GIB);
-        assert_eq!(grown.unwrap().index, 1);
+        assert_eq!(grown.iter().map(|pg| pg.index).collect::<Vec<_>>(), [1]);
         usage(&mut s, 17 * GIB);
         usage(&mut s, 25 * GIB);
         assert_eq!(s.volumes["v1"].pgs.len(), 4);
@@ -733,7 +742,45 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((allocated_bytes, grown), (40 * GIB, None));
+        assert_eq!((allocated_bytes, grown), (40 * GIB, vec![]));
+    }
+
+    #[test]
+    fn a_report_of_a_large_write_to_come_grows_every_pg_it_needs_at_once() {
+        let mut s = with_nodes(2);
+        create(&mut s, "v1");
+        // 25 GiB wanted: 30 GiB allocated would put it past 80% (24 GiB), 40 GiB does not —
+        // three new PGs at once, up to the volume's 40 GiB maximum.
+        let Response::Usage {
+            allocated_bytes,
+            grown,
+        } = s
+            .apply(Command::ReportUsage {
+                volume: "v1".into(),
+                used_bytes: 25 * GIB,
+                now_ms: 3_000,
+            })
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(allocated_bytes, 40 * GIB);
+        assert_eq!(
+            grown.iter().map(|pg| pg.index).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        // Past the maximum it stops there, and says so by growing nothing.
+        let Response::Usage { grown, .. } = s
+            .apply(Command::ReportUsage {
+                volume: "v1".into(),
+                used_bytes: 100 * GIB,
+                now_ms: 4_000,
+            })
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert!(grown.is_empty());
     }
 
     #[test]

@@ -45,6 +45,18 @@ pub const FAILOVER_ANNOTATION: &str = "logdb.io/failover";
 const MANAGER: &str = "logdb-operator";
 /// Used share of the allocated size past which the next PG's storage pods are started.
 const PREPROVISION_AT: f64 = 0.7;
+
+/// Pods per storage set for a volume of `pgs` PGs that uses (or is about to use: the writer
+/// reports what an open transaction will need) `used` bytes: enough PGs that `used` stays under
+/// PREPROVISION_AT of them, never past `max_size`, never fewer than the PGs it has.
+pub fn storage_pods_for(pgs: u32, used: u64, segment_size: u64, max_size: u64) -> u32 {
+    let max_pgs = (max_size / segment_size.max(1)).max(1) as u32;
+    let mut n = pgs;
+    while n < max_pgs && used as f64 > PREPROVISION_AT * (n as u64 * segment_size) as f64 {
+        n += 1;
+    }
+    n.max(pgs)
+}
 /// How long a promoted replica may take to serve as writer before the failover counts as failed.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -262,11 +274,9 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
     //    finds pod k of every set registered when it places PG k there.
     let mut volume = get_volume(&ctx, &id).await?;
     let pgs = volume.as_ref().map_or(1, |v| v.pgs.len().max(1) as u32);
-    let next = volume.as_ref().is_some_and(|v| {
-        v.used_bytes as f64 > PREPROVISION_AT * v.allocated_bytes as f64
-            && v.allocated_bytes + spec.segment_size <= spec.max_size
+    let storage_pods = volume.as_ref().map_or(pgs, |v| {
+        storage_pods_for(pgs, v.used_bytes, spec.segment_size, spec.max_size)
     });
-    let storage_pods = pgs + next as u32;
     let desired =
         objects::desired(&lv, &ctx.settings, storage_pods).map_err(ControllerError::Config)?;
     apply_all(&ctx.client, &ns, &desired).await?;
@@ -638,4 +648,24 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::storage_pods_for;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn storage_pods_cover_what_the_writer_is_about_to_use_up_to_the_maximum() {
+        // Below 70%: the PGs it has.
+        assert_eq!(storage_pods_for(1, 7 * GIB, 10 * GIB, 40 * GIB), 1);
+        // Just past: the next PG's pods.
+        assert_eq!(storage_pods_for(1, 7 * GIB + 1, 10 * GIB, 40 * GIB), 2);
+        // A large transaction to come: every PG it needs at once.
+        assert_eq!(storage_pods_for(1, 25 * GIB, 10 * GIB, 40 * GIB), 4);
+        // Never past maxSize, never fewer than the PGs that exist.
+        assert_eq!(storage_pods_for(1, 900 * GIB, 10 * GIB, 40 * GIB), 4);
+        assert_eq!(storage_pods_for(3, 0, 10 * GIB, 40 * GIB), 3);
+    }
 }

@@ -139,6 +139,51 @@ fn up_write_stop_two_nodes_down_and_up_again() {
     assert_eq!(s["phase"], "Ready");
 }
 
+/// The load the issue measured: a million TPC-B-like account rows (about 130 MB) in one
+/// transaction into the default volume (64Mi segments, maxSize 8Gi). The volume grows on
+/// demand while the transaction runs; the rows read back before and after a restart.
+#[test]
+fn a_million_account_rows_in_one_transaction_grow_the_default_volume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut up = Up::start(&dir, &["--port", "0"]);
+    let url = up.psql_url();
+    psql(
+        &url,
+        "CREATE TABLE pgbench_accounts (aid INTEGER PRIMARY KEY, bid INTEGER NOT NULL, \
+         abalance INTEGER NOT NULL, filler CHAR(84))",
+    )
+    .unwrap();
+    let load = "BEGIN; \
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) \
+        INSERT INTO pgbench_accounts SELECT i, (i - 1) / 100000 + 1, 0, printf('%-84s', i) FROM n; \
+        COMMIT";
+    psql(&url, load).unwrap_or_else(|e| panic!("{e}\n{}", up.logs(&dir)));
+    let expect = "1000000|500000500000|10|84000000";
+    let check =
+        "SELECT count(*), sum(aid), count(DISTINCT bid), sum(length(filler)) FROM pgbench_accounts";
+    assert_eq!(psql(&url, check).unwrap(), expect);
+    let s = status(&dir);
+    assert!(
+        s["protection_groups"].as_u64() >= Some(2),
+        "about 130 MB does not fit one 64Mi PG: {s}"
+    );
+
+    assert!(ok(logdb(&dir, &["down"])).contains("stopped"));
+    assert!(up.wait_exit().success());
+    drop(up);
+    let _up = Up::start(&dir, &[]);
+    assert_eq!(psql(&url, check).unwrap(), expect);
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT abalance, bid, trim(filler) FROM pgbench_accounts WHERE aid = 765432"
+        )
+        .unwrap(),
+        "0|8|765432"
+    );
+}
+
 #[test]
 fn clear_errors_before_anything_starts() {
     let tmp = tempfile::tempdir().unwrap();

@@ -215,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
         page_size: PAGE,
         pages_per_pg,
         retention_seconds: 3600,
+        max_pages: 0,
         pgs: (0..pgs)
             .map(|k| ProtectionGroup {
                 members: nodes

@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         page_size: PAGE,
         pages_per_pg: (16u64 << 30) / PAGE as u64,
         retention_seconds: 3600,
+        max_pages: 0,
         pgs: vec![ProtectionGroup {
             members: nodes
                 .iter()

@@ -50,6 +50,21 @@ pub struct PageChange {
 pub enum ShipError {
     #[error("page {0} is beyond the volume's {1} pages; the volume is full")]
     VolumeFull(PageId, u64),
+    #[error("the volume is full: this transaction needs {needed} bytes (page {page}) but the volume's maxSize is {max} bytes ({max_pages} pages of {page_size} bytes)")]
+    VolumeMax {
+        page: PageId,
+        needed: u64,
+        max: u64,
+        max_pages: u64,
+        page_size: u32,
+    },
+    #[error("the volume is full for now: page {page} is beyond the volume's {capacity} pages and the config store added no protection group for it within {secs} s (maxSize allows {max_pages} pages); retry later")]
+    GrowthTimeout {
+        page: PageId,
+        capacity: u64,
+        max_pages: u64,
+        secs: u64,
+    },
     #[error("this writer was fenced: {0}")]
     Fenced(String),
     #[error("no segment of PG {pg} can serve page {page} at LSN {lsn} within {secs} s (segments: {status})")]
@@ -95,8 +110,16 @@ pub struct Shipper {
     acks_tx: watch::Sender<u64>,
     /// Per PG, its six segments. Grows when the volume grows.
     links: std::sync::RwLock<Vec<Vec<Arc<Link>>>>,
-    /// PGs the writer ships to now (`layout.pgs` is the set it opened with).
-    pg_count: std::sync::atomic::AtomicUsize,
+    /// PGs the writer ships to now (`layout.pgs` is the set it opened with); writes waiting
+    /// for growth watch it.
+    pg_count: watch::Sender<usize>,
+    /// Pages the open writing transaction reaches (0: none): reported to the config store
+    /// so the PGs it needs are there before it commits.
+    wanted_pages: std::sync::atomic::AtomicU64,
+    /// Wakes the usage reporter early when a write nears the end of the allocated pages.
+    growth_wanted: tokio::sync::Notify,
+    /// How long a write into pages not yet allocated waits for their PG.
+    growth_timeout: Duration,
     lal: u64,
     backpressure_timeout: Duration,
     max_batch_bytes: usize,
@@ -125,6 +148,9 @@ pub struct ShipperConfig {
     pub open_timeout: Duration,
     /// How long a transaction waits under back-pressure before it is refused.
     pub backpressure_timeout: Duration,
+    /// How long a write into pages beyond the allocated PGs (under maxSize) waits for the
+    /// config store to add them.
+    pub growth_timeout: Duration,
 }
 
 impl Default for ShipperConfig {
@@ -137,6 +163,7 @@ impl Default for ShipperConfig {
             queue_limit_bytes: 256 << 20,
             open_timeout: Duration::from_secs(60),
             backpressure_timeout: Duration::from_secs(60),
+            growth_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -168,10 +195,8 @@ impl Shipper {
         if changes.is_empty() {
             return Ok(Lsn::ZERO);
         }
-        for c in &changes {
-            if self.pg_of(c.page).is_none() {
-                return Err(ShipError::VolumeFull(c.page, self.capacity_pages()));
-            }
+        if let Some(top) = changes.iter().map(|c| c.page).max() {
+            self.wait_for_pg(top)?;
         }
         self.wait_for_room(changes.len() as u64)?;
         let mut s = self.state.lock().expect("ship state");
@@ -368,17 +393,17 @@ impl Shipper {
     /// Per-PG index of a page (for callers that group by PG).
     pub fn pg_of(&self, page: PageId) -> Option<PgIndex> {
         let k = page.0 / self.layout.pages_per_pg;
-        (k < self.pg_count.load(Ordering::Acquire) as u64).then_some(PgIndex(k as u32))
+        (k < self.pg_count() as u64).then_some(PgIndex(k as u32))
     }
 
     /// Pages the volume holds now.
     pub fn capacity_pages(&self) -> u64 {
-        self.layout.pages_per_pg * self.pg_count.load(Ordering::Acquire) as u64
+        self.layout.pages_per_pg * self.pg_count() as u64
     }
 
     /// PGs shipped to now.
     pub fn pg_count(&self) -> usize {
-        self.pg_count.load(Ordering::Acquire)
+        *self.pg_count.borrow()
     }
 }
 

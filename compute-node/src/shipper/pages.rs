@@ -11,8 +11,8 @@ use tonic::transport::Channel;
 impl Shipper {
     /// The page's newest version: asks one segment whose acknowledged SCL covers the PG's tail.
     pub async fn read_page(&self, page: PageId) -> Result<Vec<u8>, ShipError> {
+        // The PGs shipped to now (the volume may have grown since it was opened).
         let pg = self
-            .layout
             .pg_of(page)
             .ok_or(ShipError::VolumeFull(page, self.capacity_pages()))?;
         let k = pg.0 as usize;

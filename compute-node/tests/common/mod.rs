@@ -66,6 +66,7 @@ impl Cluster {
             page_size: self.page_size,
             pages_per_pg,
             retention_seconds: 3600,
+            max_pages: 0,
             pgs: (0..pgs)
                 .map(|k| ProtectionGroup {
                     members: self
