@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use logdb_storage::acceptance::{Acceptance, Header as AHeader, Refusal};
+use logdb_storage::acceptance::{Acceptance, Header as AHeader, Held, Refusal};
 use logdb_storage::control::{Control, Descriptor, Truncation};
 use logdb_types::{Epoch, Lsn, PageId, PgIndex};
 
@@ -89,13 +89,16 @@ struct Waiting {
 }
 
 /// One segment: the very acceptance core `Segment` runs, over a simulated disk — a durable
-/// control record (saved atomically, as redb commits it) and a log whose frames past the last
-/// fsync may be lost, in part, by a crash (the last one kept may be torn: lost too).
+/// control record (saved atomically, as redb commits it), the records a round materialized
+/// (durable with it: the page store's delta index) and a log whose frames past the last fsync
+/// may be lost, in part, by a crash (the last one kept may be torn: lost too).
 struct Seg {
     /// Reachable (a partition makes it unreachable; its disk goes on).
     up: bool,
     core: Acceptance<()>,
     disk_control: Control,
+    /// Records materialized (they leave the core's memory), by LSN.
+    materialized: BTreeMap<Lsn, Held<()>>,
     frames: Vec<(Epoch, AHeader)>,
     synced: usize,
     waiting: Vec<Waiting>,
@@ -145,6 +148,7 @@ impl Seg {
             up: true,
             core: Acceptance::new(control.clone()),
             disk_control: control,
+            materialized: BTreeMap::new(),
             frames: Vec::new(),
             synced: 0,
             waiting: Vec::new(),
@@ -243,14 +247,25 @@ impl Seg {
         if let Some(bound) = self.core.coalesce_bound() {
             let mut c = self.core.control().clone();
             c.materialized = bound;
+            c.materialized_commit = self.core.commit_through(bound);
             self.save(&c);
-            self.core.materialized(c, |_| {});
+            for h in self.core.materialized(c) {
+                self.materialized.insert(h.header.lsn, h);
+            }
         }
     }
 
+    /// Every record the segment holds: materialized (in the page store) and in memory.
+    fn held(&self) -> BTreeMap<Lsn, &Held<()>> {
+        self.materialized
+            .iter()
+            .chain(self.core.records())
+            .map(|(l, h)| (*l, h))
+            .collect()
+    }
+
     fn records(&self, range: impl std::ops::RangeBounds<Lsn>) -> Vec<(Epoch, Rec)> {
-        self.core
-            .records()
+        self.held()
             .range(range)
             .map(|(_, h)| (h.epoch, Rec::of(&h.header)))
             .collect()
@@ -258,7 +273,7 @@ impl Seg {
 
     /// `GetSegmentState` + `StreamRecords{headers_only, with_predecessor}` from `from`.
     fn scan(&self, from: Lsn) -> SegmentScan {
-        let held = self.core.records();
+        let held = self.held();
         let before = held.range(..from).next_back();
         let headers = before
             .into_iter()
@@ -1160,7 +1175,12 @@ impl Script {
             .flat_map(|t| t.records.iter())
             .rev()
             .find(|(_, r)| r.lsn.0 == lsn);
-        let held = self.w.segs[pg][i].core.records().get(&Lsn(lsn));
+        let seg = &self.w.segs[pg][i];
+        let held = seg
+            .core
+            .records()
+            .get(&Lsn(lsn))
+            .or_else(|| seg.materialized.get(&Lsn(lsn)));
         match (id, held) {
             (Some((_, r)), Some(h)) => h.header.checksum == r.id,
             _ => false,

@@ -94,9 +94,10 @@ struct InFlight {
 pub struct Acceptance<P> {
     control: Control,
     chain: Chain,
-    /// Every retained record by LSN.
+    /// Every record held above the materialized LSN, by LSN (what is materialized lives in
+    /// the shell's page store, not here: memory follows the coalescing lag, not the window).
     records: BTreeMap<Lsn, Held<P>>,
-    /// Every retained record by page.
+    /// The same records by page.
     pages: HashMap<PageId, BTreeSet<Lsn>>,
     /// Records appended and not yet durable.
     inflight: HashMap<Lsn, InFlight>,
@@ -115,12 +116,12 @@ impl<P> Acceptance<P> {
         Acceptance {
             chain: Chain::starting_at(control.materialized),
             last_committed: control.materialized,
+            highest_commit: control.materialized_commit,
             control,
             records: BTreeMap::new(),
             pages: HashMap::new(),
             inflight: HashMap::new(),
             inflight_links: HashMap::new(),
-            highest_commit: (Lsn::ZERO, 0),
             pending: 0,
         }
     }
@@ -181,19 +182,17 @@ impl<P> Acceptance<P> {
     }
 
     /// Replays a frame found in the log at open; answers whether it was kept (a discarded, a
-    /// forgotten or a repeated record is not; one that does not fit the chain is an error and
-    /// skipped).
+    /// materialized or a repeated record is not — a materialized one is in the page store;
+    /// one that does not fit the chain is an error and skipped).
     pub fn replay(&mut self, epoch: Epoch, header: Header, payload: P) -> Result<bool, ChainError> {
         let lsn = header.lsn;
-        if self.control.discards(epoch, lsn)
-            || lsn <= self.control.horizon
-            || self.records.contains_key(&lsn)
-        {
+        if self.control.discards(epoch, lsn) || self.records.contains_key(&lsn) {
             return Ok(false);
         }
-        if lsn > self.control.materialized {
-            self.chain.insert(lsn, header.prev)?;
+        if lsn <= self.control.materialized {
+            return Ok(false);
         }
+        self.chain.insert(lsn, header.prev)?;
         self.insert(epoch, header, payload);
         Ok(true)
     }
@@ -256,8 +255,9 @@ impl<P> Acceptance<P> {
             } else if let Some(f) = self.inflight.get(&r.lsn) {
                 same(f.checksum)?;
                 admission.wait_for = admission.wait_for.max(f.ticket);
-            } else if r.lsn <= self.control.horizon {
-                // A resend of a record materialized and forgotten long ago: durable here.
+            } else if r.lsn <= self.control.materialized {
+                // A resend of a record already materialized (the SCL passed it, so this segment
+                // holds every record of its PG up to there): durable here, in the page store.
             } else if in_batch.insert(r.lsn) {
                 self.chain.check(r.lsn, r.prev)?;
                 let claimed = batch_links
@@ -485,30 +485,45 @@ impl<P> Acceptance<P> {
             .filter(|b| *b > self.control.materialized)
     }
 
-    /// A round made every record up to `control.materialized` durable in page versions: the
-    /// shell's `forget` runs on each of their payloads (to drop bytes it no longer needs).
-    pub fn materialized(&mut self, control: Control, mut forget: impl FnMut(&mut P)) {
-        let first = Lsn(self.control.materialized.0 + 1);
+    /// A round made every record up to `control.materialized` durable in the page store
+    /// (with the highest commit among them in `control.materialized_commit`): they leave
+    /// memory, and are answered to the shell.
+    pub fn materialized(&mut self, control: Control) -> Vec<Held<P>> {
         let bound = control.materialized;
-        for (_, h) in self.records.range_mut(first..=bound) {
-            forget(&mut h.payload);
-            self.pending -= 1;
-        }
         self.control = control;
+        let kept = self.records.split_off(&Lsn(bound.0 + 1));
+        let done = std::mem::replace(&mut self.records, kept);
+        self.pending -= done.len();
+        for (lsn, h) in &done {
+            if let Some(set) = self.pages.get_mut(&h.header.page) {
+                set.remove(lsn);
+                if set.is_empty() {
+                    self.pages.remove(&h.header.page);
+                }
+            }
+        }
+        done.into_values().collect()
     }
 
-    /// Retention moved the horizon (`control.horizon`): records at or below it are forgotten.
+    /// Retention moved the horizon (`control.horizon`, at or below what is materialized, so
+    /// nothing held in memory is under it).
     pub fn forget_through(&mut self, control: Control) {
-        let horizon = control.horizon;
         debug_assert!(
-            horizon <= control.materialized,
+            control.horizon <= control.materialized,
             "retention below what is materialized"
         );
         self.control = control;
-        let doomed: Vec<Lsn> = self.records.range(..=horizon).map(|(l, _)| *l).collect();
-        for lsn in doomed {
-            self.remove(lsn);
-        }
+    }
+
+    /// The highest commit record among `records` and the materialized commit, for the shell
+    /// to make durable with a round (so it outlives the log files).
+    pub fn commit_through(&self, bound: Lsn) -> (Lsn, u64) {
+        self.records
+            .range(..=bound)
+            .rev()
+            .find_map(|(l, h)| h.header.commit_ts_us.map(|ts| (*l, ts)))
+            .unwrap_or(self.control.materialized_commit)
+            .max(self.control.materialized_commit)
     }
 
     fn insert(&mut self, epoch: Epoch, header: Header, payload: P) {
@@ -578,7 +593,7 @@ impl<P> Acceptance<P> {
             .iter()
             .rev()
             .find_map(|(l, h)| h.header.commit_ts_us.map(|ts| (*l, ts)))
-            .unwrap_or((Lsn::ZERO, 0));
+            .unwrap_or(self.control.materialized_commit);
     }
 }
 

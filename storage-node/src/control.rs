@@ -75,8 +75,13 @@ pub struct Control {
     pub materialized: Lsn,
     /// Reads below this LSN are refused: the log and versions under it may be gone.
     pub horizon: Lsn,
-    /// Rounds above the horizon, oldest first: candidates for the next horizon.
+    /// Checkpoints above the horizon, oldest first: candidates for the next horizon (a round
+    /// is recorded as one only when the last is a checkpoint interval old, so this stays short).
     pub rounds: Vec<Round>,
+    /// The highest commit record at or below `materialized` and its timestamp (the log files
+    /// that held it may be gone).
+    #[serde(default)]
+    pub materialized_commit: (Lsn, u64),
 }
 
 impl Control {
@@ -89,6 +94,7 @@ impl Control {
             materialized: Lsn::ZERO,
             horizon: Lsn::ZERO,
             rounds: Vec::new(),
+            materialized_commit: (Lsn::ZERO, 0),
         }
     }
 

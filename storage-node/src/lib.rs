@@ -10,6 +10,7 @@ pub mod chain;
 pub mod control;
 pub mod fencing;
 pub mod frame;
+pub mod image_policy;
 pub mod materializer;
 pub mod metrics;
 pub mod node;

@@ -1,5 +1,6 @@
-//! The background coalescer (DESIGN.md §5): applies pending records to page versions a round at a
-//! time, and moves each segment's retention horizon so old log files and versions are freed. Runs
+//! The background coalescer (DESIGN.md §5): moves pending records into the page-version store a
+//! round at a time (deltas indexed, images where they pay), and moves each segment's retention
+//! horizon at checkpoints so old deltas, images and log files are freed. Runs
 //! off the request path: a write is acknowledged once durable, never waiting for this loop.
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub fn round(node: &Node, gc: bool) {
         match seg.coalesce() {
             Ok(out) => {
                 node.metrics.records_coalesced.inc_by(out.records as u64);
+                node.metrics.images_written.inc_by(out.images as u64);
             }
             Err(e) => {
                 if e.is_corruption() {
@@ -56,8 +58,17 @@ pub fn round(node: &Node, gc: bool) {
             }
         }
         if gc {
-            if let Err(e) = seg.collect_garbage(now_ms()) {
-                tracing::error!(segment = %seg.key(), error = %e, "garbage collection failed");
+            match seg.collect_garbage(now_ms()) {
+                Ok(out) => {
+                    node.metrics.checkpoint_images.inc_by(out.images as u64);
+                    node.metrics.deltas_freed.inc_by(out.deltas_removed as u64);
+                }
+                Err(e) => {
+                    if e.is_corruption() {
+                        node.metrics.corrupt_reads.inc();
+                    }
+                    tracing::error!(segment = %seg.key(), error = %e, "garbage collection failed");
+                }
             }
         }
     }

@@ -31,6 +31,12 @@ pub struct Metrics {
     pending: Family<SegmentLabels, Gauge>,
     coalesce_lag: Family<SegmentLabels, Gauge>,
     epoch: Family<SegmentLabels, Gauge>,
+    horizon: Family<SegmentLabels, Gauge>,
+    log_bytes: Family<SegmentLabels, Gauge>,
+    store_bytes: Family<SegmentLabels, Gauge>,
+    pub images_written: Counter,
+    pub checkpoint_images: Counter,
+    pub deltas_freed: Counter,
 }
 
 impl Default for Metrics {
@@ -56,6 +62,12 @@ impl Metrics {
             pending: Family::default(),
             coalesce_lag: Family::default(),
             epoch: Family::default(),
+            horizon: Family::default(),
+            log_bytes: Family::default(),
+            store_bytes: Family::default(),
+            images_written: Counter::default(),
+            checkpoint_images: Counter::default(),
+            deltas_freed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -111,6 +123,36 @@ impl Metrics {
             m.coalesce_lag.clone(),
         );
         registry.register("segment_epoch", "Installed epoch", m.epoch.clone());
+        registry.register(
+            "segment_horizon_lsn",
+            "Retention horizon: reads below it are refused, what only they need is freed",
+            m.horizon.clone(),
+        );
+        registry.register(
+            "segment_log_bytes",
+            "Bytes of the segment's log files on disk (the retained history)",
+            m.log_bytes.clone(),
+        );
+        registry.register(
+            "segment_store_bytes",
+            "Bytes of the segment's page store on disk (delta index and page images)",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "images_written",
+            "Page images written by coalescing rounds (a delta chain passed its threshold)",
+            m.images_written.clone(),
+        );
+        registry.register(
+            "checkpoint_images",
+            "Page images written by retention checkpoints",
+            m.checkpoint_images.clone(),
+        );
+        registry.register(
+            "deltas_freed",
+            "Delta index entries removed below the retention horizon",
+            m.deltas_freed.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -134,6 +176,13 @@ impl Metrics {
                 .get_or_create(&l)
                 .set(st.scl.0.saturating_sub(st.materialized.0) as i64);
             self.epoch.get_or_create(&l).set(st.epoch.0 as i64);
+            self.horizon.get_or_create(&l).set(st.horizon.0 as i64);
+            self.log_bytes
+                .get_or_create(&l)
+                .set(st.retained.log_bytes as i64);
+            self.store_bytes
+                .get_or_create(&l)
+                .set(st.retained.store_bytes as i64);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

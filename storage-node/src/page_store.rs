@@ -1,20 +1,29 @@
-//! Durable page versions and the segment's control record, in redb (an embedded, crash-safe
-//! B-tree store). A version is a whole page image keyed by (page, LSN of the newest record in it),
-//! so a read at any retained LSN finds the newest version at or below it. Each version carries a
-//! CRC-32C and is verified on every read: a damaged version is reported, never served.
+//! The page-version store and the segment's control record, in redb (an embedded, crash-safe
+//! B-tree store) — the layered shape of docs/STORAGE.md: the log is the history, this indexes it.
 //!
-//! The control record (one row, versioned JSON) holds what must survive a restart and outlive the
-//! log files: the segment's descriptor, the installed epoch, truncations, how far the log is
-//! materialized and the retention horizon. A coalescing round writes its versions and the new
-//! control record in one transaction, so they move together.
+//! - **Deltas** (`page_deltas`): for every materialized record, (page, LSN) → where its frame is
+//!   in the segment's log and the epoch it was written under (28 bytes; the record's bytes stay
+//!   in the log file, which is immutable once rotated).
+//! - **Images** (`page_versions`): whole page images keyed by (page, LSN of the newest record in
+//!   them), written only where they pay: a page's delta chain passed a threshold, or a
+//!   retention checkpoint. Each carries a CRC-32C, verified on every read.
+//!
+//! A read at any retained LSN is the newest image at or below it plus the deltas above it, from
+//! one read transaction (a consistent snapshot). The control record (one row, versioned JSON)
+//! holds what must survive a restart and outlive the log files: the descriptor, the installed
+//! epoch, truncations, how far the log is materialized, the retention horizon and checkpoints.
+//! A coalescing round writes its deltas, images and control record in one transaction; so does
+//! a checkpoint (its images, the deltas and images it makes unreachable, the new horizon).
 
 use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
-use logdb_types::{Lsn, PageId};
+use crate::segment_log::Loc;
+use logdb_types::{Epoch, Lsn, PageId};
 
 const VERSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("page_versions");
+const DELTAS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("page_deltas");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CONTROL_KEY: &str = "control";
 pub use crate::control::{Control, Descriptor, Round, Truncation, CONTROL_FORMAT};
@@ -28,6 +37,8 @@ pub enum StoreError {
     },
     #[error("page store {path}: control record unreadable: {reason}")]
     Control { path: PathBuf, reason: String },
+    #[error("page {page} delta index entry at LSN {lsn} is malformed; not served")]
+    CorruptDelta { page: PageId, lsn: Lsn },
     #[error("page {page} version at LSN {lsn} is corrupt (checksum {stored:#010x}, computed {computed:#010x}); not served")]
     CorruptVersion {
         page: PageId,
@@ -35,6 +46,57 @@ pub enum StoreError {
         stored: u32,
         computed: u32,
     },
+}
+
+/// Where a materialized record is: its log frame, and the epoch it was written under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaRef {
+    pub epoch: Epoch,
+    pub loc: Loc,
+}
+
+const DELTA_REF_LEN: usize = 28;
+
+impl DeltaRef {
+    fn encode(&self) -> [u8; DELTA_REF_LEN] {
+        let mut b = [0u8; DELTA_REF_LEN];
+        b[..8].copy_from_slice(&self.epoch.0.to_le_bytes());
+        b[8..16].copy_from_slice(&self.loc.file.to_le_bytes());
+        b[16..24].copy_from_slice(&self.loc.offset.to_le_bytes());
+        b[24..].copy_from_slice(&self.loc.len.to_le_bytes());
+        b
+    }
+
+    fn decode(raw: &[u8]) -> Option<DeltaRef> {
+        if raw.len() != DELTA_REF_LEN {
+            return None;
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
+        Some(DeltaRef {
+            epoch: Epoch(u64_at(0)),
+            loc: Loc {
+                file: u64_at(8),
+                offset: u64_at(16),
+                len: u32::from_le_bytes(raw[24..].try_into().expect("4 bytes")),
+            },
+        })
+    }
+}
+
+/// What a read of a page at an LSN starts from: the newest image at or below it (`None`: the
+/// page starts zeroed at `lsn` 0) and the deltas above it, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Base {
+    pub lsn: Lsn,
+    pub image: Option<Vec<u8>>,
+    pub deltas: Vec<(Lsn, DeltaRef)>,
+}
+
+/// What a checkpoint removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub deltas: usize,
+    pub images: usize,
 }
 
 pub struct PageStore {
@@ -56,6 +118,7 @@ impl PageStore {
         let tx = store.write_tx()?;
         {
             tx.open_table(VERSIONS).map_err(|e| store.err(e))?;
+            tx.open_table(DELTAS).map_err(|e| store.err(e))?;
             tx.open_table(META).map_err(|e| store.err(e))?;
         }
         tx.commit().map_err(|e| store.err(e))?;
@@ -117,27 +180,179 @@ impl PageStore {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// Stores new versions and the control record in one durable transaction.
+    fn put_images(
+        &self,
+        tx: &redb::WriteTransaction,
+        images: &[(PageId, Lsn, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut table = tx.open_table(VERSIONS).map_err(|e| self.err(e))?;
+        let mut value = Vec::new();
+        for (page, lsn, data) in images {
+            value.clear();
+            value.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+            value.extend_from_slice(data);
+            table
+                .insert((page.0, lsn.0), value.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// A coalescing round: its deltas, the images it wrote and the control record, in one
+    /// durable transaction.
     pub fn commit_round(
         &self,
-        versions: &[(PageId, Lsn, Vec<u8>)],
+        deltas: &[(PageId, Lsn, DeltaRef)],
+        images: &[(PageId, Lsn, Vec<u8>)],
         control: &Control,
     ) -> Result<(), StoreError> {
         let tx = self.write_tx()?;
         {
-            let mut table = tx.open_table(VERSIONS).map_err(|e| self.err(e))?;
-            let mut value = Vec::new();
-            for (page, lsn, data) in versions {
-                value.clear();
-                value.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
-                value.extend_from_slice(data);
+            let mut table = tx.open_table(DELTAS).map_err(|e| self.err(e))?;
+            for (page, lsn, d) in deltas {
                 table
-                    .insert((page.0, lsn.0), value.as_slice())
+                    .insert((page.0, lsn.0), d.encode().as_slice())
                     .map_err(|e| self.err(e))?;
             }
         }
+        self.put_images(&tx, images)?;
         self.put_control(&tx, control)?;
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// What a read of `page` at `at` starts from, from one snapshot: the newest image at or
+    /// below `at` and the deltas above it up to `through` (what the caller holds above
+    /// `through` it applies itself).
+    pub fn base(&self, page: PageId, at: Lsn, through: Lsn) -> Result<Base, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let images = tx.open_table(VERSIONS).map_err(|e| self.err(e))?;
+        let (lsn, image) = match self.newest_in(&images, page, at)? {
+            Some((lsn, image)) => (lsn, Some(image)),
+            None => (Lsn::ZERO, None),
+        };
+        let deltas = tx.open_table(DELTAS).map_err(|e| self.err(e))?;
+        let through = through.min(at);
+        let mut out = Vec::new();
+        if lsn < through {
+            for entry in deltas
+                .range((page.0, lsn.0 + 1)..=(page.0, through.0))
+                .map_err(|e| self.err(e))?
+            {
+                let (key, value) = entry.map_err(|e| self.err(e))?;
+                let l = Lsn(key.value().1);
+                let d = DeltaRef::decode(value.value())
+                    .ok_or(StoreError::CorruptDelta { page, lsn: l })?;
+                out.push((l, d));
+            }
+        }
+        Ok(Base {
+            lsn,
+            image,
+            deltas: out,
+        })
+    }
+
+    /// The deltas of `page` above its newest image: how many, and their frames' bytes (what
+    /// reconstructing it costs; the image policy decides from this).
+    pub fn chain_above_image(&self, page: PageId) -> Result<(u64, u64), StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let images = tx.open_table(VERSIONS).map_err(|e| self.err(e))?;
+        let image_lsn = match images
+            .range((page.0, 0)..=(page.0, u64::MAX))
+            .map_err(|e| self.err(e))?
+            .next_back()
+        {
+            Some(entry) => entry.map_err(|e| self.err(e))?.0.value().1,
+            None => 0,
+        };
+        let deltas = tx.open_table(DELTAS).map_err(|e| self.err(e))?;
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for entry in deltas
+            .range((page.0, image_lsn.saturating_add(1))..=(page.0, u64::MAX))
+            .map_err(|e| self.err(e))?
+        {
+            let (_, value) = entry.map_err(|e| self.err(e))?;
+            count += 1;
+            bytes += DeltaRef::decode(value.value()).map_or(0, |d| d.loc.len as u64);
+        }
+        Ok((count, bytes))
+    }
+
+    /// For every page with deltas at or below `horizon`: the LSN of its last one there (what
+    /// a checkpoint at `horizon` images).
+    pub fn last_deltas_through(&self, horizon: Lsn) -> Result<Vec<(PageId, Lsn)>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let deltas = tx.open_table(DELTAS).map_err(|e| self.err(e))?;
+        let mut out: Vec<(PageId, Lsn)> = Vec::new();
+        for entry in deltas.iter().map_err(|e| self.err(e))? {
+            let (key, _) = entry.map_err(|e| self.err(e))?;
+            let (page, lsn) = key.value();
+            if lsn > horizon.0 {
+                continue;
+            }
+            match out.last_mut() {
+                Some((p, l)) if p.0 == page => *l = Lsn(lsn),
+                _ => out.push((PageId(page), Lsn(lsn))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A retention checkpoint at `control.horizon`, in one durable transaction: stores
+    /// `images` (each page's state at its last delta at or below the horizon), then removes
+    /// every delta at or below the horizon and, per page, every image older than its newest at
+    /// or below the horizon — nothing a read at or above the horizon can need.
+    pub fn checkpoint(
+        &self,
+        images: &[(PageId, Lsn, Vec<u8>)],
+        control: &Control,
+    ) -> Result<Removed, StoreError> {
+        let horizon = control.horizon.0;
+        let tx = self.write_tx()?;
+        self.put_images(&tx, images)?;
+        let mut removed = Removed::default();
+        {
+            let mut deltas = tx.open_table(DELTAS).map_err(|e| self.err(e))?;
+            deltas
+                .retain(|(_, lsn), _| {
+                    let keep = lsn > horizon;
+                    removed.deltas += !keep as usize;
+                    keep
+                })
+                .map_err(|e| self.err(e))?;
+        }
+        removed.images = self.remove_images_below(&tx, control.horizon)?;
+        self.put_control(&tx, control)?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(removed)
+    }
+
+    /// The pages the store holds an image or a delta of, in order, at most `limit`.
+    pub fn pages(&self, limit: usize) -> Result<Vec<PageId>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let mut out = std::collections::BTreeSet::new();
+        for def in [VERSIONS, DELTAS] {
+            let table = tx.open_table(def).map_err(|e| self.err(e))?;
+            // Skip from page to page: one seek per page, not one step per entry.
+            let mut next = 0u64;
+            while out.len() < limit.saturating_mul(2) {
+                let Some(entry) = table.range((next, 0)..).map_err(|e| self.err(e))?.next() else {
+                    break;
+                };
+                let page = entry.map_err(|e| self.err(e))?.0.value().0;
+                out.insert(PageId(page));
+                match page.checked_add(1) {
+                    Some(p) => next = p,
+                    None => break,
+                }
+            }
+        }
+        Ok(out.into_iter().take(limit).collect())
+    }
+
+    /// Bytes of the store's file on disk.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 
     /// The newest version of `page` at or below `at`, verified: `(lsn, image)`.
@@ -148,6 +363,15 @@ impl PageStore {
     ) -> Result<Option<(Lsn, Vec<u8>)>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(VERSIONS).map_err(|e| self.err(e))?;
+        self.newest_in(&table, page, at)
+    }
+
+    fn newest_in(
+        &self,
+        table: &redb::ReadOnlyTable<(u64, u64), &'static [u8]>,
+        page: PageId,
+        at: Lsn,
+    ) -> Result<Option<(Lsn, Vec<u8>)>, StoreError> {
         let mut range = table
             .range((page.0, 0)..=(page.0, at.0))
             .map_err(|e| self.err(e))?;
@@ -192,10 +416,13 @@ impl PageStore {
         }
     }
 
-    /// Deletes, for every page, the versions older than its newest version at or below
+    /// Deletes, for every page, the images older than its newest image at or below
     /// `horizon` (reads below the horizon are refused, so nothing can need them).
-    pub fn remove_versions_below(&self, horizon: Lsn) -> Result<usize, StoreError> {
-        let tx = self.write_tx()?;
+    fn remove_images_below(
+        &self,
+        tx: &redb::WriteTransaction,
+        horizon: Lsn,
+    ) -> Result<usize, StoreError> {
         let mut removed = 0;
         {
             let mut table = tx.open_table(VERSIONS).map_err(|e| self.err(e))?;
@@ -218,7 +445,6 @@ impl PageStore {
                 removed += 1;
             }
         }
-        tx.commit().map_err(|e| self.err(e))?;
         Ok(removed)
     }
 
@@ -232,8 +458,19 @@ mod tests {
     use super::*;
     use logdb_types::Epoch;
 
+    fn delta(file: u64, offset: u64) -> DeltaRef {
+        DeltaRef {
+            epoch: Epoch(3),
+            loc: Loc {
+                file,
+                offset,
+                len: 90,
+            },
+        }
+    }
+
     #[test]
-    fn versions_are_found_by_lsn_and_survive_reopen() {
+    fn a_read_base_is_the_newest_image_and_the_deltas_above_it_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pages.redb");
         let mut control = Control::new(Descriptor::for_tests(), Epoch(1));
@@ -243,32 +480,67 @@ mod tests {
             store
                 .commit_round(
                     &[
-                        (PageId(1), Lsn(10), vec![1; 4096]),
-                        (PageId(1), Lsn(20), vec![2; 4096]),
-                        (PageId(2), Lsn(15), vec![3; 4096]),
+                        (PageId(1), Lsn(5), delta(1, 0)),
+                        (PageId(1), Lsn(10), delta(1, 90)),
+                        (PageId(1), Lsn(20), delta(1, 180)),
+                        (PageId(1), Lsn(25), delta(2, 0)),
+                        (PageId(2), Lsn(15), delta(1, 270)),
                     ],
+                    &[(PageId(1), Lsn(10), vec![1; 4096])],
                     &control,
                 )
                 .unwrap();
         }
         let store = PageStore::open(&path).unwrap();
         assert_eq!(store.control().unwrap().unwrap(), control);
-        assert_eq!(store.newest_version(PageId(1), Lsn(9)).unwrap(), None);
+        // Below the image: no image, every delta from the start.
+        let b = store.base(PageId(1), Lsn(9), Lsn(30)).unwrap();
+        assert_eq!((b.lsn, b.image.is_none()), (Lsn::ZERO, true));
+        assert_eq!(b.deltas, vec![(Lsn(5), delta(1, 0))]);
+        // Above it: the image, then the deltas up to the read point and the caller's bound.
+        let b = store.base(PageId(1), Lsn(99), Lsn(30)).unwrap();
         assert_eq!(
-            store.newest_version(PageId(1), Lsn(19)).unwrap().unwrap().0,
-            Lsn(10)
+            (b.lsn, b.image.as_deref()),
+            (Lsn(10), Some(&[1u8; 4096][..]))
         );
         assert_eq!(
-            store.newest_version(PageId(1), Lsn(99)).unwrap().unwrap(),
-            (Lsn(20), vec![2; 4096])
+            b.deltas.iter().map(|d| d.0).collect::<Vec<_>>(),
+            [Lsn(20), Lsn(25)]
         );
+        let b = store.base(PageId(1), Lsn(99), Lsn(22)).unwrap();
+        assert_eq!(b.deltas, vec![(Lsn(20), delta(1, 180))]);
+        assert_eq!(store.chain_above_image(PageId(1)).unwrap(), (2, 180));
+        assert_eq!(store.chain_above_image(PageId(2)).unwrap(), (1, 90));
+        assert_eq!(
+            store.last_deltas_through(Lsn(22)).unwrap(),
+            [(PageId(1), Lsn(20)), (PageId(2), Lsn(15))]
+        );
+
+        // A checkpoint at 22: the images it brings, the deltas and the older images it frees.
+        control.horizon = Lsn(22);
+        let removed = store
+            .checkpoint(
+                &[
+                    (PageId(1), Lsn(20), vec![2; 4096]),
+                    (PageId(2), Lsn(15), vec![3; 4096]),
+                ],
+                &control,
+            )
+            .unwrap();
+        assert_eq!(
+            removed,
+            Removed {
+                deltas: 4,
+                images: 1
+            }
+        );
+        let b = store.base(PageId(1), Lsn(99), Lsn(30)).unwrap();
+        assert_eq!((b.lsn, b.image.unwrap()[0]), (Lsn(20), 2));
+        assert_eq!(b.deltas, vec![(Lsn(25), delta(2, 0))]);
+        let b = store.base(PageId(2), Lsn(22), Lsn(30)).unwrap();
+        assert_eq!((b.lsn, b.deltas.len()), (Lsn(15), 0));
         assert_eq!(store.newest_version_lsn(PageId(2)).unwrap(), Some(Lsn(15)));
-        assert_eq!(store.remove_versions_below(Lsn(25)).unwrap(), 1);
-        assert_eq!(store.newest_version(PageId(1), Lsn(19)).unwrap(), None);
-        assert_eq!(
-            store.newest_version(PageId(2), Lsn(99)).unwrap().unwrap().0,
-            Lsn(15)
-        );
+        assert_eq!(store.control().unwrap().unwrap().horizon, Lsn(22));
     }
 
     #[test]

@@ -65,6 +65,7 @@ struct Appender {
 }
 
 struct FileInfo {
+    min_lsn: Lsn,
     max_lsn: Lsn,
     reader: Option<Arc<File>>,
 }
@@ -132,10 +133,11 @@ impl SegmentLog {
         for (i, &seq) in seqs.iter().enumerate() {
             let last = i + 1 == seqs.len();
             let path = dir.join(file_name(seq));
-            let max_lsn = replay_file(&path, seq, last, &mut report, &mut visit)?;
+            let (min_lsn, max_lsn) = replay_file(&path, seq, last, &mut report, &mut visit)?;
             files.insert(
                 seq,
                 FileInfo {
+                    min_lsn,
                     max_lsn,
                     reader: None,
                 },
@@ -175,6 +177,7 @@ impl SegmentLog {
         }
         let total: u64 = frames.iter().map(|(_, f)| f.len() as u64).sum();
         let max_lsn = frames.iter().map(|(l, _)| *l).max().unwrap_or_default();
+        let min_lsn = frames.iter().map(|(l, _)| *l).min().unwrap_or_default();
         let mut a = self.appender.lock().expect("appender lock");
         if a.cur_len > 0 && a.cur_len + total > self.max_file_bytes {
             a.cur_file += 1;
@@ -201,9 +204,11 @@ impl SegmentLog {
         {
             let mut files = self.files.lock().expect("files lock");
             let info = files.entry(file).or_insert(FileInfo {
+                min_lsn,
                 max_lsn: Lsn::ZERO,
                 reader: None,
             });
+            info.min_lsn = info.min_lsn.min(min_lsn);
             info.max_lsn = info.max_lsn.max(max_lsn);
         }
         drop(a);
@@ -317,6 +322,104 @@ impl SegmentLog {
             })
     }
 
+    /// Visits every durable frame with an LSN in `[from, to]`, file by file (a file's frames
+    /// in the order they were appended; only files whose LSN range meets `[from, to]` are
+    /// read). What the flusher has not written yet is not visited.
+    pub fn scan(
+        &self,
+        from: Lsn,
+        to: Lsn,
+        mut visit: impl FnMut(LoggedRecord),
+    ) -> Result<(), LogError> {
+        for seq in self.files_where(|i| i.max_lsn >= from && i.min_lsn <= to) {
+            self.scan_file(seq, |f| {
+                if f.record.lsn >= from && f.record.lsn <= to {
+                    visit(f);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The durable frame with the highest LSN at or below `at` that `keep` accepts.
+    pub fn highest_at_or_below(
+        &self,
+        at: Lsn,
+        keep: impl Fn(&LoggedRecord) -> bool,
+    ) -> Result<Option<LoggedRecord>, LogError> {
+        let mut best: Option<LoggedRecord> = None;
+        let mut seqs = self.files_where(|i| i.min_lsn <= at);
+        // Newest files first: once the best found is above a file's highest LSN, it is out.
+        seqs.reverse();
+        for seq in seqs {
+            let max = self
+                .files
+                .lock()
+                .expect("files lock")
+                .get(&seq)
+                .map(|i| i.max_lsn);
+            if best
+                .as_ref()
+                .is_some_and(|b| max.is_none_or(|m| m <= b.record.lsn))
+            {
+                continue;
+            }
+            self.scan_file(seq, |f| {
+                if f.record.lsn <= at
+                    && keep(&f)
+                    && best.as_ref().is_none_or(|b| f.record.lsn > b.record.lsn)
+                {
+                    best = Some(f);
+                }
+            })?;
+        }
+        Ok(best)
+    }
+
+    fn files_where(&self, pred: impl Fn(&FileInfo) -> bool) -> Vec<u64> {
+        self.files
+            .lock()
+            .expect("files lock")
+            .iter()
+            .filter(|(_, i)| pred(i))
+            .map(|(seq, _)| *seq)
+            .collect()
+    }
+
+    /// Reads the durable part of one file (a file retention removed meanwhile reads as empty).
+    fn scan_file(&self, seq: u64, mut visit: impl FnMut(LoggedRecord)) -> Result<(), LogError> {
+        let path = self.dir.join(file_name(seq));
+        let buf = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(LogError::Io { path, source: e }),
+        };
+        let mut at = 0usize;
+        while at < buf.len() {
+            match frame::parse(&buf[at..]) {
+                Ok((f, used)) => {
+                    visit(f);
+                    at += used;
+                }
+                // A frame the flusher is writing, or one replay reported as damaged.
+                Err(_) => match frame::resync(&buf, at + 1) {
+                    Some(next) => at = next,
+                    None => break,
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of the log files on disk.
+    pub fn bytes_on_disk(&self) -> u64 {
+        let seqs = self.files_where(|_| true);
+        seqs.iter()
+            .filter_map(|seq| fs::metadata(self.dir.join(file_name(*seq))).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// Deletes every file whose records are all at or below `horizon`, except the one being
     /// appended to. Returns how many were removed.
     pub fn remove_files_through(&self, horizon: Lsn) -> Result<usize, LogError> {
@@ -373,14 +476,16 @@ fn replay_file(
     last: bool,
     report: &mut ReplayReport,
     visit: &mut impl FnMut(LoggedRecord, Loc),
-) -> Result<Lsn, LogError> {
+) -> Result<(Lsn, Lsn), LogError> {
     let buf = fs::read(path).map_err(io_err(path))?;
     let mut at = 0usize;
     let mut max_lsn = Lsn::ZERO;
+    let mut min_lsn = Lsn(u64::MAX);
     while at < buf.len() {
         match frame::parse(&buf[at..]) {
             Ok((f, used)) => {
                 max_lsn = max_lsn.max(f.record.lsn);
+                min_lsn = min_lsn.min(f.record.lsn);
                 report.frames += 1;
                 visit(
                     f,
@@ -421,7 +526,7 @@ fn replay_file(
             },
         }
     }
-    Ok(max_lsn)
+    Ok((min_lsn.min(max_lsn), max_lsn))
 }
 
 #[cfg(test)]

@@ -75,6 +75,8 @@ pub fn state_proto(st: &SegmentStatus) -> proto::SegmentState {
         last_committed_lsn: st.last_committed.0,
         highest_commit_lsn: st.highest_commit.0,
         highest_commit_timestamp_us: st.highest_commit_ts_us,
+        retained_log_bytes: st.retained.log_bytes,
+        retained_store_bytes: st.retained.store_bytes,
         // Truncations from before decision histories (no first LSN) were this segment's own.
         recovery_points: st
             .truncations
@@ -323,6 +325,7 @@ impl StorageService for StorageSvc {
                     proto::PageState::Pending
                 } as i32,
                 pending_lsns: row.pending.into_iter().map(|l| l.0).collect(),
+                deltas_above_base: row.deltas_above_base,
             })
             .collect();
         Ok(Response::new(proto::InspectPagesResponse { pages }))

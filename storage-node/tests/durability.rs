@@ -219,8 +219,11 @@ async fn a_damaged_page_version_is_refused_with_data_loss() {
     let mut node = StorageNode::start(dir.path(), &["--coalesce-interval-ms", "10"]);
     let mut c = node.client().await;
     create_segment(&mut c, VOL, SEG, 0, 64).await;
-    write(&mut c, 1, 1, &[image(1, 0, 2, 0x5A)]).await.unwrap();
-    wait_state(&mut c, "materialization", |s| s.materialized_lsn == 1).await;
+    // Two whole-page records: their frames pass two pages, so the round stores an image.
+    write(&mut c, 1, 2, &[image(1, 0, 2, 0x11), image(2, 1, 2, 0x5A)])
+        .await
+        .unwrap();
+    wait_state(&mut c, "materialization", |s| s.materialized_lsn == 2).await;
     // A clean stop: after kill -9 redb verifies its own tree and rolls a damaged commit back (the
     // page is then rebuilt from the log); after a clean stop only logdb's checksum stands guard.
     node.stop();
@@ -240,7 +243,7 @@ async fn a_damaged_page_version_is_refused_with_data_loss() {
 
     node.restart_after_kill();
     let mut c = node.client().await;
-    let err = match read(&mut c, 2, 1).await {
+    let err = match read(&mut c, 2, 2).await {
         Ok(r) => panic!(
             "a damaged version was served (materialized LSN {})",
             r.materialized_lsn
@@ -249,7 +252,7 @@ async fn a_damaged_page_version_is_refused_with_data_loss() {
     };
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
     assert!(
-        err.message().contains("page 2 version at LSN 1 is corrupt"),
+        err.message().contains("page 2 version at LSN 2 is corrupt"),
         "{}",
         err.message()
     );

@@ -74,6 +74,12 @@ pub struct SegmentStatus {
     pub scl: u64,
     pub materialized_lsn: u64,
     pub epoch: u64,
+    /// Reads below it are refused; what only they needed is freed.
+    #[serde(default)]
+    pub horizon_lsn: u64,
+    /// Bytes kept on disk: log files plus page store.
+    #[serde(default)]
+    pub retained_bytes: u64,
 }
 
 /// Asks the node at `address` for the state of each `(pg, segment)`; `None` if it does not
@@ -102,6 +108,8 @@ pub async fn segment_states(
                 scl: s.scl,
                 materialized_lsn: s.materialized_lsn,
                 epoch: s.epoch,
+                horizon_lsn: s.horizon_lsn,
+                retained_bytes: s.retained_log_bytes + s.retained_store_bytes,
             });
         }
         Some(out)
@@ -172,7 +180,7 @@ impl LocalStatus {
         );
         let _ = writeln!(
             out,
-            "{:<5} {:<12} {:<22} {:<9} {:<8} SCL",
+            "{:<5} {:<12} {:<22} {:<9} {:<8} SCL / RETAINED (HORIZON)",
             "NODE", "ZONE", "ADDRESS", "PROCESS", "HEALTHY"
         );
         for n in &self.nodes {
@@ -181,7 +189,15 @@ impl LocalStatus {
             } else {
                 n.segments
                     .iter()
-                    .map(|s| format!("pg{}={}", s.pg, s.scl))
+                    .map(|s| {
+                        format!(
+                            "pg{}={} / {} (h {})",
+                            s.pg,
+                            s.scl,
+                            human_bytes(s.retained_bytes),
+                            s.horizon_lsn
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(" ")
             };
@@ -225,6 +241,8 @@ mod tests {
                     scl: 42,
                     materialized_lsn: 40,
                     epoch: 2,
+                    horizon_lsn: 30,
+                    retained_bytes: 3 << 20,
                 }]
             } else {
                 vec![]
@@ -271,7 +289,10 @@ mod tests {
         assert!(t.contains("read point 41  mean lag 0.50 ms"), "{t}");
         assert!(t.contains("storage nodes: 1/2 healthy"), "{t}");
         let a1 = t.lines().find(|l| l.starts_with("a1 ")).unwrap();
-        assert!(a1.ends_with("running   yes      pg0=42"), "{a1}");
+        assert!(
+            a1.ends_with("running   yes      pg0=42 / 3.0 MiB (h 30)"),
+            "{a1}"
+        );
         let a2 = t.lines().find(|l| l.starts_with("a2 ")).unwrap();
         assert!(a2.ends_with("stopped   no       -"), "{a2}");
     }
