@@ -64,6 +64,14 @@ pub struct Round {
     pub unix_ms: u64,
 }
 
+/// A hold on the history from `lsn` on (a restore reading it), until `expires_unix_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lease {
+    pub name: String,
+    pub lsn: Lsn,
+    pub expires_unix_ms: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Control {
     pub format: u32,
@@ -82,6 +90,9 @@ pub struct Control {
     /// that held it may be gone).
     #[serde(default)]
     pub materialized_commit: (Lsn, u64),
+    /// Holds on the history: the horizon stays at or below each unexpired one's LSN.
+    #[serde(default)]
+    pub leases: Vec<Lease>,
 }
 
 impl Control {
@@ -95,12 +106,58 @@ impl Control {
             horizon: Lsn::ZERO,
             rounds: Vec::new(),
             materialized_commit: (Lsn::ZERO, 0),
+            leases: Vec::new(),
         }
+    }
+
+    /// Where retention may move the horizon at `now_ms`: the newest checkpoint recorded at or
+    /// before `cutoff_ms` (the retention window's start) that no unexpired lease needs kept,
+    /// when that is above the current horizon.
+    pub fn next_horizon(&self, cutoff_ms: u64, now_ms: u64) -> Option<Lsn> {
+        let held = self
+            .leases
+            .iter()
+            .filter(|l| l.expires_unix_ms > now_ms)
+            .map(|l| l.lsn)
+            .min();
+        self.rounds
+            .iter()
+            .filter(|r| r.unix_ms <= cutoff_ms && held.is_none_or(|h| r.lsn <= h))
+            .map(|r| r.lsn)
+            .max()
+            .filter(|h| *h > self.horizon)
     }
 
     pub fn discards(&self, record_epoch: Epoch, lsn: Lsn) -> bool {
         self.truncations
             .iter()
             .any(|t| t.discards(record_epoch, lsn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_horizon_stops_at_the_oldest_unexpired_lease() {
+        let mut c = Control::new(Descriptor::for_tests(), Epoch(1));
+        c.rounds = [(10, 1_000), (20, 2_000), (30, 3_000)]
+            .map(|(lsn, unix_ms)| Round {
+                lsn: Lsn(lsn),
+                unix_ms,
+            })
+            .to_vec();
+        assert_eq!(c.next_horizon(2_500, 9_000), Some(Lsn(20)));
+        c.leases.push(Lease {
+            name: "restore-1".into(),
+            lsn: Lsn(15),
+            expires_unix_ms: 10_000,
+        });
+        assert_eq!(c.next_horizon(9_000, 9_000), Some(Lsn(10)));
+        c.horizon = Lsn(10);
+        assert_eq!(c.next_horizon(9_000, 9_000), None, "held at 15");
+        // Expired: it no longer holds anything.
+        assert_eq!(c.next_horizon(9_000, 10_000), Some(Lsn(30)));
     }
 }

@@ -25,7 +25,7 @@ impl Debt {
 }
 
 /// A page whose deltas' frames pass this many page sizes gets an image.
-pub const IMAGE_AFTER_PAGES: u64 = 2;
+pub const IMAGE_AFTER_PAGES: u64 = 4;
 /// A page with this many deltas above its image gets one, whatever their size.
 pub const IMAGE_AFTER_RECORDS: u64 = 256;
 /// Checkpoints per retention window: the horizon moves in steps of window / this.
@@ -49,11 +49,14 @@ mod tests {
     fn images_follow_bytes_or_records() {
         let mut d = Debt::default();
         for _ in 0..163 {
-            d.add(100);
+            d.add(200);
         }
-        assert!(!image_due(&d, 8192), "16.3 KB of deltas is under two pages");
-        d.add(100);
-        assert!(image_due(&d, 8192), "16.4 KB passes two 8 KiB pages");
+        assert!(
+            !image_due(&d, 8192),
+            "32.6 KB of deltas is under four pages"
+        );
+        d.add(200);
+        assert!(image_due(&d, 8192), "32.8 KB passes four 8 KiB pages");
         let tiny = Debt {
             records: IMAGE_AFTER_RECORDS,
             bytes: IMAGE_AFTER_RECORDS * 10,

@@ -1,9 +1,11 @@
 //! The page-version store and the segment's control record, in redb (an embedded, crash-safe
 //! B-tree store) — the layered shape of docs/STORAGE.md: the log is the history, this indexes it.
 //!
-//! - **Deltas** (`page_deltas`): for every materialized record, (page, LSN) → where its frame is
-//!   in the segment's log and the epoch it was written under (28 bytes; the record's bytes stay
-//!   in the log file, which is immutable once rotated).
+//! - **Deltas** (`page_deltas`): per page and coalescing round, (page, LSN of the round's first
+//!   record of it) → for each of its records, the LSN, the epoch it was written under and where
+//!   its frame is in the segment's log (28 bytes a record; the record's bytes stay in the log
+//!   file, which is immutable once rotated). One entry per page per round, not per record: a hot
+//!   page's dozens of records in a round cost one B-tree entry.
 //! - **Images** (`page_versions`): whole page images keyed by (page, LSN of the newest record in
 //!   them), written only where they pay: a page's delta chain passed a threshold, or a
 //!   retention checkpoint. Each carries a CRC-32C, verified on every read.
@@ -26,6 +28,7 @@ const VERSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("page_
 const DELTAS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("page_deltas");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CONTROL_KEY: &str = "control";
+const CACHE_BYTES: usize = 16 << 20;
 pub use crate::control::{Control, Descriptor, Round, Truncation, CONTROL_FORMAT};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,8 @@ pub enum StoreError {
     Control { path: PathBuf, reason: String },
     #[error("page {page} delta index entry at LSN {lsn} is malformed; not served")]
     CorruptDelta { page: PageId, lsn: Lsn },
+    #[error("page store {path}: {reason}")]
+    Unencodable { path: PathBuf, reason: String },
     #[error("page {page} version at LSN {lsn} is corrupt (checksum {stored:#010x}, computed {computed:#010x}); not served")]
     CorruptVersion {
         page: PageId,
@@ -55,32 +60,52 @@ pub struct DeltaRef {
     pub loc: Loc,
 }
 
-const DELTA_REF_LEN: usize = 28;
+/// One record in a delta entry: LSN (8), epoch (4), log file (4), offset (8), length (4).
+const DELTA_LEN: usize = 28;
 
-impl DeltaRef {
-    fn encode(&self) -> [u8; DELTA_REF_LEN] {
-        let mut b = [0u8; DELTA_REF_LEN];
-        b[..8].copy_from_slice(&self.epoch.0.to_le_bytes());
-        b[8..16].copy_from_slice(&self.loc.file.to_le_bytes());
-        b[16..24].copy_from_slice(&self.loc.offset.to_le_bytes());
-        b[24..].copy_from_slice(&self.loc.len.to_le_bytes());
-        b
-    }
+fn encode_delta(out: &mut Vec<u8>, lsn: Lsn, d: &DeltaRef) -> Result<(), String> {
+    let small = |what: &str, v: u64| {
+        u32::try_from(v).map_err(|_| format!("{what} {v} does not fit the delta index's 32 bits"))
+    };
+    out.extend_from_slice(&lsn.0.to_le_bytes());
+    out.extend_from_slice(&small("epoch", d.epoch.0)?.to_le_bytes());
+    out.extend_from_slice(&small("log file", d.loc.file)?.to_le_bytes());
+    out.extend_from_slice(&d.loc.offset.to_le_bytes());
+    out.extend_from_slice(&d.loc.len.to_le_bytes());
+    Ok(())
+}
 
-    fn decode(raw: &[u8]) -> Option<DeltaRef> {
-        if raw.len() != DELTA_REF_LEN {
-            return None;
-        }
-        let u64_at = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
-        Some(DeltaRef {
-            epoch: Epoch(u64_at(0)),
-            loc: Loc {
-                file: u64_at(8),
-                offset: u64_at(16),
-                len: u32::from_le_bytes(raw[24..].try_into().expect("4 bytes")),
-            },
-        })
+/// The records of one delta entry, oldest first (`None`: malformed).
+fn decode_deltas(raw: &[u8]) -> Option<Vec<(Lsn, DeltaRef)>> {
+    if raw.is_empty() || !raw.len().is_multiple_of(DELTA_LEN) {
+        return None;
     }
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8"));
+    Some(
+        raw.chunks_exact(DELTA_LEN)
+            .map(|b| {
+                (
+                    Lsn(u64_at(b, 0)),
+                    DeltaRef {
+                        epoch: Epoch(u32_at(b, 8) as u64),
+                        loc: Loc {
+                            file: u32_at(b, 12) as u64,
+                            offset: u64_at(b, 16),
+                            len: u32_at(b, 24),
+                        },
+                    },
+                )
+            })
+            .collect(),
+    )
+}
+
+/// The LSN of the newest record of a delta entry.
+fn last_lsn(raw: &[u8]) -> u64 {
+    raw.len().checked_sub(DELTA_LEN).map_or(0, |i| {
+        u64::from_le_bytes(raw[i..i + 8].try_into().expect("8"))
+    })
 }
 
 /// What a read of a page at an LSN starts from: the newest image at or below it (`None`: the
@@ -106,10 +131,15 @@ pub struct PageStore {
 
 impl PageStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Redb {
-            path: path.to_path_buf(),
-            source: Box::new(e.into()),
-        })?;
+        // A small cache: reads of old images and deltas are rare and the OS caches the file;
+        // redb's default (1 GiB) would grow with the store and the node's RSS with it.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| StoreError::Redb {
+                path: path.to_path_buf(),
+                source: Box::new(e.into()),
+            })?;
         let store = PageStore {
             path: path.to_path_buf(),
             db,
@@ -198,8 +228,8 @@ impl PageStore {
         Ok(())
     }
 
-    /// A coalescing round: its deltas, the images it wrote and the control record, in one
-    /// durable transaction.
+    /// A coalescing round: its deltas (by page, oldest first: one entry per page), the images
+    /// it wrote and the control record, in one durable transaction.
     pub fn commit_round(
         &self,
         deltas: &[(PageId, Lsn, DeltaRef)],
@@ -209,9 +239,20 @@ impl PageStore {
         let tx = self.write_tx()?;
         {
             let mut table = tx.open_table(DELTAS).map_err(|e| self.err(e))?;
-            for (page, lsn, d) in deltas {
+            let mut value = Vec::new();
+            for group in deltas.chunk_by(|a, b| a.0 == b.0) {
+                value.clear();
+                for (_, lsn, d) in group {
+                    encode_delta(&mut value, *lsn, d).map_err(|reason| {
+                        StoreError::Unencodable {
+                            path: self.path.clone(),
+                            reason,
+                        }
+                    })?;
+                }
+                let (page, first, _) = group[0];
                 table
-                    .insert((page.0, lsn.0), d.encode().as_slice())
+                    .insert((page.0, first.0), value.as_slice())
                     .map_err(|e| self.err(e))?;
             }
         }
@@ -232,24 +273,52 @@ impl PageStore {
         };
         let deltas = tx.open_table(DELTAS).map_err(|e| self.err(e))?;
         let through = through.min(at);
-        let mut out = Vec::new();
-        if lsn < through {
-            for entry in deltas
-                .range((page.0, lsn.0 + 1)..=(page.0, through.0))
-                .map_err(|e| self.err(e))?
-            {
-                let (key, value) = entry.map_err(|e| self.err(e))?;
-                let l = Lsn(key.value().1);
-                let d = DeltaRef::decode(value.value())
-                    .ok_or(StoreError::CorruptDelta { page, lsn: l })?;
-                out.push((l, d));
-            }
-        }
+        let out = if lsn < through {
+            self.deltas_in(&deltas, page, lsn, through)?
+        } else {
+            Vec::new()
+        };
         Ok(Base {
             lsn,
             image,
             deltas: out,
         })
+    }
+
+    /// The deltas of `page` in (`above`, `through`], oldest first: from the entry that may
+    /// straddle `above` (the newest starting at or below it) on.
+    fn deltas_in(
+        &self,
+        table: &redb::ReadOnlyTable<(u64, u64), &'static [u8]>,
+        page: PageId,
+        above: Lsn,
+        through: Lsn,
+    ) -> Result<Vec<(Lsn, DeltaRef)>, StoreError> {
+        let start = match table
+            .range((page.0, 0)..=(page.0, above.0))
+            .map_err(|e| self.err(e))?
+            .next_back()
+        {
+            Some(entry) => entry.map_err(|e| self.err(e))?.0.value().1,
+            None => above.0.saturating_add(1),
+        };
+        let mut out = Vec::new();
+        for entry in table
+            .range((page.0, start)..=(page.0, through.0))
+            .map_err(|e| self.err(e))?
+        {
+            let (key, value) = entry.map_err(|e| self.err(e))?;
+            let records = decode_deltas(value.value()).ok_or(StoreError::CorruptDelta {
+                page,
+                lsn: Lsn(key.value().1),
+            })?;
+            out.extend(
+                records
+                    .into_iter()
+                    .filter(|(l, _)| *l > above && *l <= through),
+            );
+        }
+        Ok(out)
     }
 
     /// The deltas of `page` above its newest image: how many, and their frames' bytes (what
@@ -266,16 +335,11 @@ impl PageStore {
             None => 0,
         };
         let deltas = tx.open_table(DELTAS).map_err(|e| self.err(e))?;
-        let (mut count, mut bytes) = (0u64, 0u64);
-        for entry in deltas
-            .range((page.0, image_lsn.saturating_add(1))..=(page.0, u64::MAX))
-            .map_err(|e| self.err(e))?
-        {
-            let (_, value) = entry.map_err(|e| self.err(e))?;
-            count += 1;
-            bytes += DeltaRef::decode(value.value()).map_or(0, |d| d.loc.len as u64);
-        }
-        Ok((count, bytes))
+        let above = self.deltas_in(&deltas, page, Lsn(image_lsn), Lsn(u64::MAX))?;
+        Ok((
+            above.len() as u64,
+            above.iter().map(|(_, d)| d.loc.len as u64).sum(),
+        ))
     }
 
     /// For every page with deltas at or below `horizon`: the LSN of its last one there (what
@@ -285,14 +349,26 @@ impl PageStore {
         let deltas = tx.open_table(DELTAS).map_err(|e| self.err(e))?;
         let mut out: Vec<(PageId, Lsn)> = Vec::new();
         for entry in deltas.iter().map_err(|e| self.err(e))? {
-            let (key, _) = entry.map_err(|e| self.err(e))?;
-            let (page, lsn) = key.value();
-            if lsn > horizon.0 {
+            let (key, value) = entry.map_err(|e| self.err(e))?;
+            let (page, first) = key.value();
+            if first > horizon.0 {
                 continue;
             }
+            let records = decode_deltas(value.value()).ok_or(StoreError::CorruptDelta {
+                page: PageId(page),
+                lsn: Lsn(first),
+            })?;
+            let Some(lsn) = records
+                .iter()
+                .map(|(l, _)| *l)
+                .take_while(|l| *l <= horizon)
+                .last()
+            else {
+                continue;
+            };
             match out.last_mut() {
-                Some((p, l)) if p.0 == page => *l = Lsn(lsn),
-                _ => out.push((PageId(page), Lsn(lsn))),
+                Some((p, l)) if p.0 == page => *l = lsn,
+                _ => out.push((PageId(page), lsn)),
             }
         }
         Ok(out)
@@ -300,8 +376,9 @@ impl PageStore {
 
     /// A retention checkpoint at `control.horizon`, in one durable transaction: stores
     /// `images` (each page's state at its last delta at or below the horizon), then removes
-    /// every delta at or below the horizon and, per page, every image older than its newest at
-    /// or below the horizon — nothing a read at or above the horizon can need.
+    /// every delta entry wholly at or below the horizon (one that straddles it stays; reads
+    /// skip what lies below their image) and, per page, every image older than its newest at or
+    /// below the horizon — nothing a read at or above the horizon can need.
     pub fn checkpoint(
         &self,
         images: &[(PageId, Lsn, Vec<u8>)],
@@ -314,9 +391,11 @@ impl PageStore {
         {
             let mut deltas = tx.open_table(DELTAS).map_err(|e| self.err(e))?;
             deltas
-                .retain(|(_, lsn), _| {
-                    let keep = lsn > horizon;
-                    removed.deltas += !keep as usize;
+                .retain(|_, value| {
+                    let keep = last_lsn(value) > horizon;
+                    if !keep {
+                        removed.deltas += value.len() / DELTA_LEN;
+                    }
                     keep
                 })
                 .map_err(|e| self.err(e))?;
@@ -527,10 +606,11 @@ mod tests {
                 &control,
             )
             .unwrap();
+        // Page 1's entry (5, 10, 20, 25) straddles the horizon and stays; page 2's goes.
         assert_eq!(
             removed,
             Removed {
-                deltas: 4,
+                deltas: 1,
                 images: 1
             }
         );

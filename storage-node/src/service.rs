@@ -305,6 +305,23 @@ impl StorageService for StorageSvc {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn hold_history(
+        &self,
+        request: Request<proto::HoldHistoryRequest>,
+    ) -> Result<Response<proto::HoldHistoryResponse>, Status> {
+        let r = request.into_inner();
+        let seg = self.segment(&r.volume_id, &r.segment_id)?;
+        let (horizon, expires) = blocking(move || {
+            seg.hold_history(&r.name, Lsn(r.lsn), r.ttl_seconds, crate::segment::now_ms())
+                .map_err(segment_status)
+        })
+        .await?;
+        Ok(Response::new(proto::HoldHistoryResponse {
+            horizon_lsn: horizon.0,
+            expires_unix_ms: expires,
+        }))
+    }
+
     async fn inspect_pages(
         &self,
         request: Request<proto::InspectPagesRequest>,

@@ -219,11 +219,15 @@ async fn a_damaged_page_version_is_refused_with_data_loss() {
     let mut node = StorageNode::start(dir.path(), &["--coalesce-interval-ms", "10"]);
     let mut c = node.client().await;
     create_segment(&mut c, VOL, SEG, 0, 64).await;
-    // Two whole-page records: their frames pass two pages, so the round stores an image.
-    write(&mut c, 1, 2, &[image(1, 0, 2, 0x11), image(2, 1, 2, 0x5A)])
-        .await
-        .unwrap();
-    wait_state(&mut c, "materialization", |s| s.materialized_lsn == 2).await;
+    // Four whole-page records: their frames pass four pages, so the round stores an image.
+    let recs = [
+        image(1, 0, 2, 0x11),
+        image(2, 1, 2, 0x22),
+        image(3, 2, 2, 0x33),
+        image(4, 3, 2, 0x5A),
+    ];
+    write(&mut c, 1, 4, &recs).await.unwrap();
+    wait_state(&mut c, "materialization", |s| s.materialized_lsn == 4).await;
     // A clean stop: after kill -9 redb verifies its own tree and rolls a damaged commit back (the
     // page is then rebuilt from the log); after a clean stop only logdb's checksum stands guard.
     node.stop();
@@ -243,7 +247,7 @@ async fn a_damaged_page_version_is_refused_with_data_loss() {
 
     node.restart_after_kill();
     let mut c = node.client().await;
-    let err = match read(&mut c, 2, 2).await {
+    let err = match read(&mut c, 2, 4).await {
         Ok(r) => panic!(
             "a damaged version was served (materialized LSN {})",
             r.materialized_lsn
@@ -252,7 +256,7 @@ async fn a_damaged_page_version_is_refused_with_data_loss() {
     };
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
     assert!(
-        err.message().contains("page 2 version at LSN 2 is corrupt"),
+        err.message().contains("page 2 version at LSN 4 is corrupt"),
         "{}",
         err.message()
     );

@@ -90,7 +90,7 @@ async fn reads_at_several_lsns_of_one_page_before_and_after_coalescing() {
         .into_inner()
         .pages;
     let p5 = pages.iter().find(|p| p.page_id == 5).unwrap();
-    // Four small deltas: no image yet (one pays only past two pages of deltas, or 256 of
+    // Four small deltas: no image yet (one pays only past four pages of deltas, or 256 of
     // them); a read applies the four.
     assert_eq!(
         (

@@ -9,9 +9,7 @@
 //!
 //! `cargo build --release && target/release/logdb-volume-bench`
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +18,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use logdb_common::metrics_http::{histogram_mean, histogram_quantile, scrape, sum};
 use logdb_compute::benchkit::{connect, pgbench, schema};
+use logdb_operator::benchkit::Volume;
 use logdb_operator::local::control::{self, Reply, Request};
 use serde_json::json;
 
@@ -50,62 +49,6 @@ spec:
   maxSize: 16Gi
   replicas: 1
 ";
-
-/// `logdb up` on a temp dir; `logdb down` and a kill when dropped.
-struct Volume {
-    child: Child,
-    dir: PathBuf,
-    ready: serde_json::Value,
-}
-
-impl Drop for Volume {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn up(bin_dir: &Path) -> anyhow::Result<Volume> {
-    let dir = std::env::temp_dir().join(format!("logdb-volume-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let manifest = dir.join("bench.yaml");
-    std::fs::write(&manifest, MANIFEST)?;
-    let mut child = Command::new(bin_dir.join("logdb"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["up", "--port", "0", "-o", "json"])
-        .arg(&manifest)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting logdb up")?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    loop {
-        let line = lines
-            .next()
-            .context("logdb up ended before it was ready")??;
-        let v: serde_json::Value = serde_json::from_str(&line)?;
-        if v["event"] == "ready" {
-            std::thread::spawn(move || for _ in lines {});
-            return Ok(Volume {
-                child,
-                dir,
-                ready: v,
-            });
-        }
-    }
-}
-
-fn port_of(url: &str) -> anyhow::Result<u16> {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| p.split('/').next())
-        .context("port")?
-        .parse()
-        .context("port")
-}
 
 /// The metrics address of each running compute node, as `logdb status` reports it.
 async fn compute_metrics(data: &Path) -> anyhow::Result<Vec<(String, String)>> {
@@ -139,14 +82,10 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         json!({"bench": "machine", "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "scale": args.scale, "clients": args.clients})
     );
-    let vol = up(&bin_dir)?;
-    let data = vol.dir.join("data");
-    let rw = port_of(vol.ready["psql"].as_str().context("psql")?)?;
-    let ro = port_of(
-        vol.ready["read_only_psql"]
-            .as_str()
-            .context("read-only psql")?,
-    )?;
+    let vol = Volume::up(&bin_dir, "logdb-volume-bench", MANIFEST)?;
+    let data = vol.data();
+    let rw = vol.port("psql")?;
+    let ro = vol.port("read_only_psql")?;
 
     let load = Instant::now();
     let c = connect(rw, "bench").await?;

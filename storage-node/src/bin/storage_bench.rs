@@ -1,5 +1,7 @@
 //! Storage node benchmark: ingest rate of 100-byte deltas at 1 and 8 concurrent streams next to
-//! the raw fsync rate of the same disk, and ReadPage latency with 0, 16 and 64 pending records.
+//! the raw fsync rate of the same disk, ReadPage latency with 0, 16 and 64 pending records, and
+//! with 0, 16, 64 and 1,000 materialized deltas above the image a page starts from (read through
+//! the delta index and the log), also for a page whose deltas lie far apart in the log.
 //! Starts the real `logdb-storage` binary (built beside this one) on loopback and prints one JSON
 //! line per figure.
 //!
@@ -299,6 +301,119 @@ async fn read_latency(
     }))
 }
 
+/// ReadPage latency for a page `deltas` records above the image it starts from, all
+/// materialized (read through the page store's delta index and the log): 64 pages, each an
+/// image record and `deltas + 1` deltas, announced durable at the end so one round takes them;
+/// reads at each page's `deltas`-th delta (below any image the round stored at its last).
+/// With `spread`, that many records of other pages are written between two deltas of a page
+/// (its history scattered over the log, as after an hour of other writes).
+async fn history_read_latency(
+    node: &Node,
+    deltas: u64,
+    spread: u64,
+    reads: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let segment = format!("history-{deltas}-{spread}");
+    let mut c = client(node).await?;
+    create(&mut c, &segment).await?;
+    const PAGES: u64 = 64;
+    let mut lsn = 0u64;
+    let mut read_at = vec![0u64; PAGES as usize];
+    let images: Vec<RedoRecord> = (0..PAGES)
+        .map(|p| {
+            lsn += 1;
+            RedoRecord::new(
+                Lsn(lsn),
+                Lsn(lsn - 1),
+                lsn,
+                PageId(p),
+                0,
+                RecordKind::Image,
+                0,
+                0,
+                vec![p as u8; PAGE],
+            )
+        })
+        .collect();
+    c.write_records(req(&segment, 0, &images)).await?;
+    for k in 1..=deltas + 1 {
+        let recs: Vec<RedoRecord> = (0..PAGES)
+            .map(|p| {
+                lsn += 1;
+                if k == deltas {
+                    read_at[p as usize] = lsn;
+                }
+                delta(lsn, p, 100)
+            })
+            .collect();
+        c.write_records(req(&segment, 0, &recs)).await?;
+        // Other pages' writes between two deltas of these (pages 64.. of the segment).
+        let mut left = spread;
+        while left > 0 {
+            let n = left.min(512);
+            let recs: Vec<RedoRecord> = (0..n)
+                .map(|i| {
+                    lsn += 1;
+                    delta(lsn, PAGES + (lsn + i) % 1024, 100)
+                })
+                .collect();
+            c.write_records(req(&segment, 0, &recs)).await?;
+            left -= n;
+        }
+    }
+    if deltas == 0 {
+        read_at = (1..=PAGES).collect();
+    }
+    // Everything durable is announced: one round materializes it all.
+    c.write_records(req(&segment, lsn, &[])).await?;
+    let start = Instant::now();
+    loop {
+        let st = c
+            .get_segment_state(SegmentRef {
+                volume_id: segment.clone(),
+                segment_id: segment.clone(),
+            })
+            .await?
+            .into_inner();
+        if st.materialized_lsn >= lsn {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("not materialized within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut lat = Vec::with_capacity(reads);
+    for i in 0..reads {
+        let p = i as u64 % PAGES;
+        let t = Instant::now();
+        let r = c
+            .read_page(ReadPageRequest {
+                volume_id: segment.clone(),
+                page_id: p,
+                requested_lsn: read_at[p as usize],
+                segment_id: segment.clone(),
+            })
+            .await?
+            .into_inner();
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        if r.page_data.len() != PAGE {
+            bail!("short page");
+        }
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    Ok(json!({
+        "bench": "storage_read_page_history",
+        "deltas_above_image": deltas,
+        "other_records_between_deltas": spread,
+        "log_records": lsn,
+        "reads": reads,
+        "page_bytes": PAGE,
+        "p50_us": percentile(&lat, 0.5).round(),
+        "p99_us": percentile(&lat, 0.99).round(),
+    }))
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -344,6 +459,18 @@ async fn main() -> anyhow::Result<()> {
     for pending in [0u64, 16, 64] {
         println!("{}", read_latency(&node, pending, args.reads).await?);
     }
+    for deltas in [0u64, 16, 64, 1000] {
+        println!(
+            "{}",
+            history_read_latency(&node, deltas, 0, args.reads).await?
+        );
+    }
+    // A page last imaged "an hour of writes" earlier: its 16 deltas each 12,500 records of
+    // other pages apart (200,000 records, ~30 MB of log, between its image and the read).
+    println!(
+        "{}",
+        history_read_latency(&node, 16, 12_500, args.reads).await?
+    );
     drop(node);
     Ok(())
 }
