@@ -245,9 +245,7 @@ impl Seg {
     /// One coalescing round (its control record is durable with its versions).
     fn coalesce(&mut self) {
         if let Some(bound) = self.core.coalesce_bound() {
-            let mut c = self.core.control().clone();
-            c.materialized = bound;
-            c.materialized_commit = self.core.commit_through(bound);
+            let c = self.core.plan_materialized(bound);
             self.save(&c);
             for h in self.core.materialized(c) {
                 self.materialized.insert(h.header.lsn, h);

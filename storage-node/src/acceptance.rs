@@ -190,6 +190,13 @@ impl<P> Acceptance<P> {
             return Ok(false);
         }
         if lsn <= self.control.materialized {
+            // In the page store; only its commit counts here (control records from before
+            // `materialized_commit` was kept carry none).
+            if let Some(ts) = header.commit_ts_us {
+                if lsn > self.highest_commit.0 {
+                    self.highest_commit = (lsn, ts);
+                }
+            }
             return Ok(false);
         }
         self.chain.insert(lsn, header.prev)?;
@@ -341,6 +348,11 @@ impl<P> Acceptance<P> {
                 }
                 continue;
             }
+            if h.lsn <= self.control.materialized {
+                // The same record became durable through another write and a round
+                // materialized it meanwhile: it is held, in the page store.
+                continue;
+            }
             // Checked at admission; only a decision in between can make it fail.
             self.chain.insert(h.lsn, h.prev)?;
             self.insert(epoch, h, payload);
@@ -415,6 +427,23 @@ impl<P> Acceptance<P> {
                 above: Lsn(first.0 - 1),
                 materialized: self.control.materialized,
             });
+        }
+        // Materialized records are not in memory: a new decision must not void one either.
+        for t in history
+            .iter()
+            .filter(|t| !self.control.truncations.contains(t))
+        {
+            if self
+                .control
+                .epoch_tops
+                .iter()
+                .any(|(e, top)| *e < t.epoch && *top > t.above)
+            {
+                return Err(Refusal::BelowMaterialized {
+                    above: t.above,
+                    materialized: self.control.materialized,
+                });
+            }
         }
         let mut control = self.control.clone();
         control.epoch = control.epoch.max(epoch);
@@ -515,15 +544,27 @@ impl<P> Acceptance<P> {
         self.control = control;
     }
 
-    /// The highest commit record among `records` and the materialized commit, for the shell
-    /// to make durable with a round (so it outlives the log files).
-    pub fn commit_through(&self, bound: Lsn) -> (Lsn, u64) {
-        self.records
-            .range(..=bound)
+    /// The control record of a round that materializes every record up to `bound`: with the
+    /// highest commit among them and each epoch's highest record, which outlive the log files
+    /// and memory (the shell makes it durable with the round, then calls `materialized`).
+    pub fn plan_materialized(&self, bound: Lsn) -> Control {
+        let mut c = self.control.clone();
+        c.materialized = bound;
+        let done = self.records.range(..=bound);
+        if let Some(top) = done
+            .clone()
             .rev()
             .find_map(|(l, h)| h.header.commit_ts_us.map(|ts| (*l, ts)))
-            .unwrap_or(self.control.materialized_commit)
-            .max(self.control.materialized_commit)
+        {
+            c.materialized_commit = c.materialized_commit.max(top);
+        }
+        for (lsn, h) in done {
+            match c.epoch_tops.iter_mut().find(|(e, _)| *e == h.epoch) {
+                Some((_, top)) => *top = (*top).max(*lsn),
+                None => c.epoch_tops.push((h.epoch, *lsn)),
+            }
+        }
+        c
     }
 
     fn insert(&mut self, epoch: Epoch, header: Header, payload: P) {
@@ -623,6 +664,50 @@ mod tests {
         let entries: Vec<(Lsn, Lsn)> = fresh.iter().map(|h| (h.lsn, h.prev)).collect();
         a.release(1, &entries);
         a.durable(Epoch(epoch), fresh.into_iter().map(|h| (h, ())).collect())
+    }
+
+    #[test]
+    fn a_write_whose_record_another_write_made_durable_and_a_round_materialized_is_answered() {
+        let mut a: Acceptance<()> = Acceptance::new(control());
+        // Two writes of the same record are in flight; the second one's fsync comes first.
+        let first = a.admit(Epoch(1), &[h(1, 0)], Lsn(1)).unwrap();
+        assert_eq!(first.fresh, vec![0]);
+        a.in_flight(Epoch(1), &[h(1, 0)], 1);
+        a.release(1, &[(Lsn(1), Lsn(0))]);
+        write(&mut a, 1, &[h(1, 0)]).unwrap();
+        let mut c = a.control().clone();
+        c.materialized = Lsn(1);
+        assert_eq!(a.materialized(c).len(), 1);
+        // The first write's fsync completes: its record is held (materialized), not refused.
+        a.durable(Epoch(1), vec![(h(1, 0), ())]).unwrap();
+        assert_eq!(a.scl(), Lsn(1));
+        assert!(a.records().is_empty());
+        // A resend now is a no-op too.
+        assert!(a
+            .admit(Epoch(1), &[h(1, 0)], Lsn(1))
+            .unwrap()
+            .fresh
+            .is_empty());
+    }
+
+    #[test]
+    fn a_decision_that_would_void_a_materialized_record_is_refused() {
+        let mut a: Acceptance<()> = Acceptance::new(control());
+        write(&mut a, 1, &[h(1, 0), h(2, 1), h(3, 2), h(4, 3)]).unwrap();
+        let c = a.plan_materialized(Lsn(4));
+        assert_eq!(c.epoch_tops, vec![(Epoch(1), Lsn(4))]);
+        a.materialized(c);
+        assert!(a.records().is_empty());
+        let point = |above| Truncation {
+            epoch: Epoch(2),
+            above: Lsn(above),
+            next: Lsn(above + 1),
+        };
+        assert!(matches!(
+            a.plan_adopt(Epoch(2), &[point(2)]),
+            Err(Refusal::BelowMaterialized { .. })
+        ));
+        assert!(a.plan_adopt(Epoch(2), &[point(4)]).is_ok());
     }
 
     #[test]

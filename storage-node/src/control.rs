@@ -90,9 +90,13 @@ pub struct Control {
     /// that held it may be gone).
     #[serde(default)]
     pub materialized_commit: (Lsn, u64),
-    /// Holds on the history: the horizon stays at or below each unexpired one's LSN.
+    /// Holds on the history: the horizon stays below each unexpired one's LSN.
     #[serde(default)]
     pub leases: Vec<Lease>,
+    /// Per epoch that wrote to this segment, its highest materialized record (a decision that
+    /// would void one of them is refused: what is materialized is final).
+    #[serde(default)]
+    pub epoch_tops: Vec<(Epoch, Lsn)>,
 }
 
 impl Control {
@@ -107,12 +111,14 @@ impl Control {
             rounds: Vec::new(),
             materialized_commit: (Lsn::ZERO, 0),
             leases: Vec::new(),
+            epoch_tops: Vec::new(),
         }
     }
 
     /// Where retention may move the horizon at `now_ms`: the newest checkpoint recorded at or
-    /// before `cutoff_ms` (the retention window's start) that no unexpired lease needs kept,
-    /// when that is above the current horizon.
+    /// before `cutoff_ms` (the retention window's start) below every unexpired lease's LSN (a
+    /// lease holds pages and records from its LSN on; records at the horizon are gone), when
+    /// that is above the current horizon.
     pub fn next_horizon(&self, cutoff_ms: u64, now_ms: u64) -> Option<Lsn> {
         let held = self
             .leases
@@ -122,7 +128,7 @@ impl Control {
             .min();
         self.rounds
             .iter()
-            .filter(|r| r.unix_ms <= cutoff_ms && held.is_none_or(|h| r.lsn <= h))
+            .filter(|r| r.unix_ms <= cutoff_ms && held.is_none_or(|h| r.lsn < h))
             .map(|r| r.lsn)
             .max()
             .filter(|h| *h > self.horizon)

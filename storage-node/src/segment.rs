@@ -804,6 +804,15 @@ impl Segment {
             out.extend(logged.into_values());
         }
         out.extend(held.into_iter().map(|(e, r)| (e, (*r).clone())));
+        // Retention may have moved (and removed log files) while the log was read.
+        let horizon = self.lock().core.control().horizon;
+        if from <= horizon && horizon > Lsn::ZERO {
+            return Err(SegmentError::BelowHorizon {
+                segment: self.key.clone(),
+                requested: from,
+                horizon: Lsn(horizon.0 + 1),
+            });
+        }
         if headers_only {
             for (_, r) in &mut out {
                 r.data = Vec::new();
@@ -818,7 +827,7 @@ impl Segment {
     /// Records above the VDL may still be truncated by a recovery, so they wait.
     pub fn coalesce(&self) -> Result<RoundOutcome, SegmentError> {
         let _control = self.control_lock.lock().expect("control lock");
-        let (bound, commit, old, by_page) = {
+        let (planned, old, by_page) = {
             let mut s = self.lock();
             let Some(bound) = s.core.coalesce_bound() else {
                 return Ok(RoundOutcome::default());
@@ -832,9 +841,9 @@ impl Segment {
                     .push((*lsn, h.epoch, h.payload.clone()));
             }
             s.coalescing = by_page.keys().copied().collect();
-            (bound, s.core.commit_through(bound), materialized, by_page)
+            (s.core.plan_materialized(bound), materialized, by_page)
         };
-        let result = self.materialize(bound, commit, old, &by_page);
+        let result = self.materialize(planned, old, &by_page);
         let mut s = self.lock();
         s.coalescing.clear();
         let (next, images) = result?;
@@ -848,8 +857,7 @@ impl Segment {
 
     fn materialize(
         &self,
-        bound: Lsn,
-        commit: (Lsn, u64),
+        mut next: Control,
         old: Lsn,
         by_page: &BTreeMap<PageId, Vec<(Lsn, Epoch, Stored)>>,
     ) -> Result<(Control, usize), SegmentError> {
@@ -892,9 +900,7 @@ impl Segment {
             }
             next_debts.push((*page, debt));
         }
-        let mut next = self.lock().core.control().clone();
-        next.materialized = bound;
-        next.materialized_commit = commit;
+        let bound = next.materialized;
         // Checkpoints stay a step apart, and the newest always is this round (so an idle
         // segment's last writes reach the horizon too): this round replaces the newest unless
         // that one is the first of its step.
@@ -945,10 +951,22 @@ impl Segment {
                 images.push((page, last, image));
             }
         }
-        let removed = self
-            .store
-            .checkpoint(&images, &next)
-            .map_err(|e| self.store_err(e))?;
+        // Reads below the new horizon are refused from before the checkpoint removes what they
+        // would need (a read that took its snapshot earlier still has it; one that takes it
+        // after must not start from what is gone). A failed commit puts the old record back.
+        let old = {
+            let mut s = self.lock();
+            let old = s.core.control().clone();
+            s.core.forget_through(next.clone());
+            old
+        };
+        let removed = match self.store.checkpoint(&images, &next) {
+            Ok(r) => r,
+            Err(e) => {
+                self.lock().core.forget_through(old);
+                return Err(self.store_err(e));
+            }
+        };
         {
             // Images at the horizon sit below every delta left: each page's debt is what lies
             // above its checkpoint image now.
@@ -957,7 +975,6 @@ impl Segment {
                 debts.remove(page);
             }
         }
-        self.lock().core.forget_through(next);
         let files = self
             .log
             .remove_files_through(horizon)
@@ -993,11 +1010,11 @@ impl Segment {
         let expires = if ttl_secs == 0 {
             0
         } else {
-            if lsn < next.horizon {
+            if lsn <= next.horizon && next.horizon > Lsn::ZERO {
                 return Err(SegmentError::BelowHorizon {
                     segment: self.key.clone(),
                     requested: lsn,
-                    horizon: next.horizon,
+                    horizon: Lsn(next.horizon.0 + 1),
                 });
             }
             let expires = now_ms.saturating_add(ttl_secs.saturating_mul(1000));

@@ -433,13 +433,15 @@ impl SegmentLog {
                 .collect()
         };
         for seq in &doomed {
+            // Out of the map first: a reader then gets `Missing` (and retries on a fresh
+            // snapshot), never an I/O error for a file retention took.
+            self.files.lock().expect("files lock").remove(seq);
             let path = self.dir.join(file_name(*seq));
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(LogError::Io { path, source: e }),
             }
-            self.files.lock().expect("files lock").remove(seq);
         }
         Ok(doomed.len())
     }
