@@ -32,6 +32,17 @@ pub fn schema(scale: u64) -> Vec<String> {
     .collect()
 }
 
+/// Creates and fills pgbench's tables at `scale` through a logdb endpoint.
+pub async fn load_schema(client: &tokio_postgres::Client, scale: u64) -> anyhow::Result<()> {
+    for s in schema(scale) {
+        client
+            .batch_execute(&s)
+            .await
+            .with_context(|| format!("loading: {s}"))?;
+    }
+    Ok(())
+}
+
 pub const PGBENCH_SCRIPT: &str = r"\set aid random(1, 100000 * :scale)
 \set bid random(1, 1 * :scale)
 \set tid random(1, 10 * :scale)

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use logdb_compute::benchkit::{connect, pgbench, schema, start_writer};
+use logdb_compute::benchkit::{connect, load_schema, pgbench, schema, start_writer};
 use logdb_compute::layout::{Layout, Member, ProtectionGroup};
 use logdb_compute::tcp_proxy::Proxy;
 use logdb_storage::testkit::{percentile, scrape, StorageProcess, TempDir};
@@ -236,12 +236,7 @@ async fn main() -> anyhow::Result<()> {
 
     let client = connect(writer.port, "vol1").await?;
     let load = Instant::now();
-    for s in schema(args.scale) {
-        client
-            .batch_execute(&s)
-            .await
-            .with_context(|| format!("loading: {s}"))?;
-    }
+    load_schema(&client, args.scale).await?;
     let shipped = |p: &[Proxy]| p.iter().map(Proxy::upstream_bytes).sum::<u64>();
     println!(
         "{}",

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use logdb_compute::benchkit::{connect, pgbench, schema};
+use logdb_compute::benchkit::{connect, load_schema, pgbench};
 use logdb_operator::benchkit::{cpu_seconds, dir_bytes, file_bytes, rss_bytes, Volume};
 use serde_json::json;
 
@@ -135,13 +135,7 @@ async fn main() -> anyhow::Result<()> {
     let nodes = vol.pids_of("logdb-storage").len().max(1) as f64;
 
     let load = Instant::now();
-    let c = connect(rw, "bench").await?;
-    for s in schema(args.scale) {
-        c.batch_execute(&s)
-            .await
-            .with_context(|| format!("loading: {s}"))?;
-    }
-    drop(c);
+    load_schema(&connect(rw, "bench").await?, args.scale).await?;
     // The load's redo materializes before the run starts, so the run's growth is its own.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let start = sample(&vol);

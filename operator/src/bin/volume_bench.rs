@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use logdb_common::metrics_http::{histogram_mean, histogram_quantile, scrape, sum};
-use logdb_compute::benchkit::{connect, pgbench, schema};
+use logdb_compute::benchkit::{connect, load_schema, pgbench};
 use logdb_operator::benchkit::Volume;
 use logdb_operator::local::control::{self, Reply, Request};
 use serde_json::json;
@@ -88,12 +88,7 @@ async fn main() -> anyhow::Result<()> {
     let ro = vol.port("read_only_psql")?;
 
     let load = Instant::now();
-    let c = connect(rw, "bench").await?;
-    for s in schema(args.scale) {
-        c.batch_execute(&s)
-            .await
-            .with_context(|| format!("loading: {s}"))?;
-    }
+    load_schema(&connect(rw, "bench").await?, args.scale).await?;
     println!(
         "{}",
         json!({"bench": "load", "seconds": load.elapsed().as_secs_f64().round()})

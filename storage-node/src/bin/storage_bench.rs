@@ -217,6 +217,83 @@ async fn ingest(
     }))
 }
 
+/// One whole-page image record for each of `pages` pages, LSNs from `*lsn + 1` on.
+fn base_images(pages: u64, lsn: &mut u64) -> Vec<RedoRecord> {
+    (0..pages)
+        .map(|p| {
+            *lsn += 1;
+            RedoRecord::new(
+                Lsn(*lsn),
+                Lsn(*lsn - 1),
+                *lsn,
+                PageId(p),
+                0,
+                RecordKind::Image,
+                0,
+                0,
+                vec![p as u8; PAGE],
+            )
+        })
+        .collect()
+}
+
+/// Waits until the segment has materialized up to `lsn`.
+async fn await_materialized(
+    c: &mut StorageServiceClient<Channel>,
+    segment: &str,
+    lsn: u64,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let st = c
+            .get_segment_state(SegmentRef {
+                volume_id: segment.to_string(),
+                segment_id: segment.to_string(),
+            })
+            .await?
+            .into_inner();
+        if st.materialized_lsn >= lsn {
+            return Ok(());
+        }
+        if start.elapsed() > within {
+            bail!("not materialized up to {lsn} within {} s", within.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `reads` ReadPage calls round the first `pages` pages, page p at `at(p)`: latencies in µs,
+/// sorted.
+async fn read_pages(
+    c: &mut StorageServiceClient<Channel>,
+    segment: &str,
+    pages: u64,
+    reads: usize,
+    at: impl Fn(u64) -> u64,
+) -> anyhow::Result<Vec<f64>> {
+    let mut lat = Vec::with_capacity(reads);
+    for i in 0..reads {
+        let p = i as u64 % pages;
+        let t = Instant::now();
+        let r = c
+            .read_page(ReadPageRequest {
+                volume_id: segment.to_string(),
+                page_id: p,
+                requested_lsn: at(p),
+                segment_id: segment.to_string(),
+            })
+            .await?
+            .into_inner();
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        if r.page_data.len() != PAGE {
+            bail!("short page");
+        }
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    Ok(lat)
+}
+
 async fn read_latency(
     node: &Node,
     pending: u64,
@@ -228,41 +305,10 @@ async fn read_latency(
     const PAGES: u64 = 64;
     // Base images, materialized.
     let mut lsn = 0u64;
-    let images: Vec<RedoRecord> = (0..PAGES)
-        .map(|p| {
-            lsn += 1;
-            RedoRecord::new(
-                Lsn(lsn),
-                Lsn(lsn - 1),
-                lsn,
-                PageId(p),
-                0,
-                RecordKind::Image,
-                0,
-                0,
-                vec![p as u8; PAGE],
-            )
-        })
-        .collect();
+    let images = base_images(PAGES, &mut lsn);
     c.write_records(req(&segment, lsn, &images)).await?;
     let base = lsn;
-    let start = Instant::now();
-    loop {
-        let st = c
-            .get_segment_state(SegmentRef {
-                volume_id: segment.clone(),
-                segment_id: segment.clone(),
-            })
-            .await?
-            .into_inner();
-        if st.materialized_lsn >= base {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("images not materialized within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    await_materialized(&mut c, &segment, base, Duration::from_secs(60)).await?;
     // `pending` deltas per page, kept pending (the announced VDL stays at the base).
     for _ in 0..pending {
         let recs: Vec<RedoRecord> = (0..PAGES)
@@ -273,24 +319,7 @@ async fn read_latency(
             .collect();
         c.write_records(req(&segment, base, &recs)).await?;
     }
-    let mut lat = Vec::with_capacity(reads);
-    for i in 0..reads {
-        let t = Instant::now();
-        let r = c
-            .read_page(ReadPageRequest {
-                volume_id: segment.clone(),
-                page_id: i as u64 % PAGES,
-                requested_lsn: lsn,
-                segment_id: segment.clone(),
-            })
-            .await?
-            .into_inner();
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-        if r.page_data.len() != PAGE {
-            bail!("short page");
-        }
-    }
-    lat.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let lat = read_pages(&mut c, &segment, PAGES, reads, |_| lsn).await?;
     Ok(json!({
         "bench": "storage_read_page",
         "pending_records": pending,
@@ -319,22 +348,7 @@ async fn history_read_latency(
     const PAGES: u64 = 64;
     let mut lsn = 0u64;
     let mut read_at = vec![0u64; PAGES as usize];
-    let images: Vec<RedoRecord> = (0..PAGES)
-        .map(|p| {
-            lsn += 1;
-            RedoRecord::new(
-                Lsn(lsn),
-                Lsn(lsn - 1),
-                lsn,
-                PageId(p),
-                0,
-                RecordKind::Image,
-                0,
-                0,
-                vec![p as u8; PAGE],
-            )
-        })
-        .collect();
+    let images = base_images(PAGES, &mut lsn);
     c.write_records(req(&segment, 0, &images)).await?;
     for k in 1..=deltas + 1 {
         let recs: Vec<RedoRecord> = (0..PAGES)
@@ -366,42 +380,8 @@ async fn history_read_latency(
     }
     // Everything durable is announced: one round materializes it all.
     c.write_records(req(&segment, lsn, &[])).await?;
-    let start = Instant::now();
-    loop {
-        let st = c
-            .get_segment_state(SegmentRef {
-                volume_id: segment.clone(),
-                segment_id: segment.clone(),
-            })
-            .await?
-            .into_inner();
-        if st.materialized_lsn >= lsn {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            bail!("not materialized within 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut lat = Vec::with_capacity(reads);
-    for i in 0..reads {
-        let p = i as u64 % PAGES;
-        let t = Instant::now();
-        let r = c
-            .read_page(ReadPageRequest {
-                volume_id: segment.clone(),
-                page_id: p,
-                requested_lsn: read_at[p as usize],
-                segment_id: segment.clone(),
-            })
-            .await?
-            .into_inner();
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-        if r.page_data.len() != PAGE {
-            bail!("short page");
-        }
-    }
-    lat.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    await_materialized(&mut c, &segment, lsn, Duration::from_secs(120)).await?;
+    let lat = read_pages(&mut c, &segment, PAGES, reads, |p| read_at[p as usize]).await?;
     Ok(json!({
         "bench": "storage_read_page_history",
         "deltas_above_image": deltas,
