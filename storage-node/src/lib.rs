@@ -8,6 +8,7 @@
 pub mod acceptance;
 pub mod chain;
 pub mod control;
+pub mod disk_space;
 pub mod fencing;
 pub mod frame;
 pub mod image_policy;

@@ -63,6 +63,11 @@ struct Args {
     /// How often retention is applied, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     gc_interval_ms: u64,
+    /// Free bytes of the data disk kept back from the logs, for materializing and reading what
+    /// is already accepted: below it new records are refused (RESOURCE_EXHAUSTED) until space
+    /// returns. Default: 2% of the disk, within 4 MiB..1 GiB. 0 turns the check off.
+    #[arg(long)]
+    min_free_bytes: Option<u64>,
 }
 
 #[tokio::main]
@@ -76,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         max_batch_bytes: args.max_batch_bytes,
         log_file_bytes: args.log_file_bytes,
         default_retention_secs: args.default_retention_secs,
+        min_free_bytes: args.min_free_bytes,
     })
     .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
 

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub images_written: Counter,
     pub checkpoint_images: Counter,
     pub deltas_freed: Counter,
+    pub writes_refused_no_space: Counter,
+    disk_free: Gauge,
+    disk_reserve: Gauge,
 }
 
 impl Default for Metrics {
@@ -68,6 +71,9 @@ impl Metrics {
             images_written: Counter::default(),
             checkpoint_images: Counter::default(),
             deltas_freed: Counter::default(),
+            writes_refused_no_space: Counter::default(),
+            disk_free: Gauge::default(),
+            disk_reserve: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -153,6 +159,21 @@ impl Metrics {
             "Delta index entries removed below the retention horizon",
             m.deltas_freed.clone(),
         );
+        registry.register(
+            "writes_refused_no_space",
+            "WriteRecords calls refused because the data disk's free space was below the reserve",
+            m.writes_refused_no_space.clone(),
+        );
+        registry.register(
+            "disk_free_bytes",
+            "Free bytes of the data disk",
+            m.disk_free.clone(),
+        );
+        registry.register(
+            "disk_reserve_bytes",
+            "Free bytes kept back from the logs: below it new records are refused",
+            m.disk_reserve.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -184,6 +205,9 @@ impl Metrics {
                 .get_or_create(&l)
                 .set(st.retained.store_bytes as i64);
         }
+        let space = node.space();
+        self.disk_free.set(space.space().free as i64);
+        self.disk_reserve.set(space.reserve() as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::disk_space::SpaceGuard;
 use crate::fencing::VolumeEpochs;
 use crate::metrics::Metrics;
 use crate::page_store::Descriptor;
 use crate::segment::{Segment, SegmentError};
+use crate::segment_log::LogOptions;
 use logdb_types::{Epoch, PageId, PgIndex, SegmentKey};
 
 #[derive(Clone, Debug)]
@@ -23,6 +25,9 @@ pub struct NodeConfig {
     pub log_file_bytes: u64,
     /// Retention used when a segment is created without one.
     pub default_retention_secs: u64,
+    /// Free bytes of the data disk kept back from the logs (`None`: 2% of the disk within
+    /// 4 MiB..1 GiB; `Some(0)`: no check). See `disk_space`.
+    pub min_free_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +57,7 @@ pub struct Node {
     segments: RwLock<BTreeMap<SegmentKey, Arc<Segment>>>,
     epochs: Arc<VolumeEpochs>,
     create_lock: Mutex<()>,
+    log: LogOptions,
     pub metrics: Metrics,
 }
 
@@ -115,10 +121,17 @@ impl Node {
             }
             Err(e) => return Err(data_err(e.to_string())),
         }
+        let space = SpaceGuard::new(&cfg.data_dir, cfg.min_free_bytes)
+            .map_err(|e| data_err(format!("reading its free space: {e}")))?;
+        tracing::info!(dir = %cfg.data_dir.display(), reserve = space.reserve(), "free space kept back from the logs");
+        let log = LogOptions {
+            file_bytes: cfg.log_file_bytes,
+            space: Arc::new(space),
+        };
         let epochs = Arc::new(VolumeEpochs::default());
         let mut segments = BTreeMap::new();
         for dir in segment_dirs(&cfg.data_dir).map_err(|e| data_err(e.to_string()))? {
-            match Segment::open_existing(&dir, cfg.log_file_bytes, Arc::clone(&epochs))? {
+            match Segment::open_existing(&dir, &log, Arc::clone(&epochs))? {
                 Some(seg) => {
                     segments.insert(seg.key().clone(), seg);
                 }
@@ -137,8 +150,14 @@ impl Node {
             segments: RwLock::new(segments),
             epochs,
             create_lock: Mutex::new(()),
+            log,
             metrics,
         }))
+    }
+
+    /// The data disk's guard: its free space and the reserve kept back from the logs.
+    pub fn space(&self) -> &SpaceGuard {
+        &self.log.space
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -228,13 +247,7 @@ impl Node {
             .join("segments")
             .join(volume)
             .join(segment);
-        let seg = Segment::create(
-            &dir,
-            descriptor,
-            epoch,
-            self.cfg.log_file_bytes,
-            Arc::clone(&self.epochs),
-        )?;
+        let seg = Segment::create(&dir, descriptor, epoch, &self.log, Arc::clone(&self.epochs))?;
         // The new directories' entries must survive a crash too.
         for d in [dir.parent(), dir.parent().and_then(Path::parent)]
             .into_iter()

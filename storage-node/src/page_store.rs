@@ -16,8 +16,15 @@
 //! epoch, truncations, how far the log is materialized, the retention horizon and checkpoints.
 //! A coalescing round writes its deltas, images and control record in one transaction; so does
 //! a checkpoint (its images, the deltas and images it makes unreachable, the new horizon).
+//!
+//! redb refuses every call after one I/O error (a full disk during a commit): the store then
+//! drops its handle and opens the file again on the next call — redb's crash recovery brings
+//! back the last committed state — so a disk that filled for a while costs the calls made
+//! while it was full, not the segment.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
@@ -38,6 +45,8 @@ pub enum StoreError {
         path: PathBuf,
         source: Box<redb::Error>,
     },
+    #[error("page store {path} is being reopened after an I/O error; retry")]
+    Reopening { path: PathBuf },
     #[error("page store {path}: control record unreadable: {reason}")]
     Control { path: PathBuf, reason: String },
     #[error("page {page} delta index entry at LSN {lsn} is malformed; not served")]
@@ -126,23 +135,30 @@ pub struct Removed {
 
 pub struct PageStore {
     path: PathBuf,
-    db: Database,
+    /// `None` only while a reopen after an I/O error has not succeeded yet.
+    db: RwLock<Option<Arc<Database>>>,
+    /// redb met an I/O error and refuses every call until reopened.
+    failed: AtomicBool,
+}
+
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    // A small cache: reads of old images and deltas are rare and the OS caches the file;
+    // redb's default (1 GiB) would grow with the store and the node's RSS with it.
+    redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| StoreError::Redb {
+            path: path.to_path_buf(),
+            source: Box::new(e.into()),
+        })
 }
 
 impl PageStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        // A small cache: reads of old images and deltas are rare and the OS caches the file;
-        // redb's default (1 GiB) would grow with the store and the node's RSS with it.
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| StoreError::Redb {
-                path: path.to_path_buf(),
-                source: Box::new(e.into()),
-            })?;
         let store = PageStore {
             path: path.to_path_buf(),
-            db,
+            db: RwLock::new(Some(Arc::new(open_db(path)?))),
+            failed: AtomicBool::new(false),
         };
         // Create the tables so readers never meet a missing table.
         let tx = store.write_tx()?;
@@ -156,20 +172,53 @@ impl PageStore {
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+        let e = e.into();
+        if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            self.failed.store(true, Ordering::Release);
+        }
         StoreError::Redb {
             path: self.path.clone(),
-            source: Box::new(e.into()),
+            source: Box::new(e),
         }
     }
 
+    /// The database, reopened first if an I/O error failed it.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        self.db
+            .read()
+            .expect("page store lock")
+            .clone()
+            .ok_or_else(|| StoreError::Reopening {
+                path: self.path.clone(),
+            })
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().expect("page store lock");
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // The failed handle goes first (redb locks its file); while a call still holds it the
+        // open below is refused and the next call tries again.
+        drop(db.take());
+        let fresh = open_db(&self.path)?;
+        *db = Some(Arc::new(fresh));
+        self.failed.store(false, Ordering::Release);
+        tracing::info!(path = %self.path.display(), "page store reopened after an I/O error");
+        Ok(())
+    }
+
     fn write_tx(&self) -> Result<redb::WriteTransaction, StoreError> {
-        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut tx = self.db()?.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::Immediate);
         Ok(tx)
     }
 
     pub fn control(&self) -> Result<Option<Control>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let meta = tx.open_table(META).map_err(|e| self.err(e))?;
         let Some(raw) = meta.get(CONTROL_KEY).map_err(|e| self.err(e))? else {
             return Ok(None);
@@ -265,7 +314,7 @@ impl PageStore {
     /// below `at` and the deltas above it up to `through` (what the caller holds above
     /// `through` it applies itself).
     pub fn base(&self, page: PageId, at: Lsn, through: Lsn) -> Result<Base, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let images = tx.open_table(VERSIONS).map_err(|e| self.err(e))?;
         let (lsn, image) = match self.newest_in(&images, page, at)? {
             Some((lsn, image)) => (lsn, Some(image)),
@@ -324,7 +373,7 @@ impl PageStore {
     /// The deltas of `page` above its newest image: how many, and their frames' bytes (what
     /// reconstructing it costs; the image policy decides from this).
     pub fn chain_above_image(&self, page: PageId) -> Result<(u64, u64), StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let images = tx.open_table(VERSIONS).map_err(|e| self.err(e))?;
         let image_lsn = match images
             .range((page.0, 0)..=(page.0, u64::MAX))
@@ -345,7 +394,7 @@ impl PageStore {
     /// For every page with deltas at or below `horizon`: the LSN of its last one there (what
     /// a checkpoint at `horizon` images).
     pub fn last_deltas_through(&self, horizon: Lsn) -> Result<Vec<(PageId, Lsn)>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let deltas = tx.open_table(DELTAS).map_err(|e| self.err(e))?;
         let mut out: Vec<(PageId, Lsn)> = Vec::new();
         for entry in deltas.iter().map_err(|e| self.err(e))? {
@@ -408,7 +457,7 @@ impl PageStore {
 
     /// The pages the store holds an image or a delta of, in order, at most `limit`.
     pub fn pages(&self, limit: usize) -> Result<Vec<PageId>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let mut out = std::collections::BTreeSet::new();
         for def in [VERSIONS, DELTAS] {
             let table = tx.open_table(def).map_err(|e| self.err(e))?;
@@ -440,7 +489,7 @@ impl PageStore {
         page: PageId,
         at: Lsn,
     ) -> Result<Option<(Lsn, Vec<u8>)>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(VERSIONS).map_err(|e| self.err(e))?;
         self.newest_in(&table, page, at)
     }
@@ -484,7 +533,7 @@ impl PageStore {
 
     /// LSN of the newest version of `page` (any LSN), without reading the image.
     pub fn newest_version_lsn(&self, page: PageId) -> Result<Option<Lsn>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(VERSIONS).map_err(|e| self.err(e))?;
         let mut range = table
             .range((page.0, 0)..=(page.0, u64::MAX))

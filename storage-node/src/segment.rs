@@ -18,7 +18,7 @@ use crate::fencing::{Fenced, VolumeEpochs};
 use crate::frame;
 use crate::image_policy::{self, Debt};
 use crate::page_store::{Control, DeltaRef, Descriptor, PageStore, Round, StoreError, Truncation};
-use crate::segment_log::{Loc, LogError, ReplayReport, SegmentLog};
+use crate::segment_log::{Loc, LogError, LogOptions, ReplayReport, SegmentLog};
 use logdb_types::page_apply;
 use logdb_types::record::{RecordError, RedoRecord};
 use logdb_types::{Epoch, Lsn, PageId, SegmentKey};
@@ -231,7 +231,7 @@ impl Segment {
         dir: &Path,
         descriptor: Descriptor,
         epoch: Epoch,
-        log_file_bytes: u64,
+        log: &LogOptions,
         epochs: Arc<VolumeEpochs>,
     ) -> Result<Arc<Segment>, SegmentError> {
         let key = SegmentKey {
@@ -257,14 +257,14 @@ impl Segment {
                 source,
             })?;
         drop(store);
-        Self::open(dir, log_file_bytes, epochs)
+        Self::open(dir, log, epochs)
     }
 
     /// Opens an existing segment, rebuilding its index from the control record and the log.
     /// Returns `Ok(None)` when `dir` has no control record (a creation that never completed).
     pub fn open_existing(
         dir: &Path,
-        log_file_bytes: u64,
+        log: &LogOptions,
         epochs: Arc<VolumeEpochs>,
     ) -> Result<Option<Arc<Segment>>, SegmentError> {
         let probe_key = SegmentKey {
@@ -287,12 +287,12 @@ impl Segment {
         if !has_control {
             return Ok(None);
         }
-        Self::open(dir, log_file_bytes, epochs).map(Some)
+        Self::open(dir, log, epochs).map(Some)
     }
 
     fn open(
         dir: &Path,
-        log_file_bytes: u64,
+        log: &LogOptions,
         epochs: Arc<VolumeEpochs>,
     ) -> Result<Arc<Segment>, SegmentError> {
         let unknown = SegmentKey {
@@ -323,7 +323,7 @@ impl Segment {
             core: Acceptance::new(control),
             coalescing: HashSet::new(),
         };
-        let (log, replay) = SegmentLog::open(&dir.join(LOG_DIR), log_file_bytes, |f, loc| {
+        let (log, replay) = SegmentLog::open(&dir.join(LOG_DIR), log, |f, loc| {
             if f.record.lsn <= state.core.control().materialized {
                 // In the page store's delta index already.
                 return;
@@ -1112,7 +1112,7 @@ mod tests {
             dir,
             descriptor,
             Epoch(1),
-            1 << 20,
+            &LogOptions::unguarded(1 << 20),
             Arc::new(VolumeEpochs::default()),
         )
         .unwrap()
@@ -1278,9 +1278,13 @@ mod tests {
         assert_eq!(ack.scl, Lsn(1000));
         seg.close();
         drop(seg);
-        let seg = Segment::open_existing(dir.path(), 1 << 20, Arc::new(VolumeEpochs::default()))
-            .unwrap()
-            .unwrap();
+        let seg = Segment::open_existing(
+            dir.path(),
+            &LogOptions::unguarded(1 << 20),
+            Arc::new(VolumeEpochs::default()),
+        )
+        .unwrap()
+        .unwrap();
         assert!(seg.lock().core.records().is_empty());
         assert_eq!(seg.status().highest_commit, Lsn::ZERO);
         for at in [1, 777, 1000] {
@@ -1309,7 +1313,7 @@ mod tests {
             dir.path(),
             descriptor,
             Epoch(1),
-            4096,
+            &LogOptions::unguarded(4096),
             Arc::new(VolumeEpochs::default()),
         )
         .unwrap();

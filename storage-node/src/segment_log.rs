@@ -5,6 +5,12 @@
 //! an fsync is running share the next one, so concurrent streams pay for one fsync per round, not
 //! one each. Nothing is acknowledged before its ticket is durable. Files rotate at a size limit so
 //! the coalescer can delete whole files once their records are materialized and out of retention.
+//!
+//! A full disk is not a failure of the log: pushes are refused while the node's `SpaceGuard`
+//! says the reserve is taken, and if a round still meets ENOSPC the flusher cuts what it wrote of
+//! the round back off, reports every ticket of it (and of what was queued behind it) as lost —
+//! none was acknowledged — rotates to a fresh file and goes on. Other write errors (EIO) fail the
+//! log for good: after a failed fsync nothing written to that disk can be trusted.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -16,6 +22,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::watch;
 
+use crate::disk_space::{self, NoSpace, SpaceGuard};
 use crate::frame::{self, LoggedRecord};
 use logdb_types::Lsn;
 
@@ -41,6 +48,25 @@ pub enum LogError {
     },
     #[error("log file {0} is gone (removed by retention)")]
     Missing(u64),
+    #[error(transparent)]
+    NoSpace(#[from] NoSpace),
+}
+
+/// How a segment's log is written: its file size and the node's disk guard.
+#[derive(Clone)]
+pub struct LogOptions {
+    pub file_bytes: u64,
+    pub space: Arc<SpaceGuard>,
+}
+
+impl LogOptions {
+    /// Files of `file_bytes`, no space check (tests of other parts).
+    pub fn unguarded(file_bytes: u64) -> LogOptions {
+        LogOptions {
+            file_bytes,
+            space: Arc::new(SpaceGuard::off(Path::new("/"))),
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
@@ -52,8 +78,20 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
 
 #[derive(Clone, Debug, Default)]
 struct Durable {
+    /// Every ticket up to this one is durable, except those in `lost`.
     ticket: u64,
+    /// Tickets of rounds the disk refused (first, last): never written, never acknowledged.
+    lost: Vec<(u64, u64)>,
+    /// Why the log takes no more writes (a write error other than a full disk).
     failed: Option<String>,
+    /// The refusal the lost rounds met.
+    no_space: Option<NoSpace>,
+}
+
+impl Durable {
+    fn lost(&self, ticket: u64) -> bool {
+        self.lost.iter().any(|(a, b)| (*a..=*b).contains(&ticket))
+    }
 }
 
 struct Appender {
@@ -83,6 +121,7 @@ pub struct ReplayReport {
 pub struct SegmentLog {
     dir: PathBuf,
     max_file_bytes: u64,
+    space: Arc<SpaceGuard>,
     appender: Mutex<Appender>,
     wake: Condvar,
     durable: watch::Sender<Durable>,
@@ -100,7 +139,7 @@ impl SegmentLog {
     /// the flusher. New appends go to a fresh file.
     pub fn open(
         dir: &Path,
-        max_file_bytes: u64,
+        options: &LogOptions,
         mut visit: impl FnMut(LoggedRecord, Loc),
     ) -> Result<(Arc<SegmentLog>, ReplayReport), LogError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -146,7 +185,8 @@ impl SegmentLog {
         let first_new = seqs.last().map_or(1, |s| s + 1);
         let log = Arc::new(SegmentLog {
             dir: dir.to_path_buf(),
-            max_file_bytes,
+            max_file_bytes: options.file_bytes,
+            space: Arc::clone(&options.space),
             appender: Mutex::new(Appender {
                 chunks: Vec::new(),
                 cur_file: first_new,
@@ -176,6 +216,7 @@ impl SegmentLog {
             return Err(LogError::Failed(err));
         }
         let total: u64 = frames.iter().map(|(_, f)| f.len() as u64).sum();
+        self.space.admit(total)?;
         let max_lsn = frames.iter().map(|(l, _)| *l).max().unwrap_or_default();
         let min_lsn = frames.iter().map(|(l, _)| *l).min().unwrap_or_default();
         let mut a = self.appender.lock().expect("appender lock");
@@ -220,17 +261,23 @@ impl SegmentLog {
     pub async fn wait_durable(&self, ticket: u64) -> Result<(), LogError> {
         let mut rx = self.durable.subscribe();
         let d = rx
-            .wait_for(|d| d.ticket >= ticket || d.failed.is_some())
+            .wait_for(|d| d.lost(ticket) || d.ticket >= ticket || d.failed.is_some())
             .await
             .map_err(|_| LogError::Failed("log closed".into()))?;
+        if d.lost(ticket) {
+            let refusal = d.no_space.clone().expect("lost rounds say why");
+            return Err(LogError::NoSpace(refusal));
+        }
         match &d.failed {
-            Some(e) => Err(LogError::Failed(e.clone())),
-            None => Ok(()),
+            Some(e) if d.ticket < ticket => Err(LogError::Failed(e.clone())),
+            _ => Ok(()),
         }
     }
 
     fn flush_loop(&self) {
-        let mut open: BTreeMap<u64, File> = BTreeMap::new();
+        // Open files and how much of each is durable.
+        let mut open: BTreeMap<u64, (File, u64)> = BTreeMap::new();
+        let mut first = 1;
         loop {
             let (chunks, ticket) = {
                 let mut a = self.appender.lock().expect("appender lock");
@@ -242,23 +289,87 @@ impl SegmentLog {
                 }
                 (std::mem::take(&mut a.chunks), a.next_ticket - 1)
             };
-            if let Err(e) = self.write_and_sync(&mut open, chunks) {
-                tracing::error!(dir = %self.dir.display(), error = %e, "segment log write failed");
-                self.durable.send_modify(|d| d.failed = Some(e.to_string()));
-                return;
+            match self.write_and_sync(&mut open, chunks) {
+                Ok(()) => {}
+                Err((e, true)) => match self.undo_round(&mut open, first) {
+                    Ok(last) => {
+                        first = last + 1;
+                        continue;
+                    }
+                    Err(undo) => {
+                        let msg = format!("{e}; then, undoing the round: {undo}");
+                        tracing::error!(dir = %self.dir.display(), error = %msg, "segment log write failed");
+                        self.durable.send_modify(|d| d.failed = Some(msg));
+                        return;
+                    }
+                },
+                Err((e, false)) => {
+                    tracing::error!(dir = %self.dir.display(), error = %e, "segment log write failed");
+                    self.durable.send_modify(|d| d.failed = Some(e.to_string()));
+                    return;
+                }
             }
+            first = ticket + 1;
             self.durable.send_modify(|d| d.ticket = ticket);
         }
     }
 
+    /// The disk refused part of a round: cuts every file back to what was durable, drops what
+    /// was queued behind the round (its frames' places assumed the round's bytes), moves new
+    /// appends to a fresh file and reports tickets `first..` up to the last queued as lost.
+    fn undo_round(
+        &self,
+        open: &mut BTreeMap<u64, (File, u64)>,
+        first: u64,
+    ) -> Result<u64, LogError> {
+        for (seq, (f, durable)) in open.iter() {
+            let path = self.dir.join(file_name(*seq));
+            f.set_len(*durable).map_err(io_err(&path))?;
+            f.sync_all().map_err(io_err(&path))?;
+        }
+        self.space.exhausted();
+        let free = self.space.space().free;
+        let mut a = self.appender.lock().expect("appender lock");
+        a.chunks.clear();
+        let last = a.next_ticket - 1;
+        a.cur_file = a
+            .cur_file
+            .max(open.keys().next_back().copied().unwrap_or(0))
+            + 1;
+        a.cur_len = 0;
+        open.clear();
+        let refusal = NoSpace {
+            dir: self.dir.clone(),
+            free,
+            reserve: self.space.reserve(),
+        };
+        tracing::warn!(dir = %self.dir.display(), tickets = ?(first, last), "the disk is full: the log's round was cut back, its writes refused; writes resume when space returns");
+        self.durable.send_modify(|d| {
+            d.ticket = d.ticket.max(first - 1);
+            match d.lost.last_mut() {
+                Some(range) if range.1 + 1 == first => range.1 = last,
+                _ => d.lost.push((first, last)),
+            }
+            d.no_space = Some(refusal);
+        });
+        drop(a);
+        Ok(last)
+    }
+
+    /// Writes and fsyncs a round; an error says whether it was the disk being full.
     fn write_and_sync(
         &self,
-        open: &mut BTreeMap<u64, File>,
+        open: &mut BTreeMap<u64, (File, u64)>,
         chunks: Vec<(u64, Vec<u8>)>,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), (LogError, bool)> {
+        let full = |e: LogError| {
+            let no_space =
+                matches!(&e, LogError::Io { source, .. } if disk_space::is_no_space(source));
+            (e, no_space)
+        };
         let mut touched = Vec::new();
         for (seq, bytes) in chunks {
-            let f = match open.entry(seq) {
+            let (f, _) = match open.entry(seq) {
                 std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::btree_map::Entry::Vacant(v) => {
                     let path = self.dir.join(file_name(seq));
@@ -266,25 +377,38 @@ impl SegmentLog {
                         .create(true)
                         .append(true)
                         .open(&path)
-                        .map_err(io_err(&path))?;
+                        .map_err(io_err(&path))
+                        .map_err(full)?;
                     // The new file's directory entry must be durable too.
                     File::open(&self.dir)
                         .and_then(|d| d.sync_all())
-                        .map_err(io_err(&self.dir))?;
-                    v.insert(f)
+                        .map_err(io_err(&self.dir))
+                        .map_err(full)?;
+                    let len = f.metadata().map_err(io_err(&path)).map_err(full)?.len();
+                    v.insert((f, len))
                 }
             };
-            f.write_all(&bytes).map_err(io_err(&self.dir))?;
+            f.write_all(&bytes)
+                .map_err(io_err(&self.dir))
+                .map_err(full)?;
             if !touched.contains(&seq) {
                 touched.push(seq);
             }
         }
         // Every file this round wrote is synced before the round counts as durable — also one
         // that a rotation in this round completed; only then are completed files closed.
-        for seq in touched {
-            let f = open.get(&seq).expect("touched files are open");
-            f.sync_data().map_err(io_err(&self.dir))?;
+        for seq in &touched {
+            let (f, _) = open.get(seq).expect("touched files are open");
+            f.sync_data().map_err(io_err(&self.dir)).map_err(full)?;
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        for seq in touched {
+            let (f, durable) = open.get_mut(&seq).expect("touched files are open");
+            *durable = f
+                .metadata()
+                .map_err(io_err(&self.dir))
+                .map_err(|e| (e, false))?
+                .len();
         }
         if let Some(&newest) = open.keys().next_back() {
             open.retain(|s, _| *s == newest);
@@ -538,6 +662,10 @@ mod tests {
     use logdb_types::{Epoch, PageId};
 
     fn frame_for(lsn: u64) -> (Lsn, Vec<u8>) {
+        frame_of(lsn, 100)
+    }
+
+    fn frame_of(lsn: u64, len: usize) -> (Lsn, Vec<u8>) {
         let r = RedoRecord::new(
             Lsn(lsn),
             Lsn(lsn - 1),
@@ -547,7 +675,7 @@ mod tests {
             RecordKind::Delta,
             0,
             0,
-            vec![1; 100],
+            vec![1; len],
         );
         let mut buf = Vec::new();
         frame::encode_record(Epoch(1), &r, &mut buf);
@@ -557,7 +685,8 @@ mod tests {
     #[tokio::test]
     async fn a_round_that_rotates_syncs_the_file_it_completed() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = SegmentLog::open(dir.path(), 1000, |_, _| {}).unwrap();
+        let (log, _) =
+            SegmentLog::open(dir.path(), &LogOptions::unguarded(1000), |_, _| {}).unwrap();
         // One flush round holding the end of file 1 and the start of file 2.
         let (_, a) = frame_for(1);
         let (_, b) = frame_for(2);
@@ -576,7 +705,8 @@ mod tests {
     #[tokio::test]
     async fn appends_survive_reopen_and_rotate() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = SegmentLog::open(dir.path(), 1000, |_, _| {}).unwrap();
+        let (log, _) =
+            SegmentLog::open(dir.path(), &LogOptions::unguarded(1000), |_, _| {}).unwrap();
         let mut last = 0;
         for lsn in 1..=20 {
             let (t, locs) = log.push(&[frame_for(lsn)]).unwrap();
@@ -588,8 +718,10 @@ mod tests {
         log.close();
         drop(log);
         let mut seen = Vec::new();
-        let (_log, report) =
-            SegmentLog::open(dir.path(), 1000, |f, _| seen.push(f.record.lsn.0)).unwrap();
+        let (_log, report) = SegmentLog::open(dir.path(), &LogOptions::unguarded(1000), |f, _| {
+            seen.push(f.record.lsn.0)
+        })
+        .unwrap();
         assert_eq!(seen, (1..=20).collect::<Vec<_>>());
         assert!(report.corrupt.is_empty());
     }
@@ -597,7 +729,8 @@ mod tests {
     #[tokio::test]
     async fn torn_tail_is_cut_and_corruption_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = SegmentLog::open(dir.path(), 1 << 20, |_, _| {}).unwrap();
+        let (log, _) =
+            SegmentLog::open(dir.path(), &LogOptions::unguarded(1 << 20), |_, _| {}).unwrap();
         let (t, _) = log
             .push(&[frame_for(1), frame_for(2), frame_for(3)])
             .unwrap();
@@ -612,7 +745,10 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let mut seen = Vec::new();
         let (_log, report) =
-            SegmentLog::open(dir.path(), 1 << 20, |f, _| seen.push(f.record.lsn.0)).unwrap();
+            SegmentLog::open(dir.path(), &LogOptions::unguarded(1 << 20), |f, _| {
+                seen.push(f.record.lsn.0)
+            })
+            .unwrap();
         assert_eq!(seen, vec![1, 3]);
         assert_eq!(report.corrupt.len(), 1, "{:?}", report.corrupt);
         assert_eq!(report.torn_tail_bytes, 30);
@@ -620,5 +756,61 @@ mod tests {
             fs::metadata(&path).unwrap().len() as usize,
             bytes.len() - 30
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_loses_only_the_refused_round_and_the_log_goes_on_when_space_returns() {
+        let disk = crate::testkit::SmallDisk::mount(1 << 20);
+        let options = LogOptions {
+            file_bytes: 256 << 10,
+            space: Arc::new(SpaceGuard::new(&disk.dir, Some(0)).unwrap()),
+        };
+        let (log, _) = SegmentLog::open(&disk.dir, &options, |_, _| {}).unwrap();
+        let mut acked = Vec::new();
+        let mut refusal = None;
+        for lsn in 1..=1000u64 {
+            let (ticket, _) = match log.push(&[frame_of(lsn, 16 << 10)]) {
+                Ok(t) => t,
+                Err(e) => {
+                    refusal = Some(e);
+                    break;
+                }
+            };
+            match log.wait_durable(ticket).await {
+                Ok(()) => acked.push(lsn),
+                Err(e) => {
+                    refusal = Some(e);
+                    break;
+                }
+            }
+        }
+        let refusal = refusal.expect("a 1 MiB disk fills");
+        assert!(
+            matches!(refusal, LogError::NoSpace(_)),
+            "refused as a full disk, not failed: {refusal}"
+        );
+        assert!(acked.len() > 20, "{} records fit", acked.len());
+        // Still full: refused again at once, and nothing half-written is left to replay.
+        let next = *acked.last().unwrap() + 1;
+        assert!(matches!(
+            log.push(&[frame_of(next, 16 << 10)]),
+            Err(LogError::NoSpace(_))
+        ));
+
+        disk.resize(4 << 20);
+        let (ticket, _) = log
+            .push(&[frame_of(next, 16 << 10)])
+            .expect("space returned: the log takes writes again");
+        log.wait_durable(ticket).await.expect("durable");
+        acked.push(next);
+        log.close();
+        drop(log);
+
+        let mut seen = Vec::new();
+        let (_log, report) =
+            SegmentLog::open(&disk.dir, &options, |f, _| seen.push(f.record.lsn.0)).unwrap();
+        assert_eq!(seen, acked, "exactly the acknowledged records, in order");
+        assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
+        assert_eq!(report.torn_tail_bytes, 0);
     }
 }

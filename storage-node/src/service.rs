@@ -1,7 +1,8 @@
 //! The gRPC edge: turns `logdb.storage.v1` requests into node and segment calls and every error
 //! into a status code a client can act on — INVALID_ARGUMENT for bad input (nothing applied),
 //! FAILED_PRECONDITION for a stale epoch, UNAVAILABLE for "not complete yet, retry", OUT_OF_RANGE
-//! below the retention horizon, DATA_LOSS for a stored copy that failed its checksum.
+//! below the retention horizon, DATA_LOSS for a stored copy that failed its checksum,
+//! RESOURCE_EXHAUSTED for a write refused while the data disk is full (retry once space returns).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,8 +11,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::node::{Node, NodeError};
-use crate::page_store::Truncation;
+use crate::page_store::{StoreError, Truncation};
 use crate::segment::{Segment, SegmentError, SegmentStatus};
+use crate::segment_log::LogError;
 use logdb_types::proto::{self, storage_service_server::StorageService};
 use logdb_types::record::RedoRecord;
 use logdb_types::{Epoch, Lsn, PageId, PgIndex};
@@ -38,8 +40,16 @@ fn segment_status(e: SegmentError) -> Status {
         SegmentError::Fenced(_) | SegmentError::TruncateBelowMaterialized { .. } => {
             Status::failed_precondition(msg)
         }
-        SegmentError::NotYetComplete { .. } => Status::unavailable(msg),
+        SegmentError::NotYetComplete { .. }
+        | SegmentError::Store {
+            source: StoreError::Reopening { .. },
+            ..
+        } => Status::unavailable(msg),
         SegmentError::BelowHorizon { .. } => Status::out_of_range(msg),
+        SegmentError::Log {
+            source: LogError::NoSpace(_),
+            ..
+        } => Status::resource_exhausted(msg),
         ref e if e.is_corruption() => Status::data_loss(msg),
         SegmentError::Store { .. } | SegmentError::Log { .. } => Status::internal(msg),
     }
@@ -145,7 +155,18 @@ impl StorageService for StorageSvc {
         let st = tokio::spawn(async move { seg.write(epoch, records, vdl).await })
             .await
             .map_err(|e| Status::internal(format!("storage write task failed: {e}")))?
-            .map_err(segment_status)?;
+            .map_err(|e| {
+                if matches!(
+                    e,
+                    SegmentError::Log {
+                        source: LogError::NoSpace(_),
+                        ..
+                    }
+                ) {
+                    self.node.metrics.writes_refused_no_space.inc();
+                }
+                segment_status(e)
+            })?;
         let m = &self.node.metrics;
         m.records_received.inc_by(count);
         m.bytes_received.inc_by(bytes);

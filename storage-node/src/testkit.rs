@@ -208,3 +208,54 @@ impl Drop for StorageProcess {
 
 pub use logdb_common::metrics_http::scrape;
 pub use logdb_common::stats::{percentile, TempDir};
+
+/// A disk that fills: a tmpfs of `bytes` mounted on a fresh directory (needs root or
+/// CAP_SYS_ADMIN, as the tests of a full disk do), grown or shrunk in place with `resize` (as a
+/// volume expansion grows a PVC), unmounted when dropped.
+pub struct SmallDisk {
+    pub dir: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(bytes: u64) -> SmallDisk {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("logdb-small-disk-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a {bytes}-byte tmpfs on {} failed (the full-disk tests need root or \
+             CAP_SYS_ADMIN): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    /// Gives the disk a new size (what is stored stays).
+    pub fn resize(&self, bytes: u64) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(&self.dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "resizing {}: {}",
+            self.dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
