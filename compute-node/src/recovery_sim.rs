@@ -180,7 +180,7 @@ impl Seg {
         let headers: Vec<AHeader> = recs.iter().map(Rec::header).collect();
         let admission = self.core.admit(epoch, &headers, vdl)?;
         let fresh: Vec<AHeader> = admission.fresh.iter().map(|i| headers[*i]).collect();
-        if fresh.is_empty() && admission.wait_for == 0 {
+        if fresh.is_empty() && admission.wait_for.is_empty() {
             self.core.durable(epoch, Vec::new())?;
             return Ok(Answer::Acked(self.core.scl()));
         }

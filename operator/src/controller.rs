@@ -11,7 +11,7 @@
 //!    and the outcome stays in an Event and a condition;
 //! 6. compute pods are labelled with their role, so `<name>-rw` reaches the writer;
 //! 7. the status (phase, writer, epoch, PGs, sizes, conditions — Ready, Degraded,
-//!    FailoverInProgress, Growing —, observedGeneration) is patched, with an Event on every phase
+//!    FailoverInProgress, Growing, RetentionSized —, observedGeneration) is patched, with an Event on every phase
 //!    transition.
 
 use std::collections::BTreeMap;
@@ -190,6 +190,41 @@ async fn apply_all(client: &Client, ns: &str, d: &Desired) -> Result<(), Control
     Ok(())
 }
 
+/// A StatefulSet's volume claims never change once it exists: the storage sets keep the claims
+/// they were created with (a later `writeRate` or retention changes only the status). Returns
+/// the smallest storage PVC request, in bytes.
+async fn keep_volume_claims(
+    client: &Client,
+    ns: &str,
+    d: &mut Desired,
+) -> Result<u64, ControllerError> {
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let mut smallest = u64::MAX;
+    for s in &mut d.storage {
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let existing = sets
+            .get_opt(&name)
+            .await?
+            .and_then(|e| e.spec.volume_claim_templates);
+        let spec = &mut s.spec;
+        if let Some(claims) = existing {
+            spec.volume_claim_templates = Some(claims);
+        }
+        let request = spec
+            .volume_claim_templates
+            .iter()
+            .flatten()
+            .filter_map(|c| c.spec.as_ref()?.resources.as_ref()?.requests.as_ref())
+            .filter_map(|r| r.get("storage"))
+            .filter_map(|q| crate::units::parse_quantity("storage", &q.0).ok())
+            .min();
+        if let Some(bytes) = request {
+            smallest = smallest.min(bytes);
+        }
+    }
+    Ok(if smallest == u64::MAX { 0 } else { smallest })
+}
+
 /// Takes one LogVolume to where it should be; see the module comment for the steps.
 pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     let ns = lv.namespace().unwrap_or_else(|| "default".into());
@@ -277,8 +312,9 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
     let storage_pods = volume.as_ref().map_or(pgs, |v| {
         storage_pods_for(pgs, v.used_bytes, spec.segment_size, spec.max_size)
     });
-    let desired =
+    let mut desired =
         objects::desired(&lv, &ctx.settings, storage_pods).map_err(ControllerError::Config)?;
+    let pvc_bytes = keep_volume_claims(&ctx.client, &ns, &mut desired).await?;
     apply_all(&ctx.client, &ns, &desired).await?;
 
     // 4. The volume in the config store.
@@ -521,6 +557,21 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
             "{} protection groups; storage pods for {storage_pods} per set",
             volume.pgs.len()
         ),
+        generation,
+    ));
+    // Whether the storage PVCs hold the retention window at the write rate asked for.
+    let plan = crate::sizing::pvc_plan(
+        spec.segment_size,
+        spec.retention_secs,
+        lv.spec.write_rate().unwrap_or(None),
+    );
+    let (sized, reason, message) =
+        crate::sizing::retention_condition(&plan, pvc_bytes, &lv.spec.retention);
+    conditions.push(condition(
+        "RetentionSized",
+        sized,
+        reason,
+        message,
         generation,
     ));
     status.conditions = conditions;

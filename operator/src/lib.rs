@@ -8,5 +8,6 @@ pub mod local;
 pub mod manifest;
 pub mod objects;
 pub mod operator_mode;
+pub mod sizing;
 pub mod spec;
 pub mod units;

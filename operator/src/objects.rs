@@ -164,17 +164,16 @@ fn tcp_probe(port: &str) -> Probe {
     }
 }
 
-/// The PVC size of one storage pod: a segment plus a quarter for log and versions, at least 1Gi
-/// more.
-pub fn pvc_bytes(segment_bytes: u64) -> u64 {
-    segment_bytes + (segment_bytes / 4).max(1 << 30)
-}
-
 /// The objects of `lv` with `pgs` protection groups (each storage StatefulSet has that many pods).
 pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired, String> {
     let name = lv.metadata.name.clone().ok_or("metadata.name: missing")?;
     let ns = lv.metadata.namespace.clone();
     let spec = lv.spec.volume_spec(Target::Kubernetes)?;
+    let pvc = crate::sizing::pvc_plan(
+        spec.segment_size,
+        spec.retention_secs,
+        lv.spec.write_rate()?,
+    );
     let owner = OwnerReference {
         api_version: "logdb.io/v1alpha1".into(),
         kind: "LogVolume".into(),
@@ -298,7 +297,7 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
                 resources: Some(VolumeResourceRequirements {
                     requests: Some(BTreeMap::from([(
                         "storage".into(),
-                        Quantity(pvc_bytes(spec.segment_size).to_string()),
+                        Quantity(pvc.bytes().to_string()),
                     )])),
                     ..Default::default()
                 }),

@@ -32,6 +32,9 @@ use crate::units::{parse_duration, parse_quantity};
 #[x_kube(validation = Rule::new(
     "quantity(string(self.maxSize)).compareTo(quantity(string(self.segmentSize))) >= 0"
 ).message("maxSize must be at least one segment (segmentSize)"))]
+#[x_kube(validation = Rule::new(
+    "has(self.writeRate) == has(oldSelf.writeRate)"
+).message("writeRate can only be set when the LogVolume is created (it sizes the storage PVCs)"))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LogVolumeSpec {
     /// Database page size in bytes: a power of two from 4096 to 65536. Immutable.
@@ -69,6 +72,18 @@ pub struct LogVolumeSpec {
         validation = Rule::new("self == oldSelf").message("zones are immutable")
     )]
     pub zones: Vec<String>,
+    /// Sustained redo, in bytes per second, that one protection group must keep for the whole
+    /// retention window, e.g. `1Mi`: storage PVCs are sized to hold the segment, the window's
+    /// history at this rate (storage keeps at most twice the redo) and the node's free-space
+    /// reserve. Without it PVCs are the segment plus a quarter (at least 1Gi) and the
+    /// `RetentionSized` condition says what rate that holds. Immutable (a StatefulSet's volume
+    /// claims cannot change; grow PVCs through a storage class that allows expansion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).compareTo(quantity('0')) > 0").message("writeRate must be a positive quantity of bytes per second (e.g. 1Mi)"),
+        validation = Rule::new("self == oldSelf").message("writeRate is immutable")
+    )]
+    pub write_rate: Option<Quantity>,
 }
 
 /// What the operator (or `logdb up`) last saw of the volume.
@@ -176,6 +191,7 @@ impl LogVolumeSpec {
             pool: String::new(),
         };
         spec.validate()?;
+        self.write_rate()?;
         if target == Target::Kubernetes && segment_size < MIN_KUBERNETES_SEGMENT {
             return Err(format!(
                 "spec.segmentSize: {} is below the 1Gi minimum on Kubernetes",
@@ -183,6 +199,19 @@ impl LogVolumeSpec {
             ));
         }
         Ok(spec)
+    }
+}
+
+impl LogVolumeSpec {
+    /// `spec.writeRate` in bytes per second, if stated.
+    pub fn write_rate(&self) -> Result<Option<u64>, String> {
+        let Some(q) = &self.write_rate else {
+            return Ok(None);
+        };
+        match parse_quantity("spec.writeRate", &q.0)? {
+            0 => Err("spec.writeRate: must be above 0 bytes per second".into()),
+            rate => Ok(Some(rate)),
+        }
     }
 }
 
@@ -217,7 +246,9 @@ mod tests {
 
     #[test]
     fn every_bad_field_is_named() {
-        let cases: [(&str, &str); 6] = [
+        let cases: [(&str, &str); 8] = [
+            ("writeRate: fast", "spec.writeRate: \"fast\""),
+            ("writeRate: \"0\"", "spec.writeRate: must be above 0"),
             (
                 "pageSize: 5000",
                 "spec.pageSize: 5000 is not a power of two",

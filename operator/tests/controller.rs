@@ -245,6 +245,53 @@ async fn create_failover_grow_and_delete() {
     let after = s.api.get(&format!("{SETS}/orders-storage-c2")).unwrap();
     assert_eq!(before["spec"], after["spec"]);
 
+    // Retention and PVC size: no write rate stated, so the status says what rate the default
+    // PVCs hold over the 7d window (very little); a rate stated later (the CRD refuses that;
+    // this API does not check) changes the status, never the sets' claims (a StatefulSet's
+    // volume claims cannot change).
+    let claim = |set: &Value| {
+        set["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"].clone()
+    };
+    assert_eq!(
+        claim(&after),
+        json!(((12u64 << 30) + (1 << 29)).to_string())
+    );
+    let sized = condition(&s.api.get(LV).unwrap(), "RetentionSized");
+    assert_eq!(
+        (sized["status"].as_str(), sized["reason"].as_str()),
+        (Some("False"), Some("NoWriteRateStated"))
+    );
+    assert!(
+        sized["message"]
+            .as_str()
+            .unwrap()
+            .contains("7d retention window only up to 1.7 KiB/s"),
+        "{sized}"
+    );
+    let mut lv = s.api.get(LV).unwrap();
+    lv["spec"]["writeRate"] = json!("1Mi");
+    s.api.put(LV, lv);
+    s.reconcile().await;
+    let sized = condition(&s.api.get(LV).unwrap(), "RetentionSized");
+    assert_eq!(
+        (sized["status"].as_str(), sized["reason"].as_str()),
+        (Some("False"), Some("RetentionDoesNotFit")),
+        "{sized}"
+    );
+    assert!(
+        sized["message"]
+            .as_str()
+            .unwrap()
+            .contains("but they are 12.5 GiB"),
+        "{sized}"
+    );
+    let kept = s.api.get(&format!("{SETS}/orders-storage-c2")).unwrap();
+    assert_eq!(claim(&kept), claim(&after), "the claims stay as created");
+    let mut lv = s.api.get(LV).unwrap();
+    lv["spec"].as_object_mut().unwrap().remove("writeRate");
+    s.api.put(LV, lv);
+    s.reconcile().await;
+
     // Failover by annotation: requested, then the annotation stays until the target has taken
     // its own ticket (serves as writer); only then does `orders-rw` move.
     let mut lv = s.api.get(LV).unwrap();
@@ -381,4 +428,14 @@ async fn create_failover_grow_and_delete() {
     assert_eq!(lv["metadata"]["finalizers"], json!([]));
     assert!(!s.member.state().await.volumes.contains_key("shop-orders"));
     assert_eq!(s.events("Deleted").len(), 1);
+}
+
+fn condition(lv: &Value, type_: &str) -> Value {
+    lv["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {lv}"))
+        .clone()
 }

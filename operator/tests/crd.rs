@@ -96,6 +96,14 @@ fn bad_manifests_are_rejected_with_the_rule_message() {
             "maxSize must be at least one segment",
         ),
         ("  retention: soon\n", "retention must be a duration"),
+        (
+            "  writeRate: fast\n",
+            "writeRate must be a positive quantity",
+        ),
+        (
+            "  writeRate: \"0\"\n",
+            "writeRate must be a positive quantity",
+        ),
         ("  zones: [a, b]\n", "zones must be exactly three distinct"),
         (
             "  zones: [a, b, a]\n",
@@ -132,8 +140,33 @@ fn immutable_fields_cannot_change() {
             "  pageSize: 8192\n  segmentSize: 10Gi\n  zones: [a, b, d]\n",
             "zones are immutable",
         ),
+        (
+            "  pageSize: 8192\n  segmentSize: 10Gi\n  zones: [a, b, c]\n  writeRate: 1Mi\n",
+            "writeRate can only be set when the LogVolume is created",
+        ),
     ] {
         let got = messages(&with_spec(spec), Some(&old));
         assert!(got.iter().any(|m| m.contains(want)), "{spec:?}: {got:?}");
     }
+    // Stated at creation, a write rate cannot change or go away.
+    let rated = with_spec("  zones: [a, b, c]\n  writeRate: 1Mi\n");
+    assert_eq!(
+        messages(&rated, Some(&rated)),
+        Vec::<String>::new(),
+        "an unchanged rate passes"
+    );
+    let got = messages(
+        &with_spec("  zones: [a, b, c]\n  writeRate: 2Mi\n"),
+        Some(&rated),
+    );
+    assert!(
+        got.iter().any(|m| m.contains("writeRate is immutable")),
+        "{got:?}"
+    );
+    let got = messages(&with_spec("  zones: [a, b, c]\n"), Some(&rated));
+    assert!(
+        got.iter()
+            .any(|m| m.contains("writeRate can only be set when")),
+        "{got:?}"
+    );
 }

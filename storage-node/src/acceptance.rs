@@ -65,11 +65,13 @@ pub struct Held<P> {
 }
 
 /// What an admitted write must do: append `fresh` (indices into the batch) to the log, and wait
-/// until log ticket `wait_for` is durable (records of the batch another write has in flight).
+/// until every log ticket in `wait_for` is durable (records of the batch other writes have in
+/// flight). Every one of them, not only the highest: a ticket can be lost (a round the full
+/// disk refused) while a later one is durable.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Admission {
     pub fresh: Vec<usize>,
-    pub wait_for: u64,
+    pub wait_for: BTreeSet<u64>,
 }
 
 /// A planned change of the control record and the records it removes.
@@ -261,7 +263,7 @@ impl<P> Acceptance<P> {
                 same(h.header.checksum)?;
             } else if let Some(f) = self.inflight.get(&r.lsn) {
                 same(f.checksum)?;
-                admission.wait_for = admission.wait_for.max(f.ticket);
+                admission.wait_for.insert(f.ticket);
             } else if r.lsn <= self.control.materialized {
                 // A resend of a record already materialized (the SCL passed it, so this segment
                 // holds every record of its PG up to there): durable here, in the page store.
@@ -749,7 +751,7 @@ mod tests {
             again,
             Admission {
                 fresh: vec![],
-                wait_for: 7
+                wait_for: BTreeSet::from([7])
             }
         );
     }

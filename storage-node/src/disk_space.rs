@@ -183,6 +183,14 @@ impl SpaceGuard {
     }
 }
 
+impl SpaceGuard {
+    /// Forgets that the disk refused a write (tests that must fail a round again at once).
+    #[cfg(test)]
+    pub(crate) fn forget_refusal(&self) {
+        self.reading.lock().expect("space lock").exhausted = false;
+    }
+}
+
 /// Whether an I/O error means the disk (or the user's quota) is full.
 pub fn is_no_space(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::StorageFull

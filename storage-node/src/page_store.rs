@@ -45,8 +45,8 @@ pub enum StoreError {
         path: PathBuf,
         source: Box<redb::Error>,
     },
-    #[error("page store {path} is being reopened after an I/O error; retry")]
-    Reopening { path: PathBuf },
+    #[error("page store {path} is being reopened after an I/O error ({reason}); retry")]
+    Reopening { path: PathBuf, reason: String },
     #[error("page store {path}: control record unreadable: {reason}")]
     Control { path: PathBuf, reason: String },
     #[error("page {page} delta index entry at LSN {lsn} is malformed; not served")]
@@ -193,6 +193,7 @@ impl PageStore {
             .clone()
             .ok_or_else(|| StoreError::Reopening {
                 path: self.path.clone(),
+                reason: "not open yet".into(),
             })
     }
 
@@ -201,10 +202,22 @@ impl PageStore {
         if !self.failed.load(Ordering::Acquire) {
             return Ok(());
         }
+        // A call that began on the failed handle may report its error after a reopen: the
+        // current handle is kept if it takes a write transaction (redb refuses one after an
+        // I/O error).
+        if let Some(current) = db.as_ref() {
+            if current.begin_write().is_ok() {
+                self.failed.store(false, Ordering::Release);
+                return Ok(());
+            }
+        }
         // The failed handle goes first (redb locks its file); while a call still holds it the
         // open below is refused and the next call tries again.
         drop(db.take());
-        let fresh = open_db(&self.path)?;
+        let fresh = open_db(&self.path).map_err(|e| StoreError::Reopening {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
         *db = Some(Arc::new(fresh));
         self.failed.store(false, Ordering::Release);
         tracing::info!(path = %self.path.display(), "page store reopened after an I/O error");

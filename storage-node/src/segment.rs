@@ -530,7 +530,7 @@ impl Segment {
                     })
                     .collect();
                 let (ticket, locs) = self.log.push(&frames).map_err(|e| self.log_err(e))?;
-                wait_for = wait_for.max(ticket);
+                wait_for.insert(ticket);
                 let fresh_headers: Vec<Header> =
                     admission.fresh.iter().map(|i| headers[*i]).collect();
                 s.core.in_flight(epoch, &fresh_headers, ticket);
@@ -550,11 +550,13 @@ impl Segment {
             ticket,
             entries: fresh.iter().map(|(r, _)| (r.lsn, r.prev_lsn)).collect(),
         };
-        let durable = if wait_for > 0 {
-            self.log.wait_durable(wait_for).await
-        } else {
-            Ok(())
-        };
+        let mut durable = Ok(());
+        for t in wait_for {
+            durable = self.log.wait_durable(t).await;
+            if durable.is_err() {
+                break;
+            }
+        }
 
         let mut s = self.lock();
         guard.release(&mut s);
@@ -953,20 +955,15 @@ impl Segment {
         }
         // Reads below the new horizon are refused from before the checkpoint removes what they
         // would need (a read that took its snapshot earlier still has it; one that takes it
-        // after must not start from what is gone). A failed commit puts the old record back.
-        let old = {
-            let mut s = self.lock();
-            let old = s.core.control().clone();
-            s.core.forget_through(next.clone());
-            old
-        };
-        let removed = match self.store.checkpoint(&images, &next) {
-            Ok(r) => r,
-            Err(e) => {
-                self.lock().core.forget_through(old);
-                return Err(self.store_err(e));
-            }
-        };
+        // after must not start from what is gone). A failed commit leaves the horizon raised:
+        // an I/O error does not say whether the commit reached the disk (a reopened store may
+        // show it, with those deltas gone), and if it did not, the deltas are all still there
+        // for reads at or above the horizon and the next checkpoint images them.
+        self.lock().core.forget_through(next.clone());
+        let removed = self
+            .store
+            .checkpoint(&images, &next)
+            .map_err(|e| self.store_err(e))?;
         {
             // Images at the horizon sit below every delta left: each page's debt is what lies
             // above its checkpoint image now.
@@ -1193,6 +1190,93 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ack.scl, Lsn(lsn + 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resend_of_a_record_whose_round_the_full_disk_refused_is_not_acknowledged() {
+        use std::io::Write;
+        let disk = crate::testkit::SmallDisk::mount(8 << 20);
+        let options = LogOptions {
+            file_bytes: 1 << 20,
+            space: Arc::new(crate::disk_space::SpaceGuard::new(&disk.dir, Some(0)).unwrap()),
+        };
+        let descriptor = Descriptor {
+            page_size: 4096,
+            ..Descriptor::for_tests()
+        };
+        let seg = Segment::create(
+            &disk.dir.join("seg"),
+            descriptor,
+            Epoch(1),
+            &options,
+            Arc::new(VolumeEpochs::default()),
+        )
+        .unwrap();
+        let big = |lsn: u64| {
+            RedoRecord::new(
+                Lsn(lsn),
+                Lsn(lsn - 1),
+                lsn,
+                PageId(1),
+                0,
+                RecordKind::Delta,
+                0,
+                0,
+                vec![lsn as u8; 3000],
+            )
+        };
+        seg.write(Epoch(1), vec![big(1)], Lsn::ZERO).await.unwrap();
+        let filler = disk.dir.join("filler");
+        {
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![0u8; 64 << 10];
+            while f.write_all(&chunk).is_ok() {}
+        }
+        // Write A of record 2 is caught waiting for a round the full disk refuses.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut a = None;
+        for _ in 0..100 {
+            let mut w = Box::pin(seg.write(Epoch(1), vec![big(2)], Lsn::ZERO));
+            match w.as_mut().poll(&mut cx) {
+                std::task::Poll::Pending => {
+                    a = Some(w);
+                    break;
+                }
+                // The flusher met the full disk before the first poll: try again (the guard
+                // would now refuse the push itself).
+                std::task::Poll::Ready(r) => {
+                    assert!(r.is_err(), "the disk is full");
+                    options.space.forget_refusal();
+                }
+            }
+        }
+        let a = a.expect("no write was ever caught waiting for its round");
+        let ticket = seg.log.last_ticket();
+        assert!(matches!(
+            seg.log.wait_durable(ticket).await,
+            Err(LogError::NoSpace(_))
+        ));
+        // Space returns. A resend of record 2 with a new record 3 arrives before A has run
+        // again: record 2 is still in flight under the lost ticket, record 3 goes to a durable
+        // one — the batch must not be acknowledged.
+        std::fs::remove_file(&filler).unwrap();
+        let b = seg.write(Epoch(1), vec![big(2), big(3)], Lsn::ZERO).await;
+        assert!(
+            matches!(
+                b,
+                Err(SegmentError::Log {
+                    source: LogError::NoSpace(_),
+                    ..
+                })
+            ),
+            "{b:?}"
+        );
+        assert!(a.await.is_err(), "A learns its round was refused");
+        let ack = seg
+            .write(Epoch(1), vec![big(2), big(3)], Lsn::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(ack.scl, Lsn(3));
     }
 
     /// A delta of 40 bytes at a spot of its page that depends on the LSN.

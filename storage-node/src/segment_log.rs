@@ -257,6 +257,12 @@ impl SegmentLog {
         Ok((ticket, locs))
     }
 
+    /// The ticket of the newest push (0: none yet).
+    #[cfg(test)]
+    pub(crate) fn last_ticket(&self) -> u64 {
+        self.appender.lock().expect("appender lock").next_ticket - 1
+    }
+
     /// Resolves once `ticket` is fsynced.
     pub async fn wait_durable(&self, ticket: u64) -> Result<(), LogError> {
         let mut rx = self.durable.subscribe();
@@ -327,10 +333,16 @@ impl SegmentLog {
             f.set_len(*durable).map_err(io_err(&path))?;
             f.sync_all().map_err(io_err(&path))?;
         }
+
         self.space.exhausted();
         let free = self.space.space().free;
         let mut a = self.appender.lock().expect("appender lock");
         a.chunks.clear();
+        // Files the lost pushes were headed for that were never created: not part of the log.
+        self.files
+            .lock()
+            .expect("files lock")
+            .retain(|seq, _| self.dir.join(file_name(*seq)).exists());
         let last = a.next_ticket - 1;
         a.cur_file = a
             .cur_file
