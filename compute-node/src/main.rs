@@ -55,6 +55,10 @@ struct Args {
     /// Password clients must give (md5 authentication). Without it, every client is trusted.
     #[arg(long, env = "LOGDB_PASSWORD")]
     password: Option<String>,
+    /// A replica holds the storage's history from its read point (so GC keeps what it reads)
+    /// while that read point is at most this old, in seconds; 0: twice the retention window.
+    #[arg(long, default_value_t = 0)]
+    max_hold_history_secs: u64,
     /// Buffer pool size, in pages (shared by all sessions).
     #[arg(long, default_value_t = 16384)]
     pool_pages: usize,
@@ -200,6 +204,10 @@ async fn main() -> anyhow::Result<()> {
             logdb_compute::replication::subscribe_to_writer(client, name, &args.writer_id).await;
         let layout = Layout::from_config(&get_volume(client, name).await?)?;
         let replica = Replica::new(layout, &first, Arc::clone(&metrics));
+        tokio::spawn(Arc::clone(&replica).hold_history(
+            format!("replica-{}", args.writer_id),
+            std::time::Duration::from_secs(args.max_hold_history_secs),
+        ));
         let (db, pool, m, r) = (
             format!("/logdb/{name}"),
             args.pool_pages,

@@ -30,6 +30,7 @@ pub struct ComputeMetrics {
     pub pool_hits: Counter,
     pub pool_misses: Counter,
     pub storage_reads: Counter,
+    pub history_leases: Counter,
     /// 1 while this node is the writer, 0 on a replica.
     pub writer: Gauge,
     /// Replica: the LSN its read transactions see.
@@ -63,6 +64,7 @@ impl ComputeMetrics {
             pool_hits: Counter::default(),
             pool_misses: Counter::default(),
             storage_reads: Counter::default(),
+            history_leases: Counter::default(),
             writer: Gauge::default(),
             read_point: Gauge::default(),
             // 10 µs .. ~16 s in steps of 25% (fine enough for p50/p99 from the buckets)
@@ -121,6 +123,11 @@ impl ComputeMetrics {
             "storage_page_reads",
             "ReadPage calls answered by storage",
             m.storage_reads.clone(),
+        );
+        registry.register(
+            "history_leases",
+            "History leases a replica placed or renewed on segments (what it reads is kept)",
+            m.history_leases.clone(),
         );
         registry.register(
             "redo_records",

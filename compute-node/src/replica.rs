@@ -6,6 +6,13 @@
 //! only move forward, across resubscriptions too (a new feed starts with an empty pool, never an
 //! older read point). Nothing is ever replayed from the log at the replica beyond the cached
 //! pages.
+//!
+//! What a replica reads must outlive the storage's garbage collection: every `LEASE_EVERY` it
+//! holds each segment's history (`HoldHistory`, named after the replica, for `LEASE_TTL`) from
+//! the LSN it reads that PG at, so no horizon passes a replica that lags or runs a long read
+//! transaction. A replica that stops lets its leases expire; one whose read point is older than
+//! twice the retention window stops renewing them (like PostgreSQL's `max_slot_wal_keep_size`:
+//! a stuck replica must not keep all history for ever) and its old reads then fail clearly.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,6 +33,8 @@ use crate::vfs::Engine;
 /// SCL.
 struct ReadState {
     read_point: Lsn,
+    /// When the writer committed at the read point (µs since the epoch; 0: unknown).
+    read_point_time_us: u64,
     epoch: Epoch,
     pg_tails: Vec<Lsn>,
     scls: HashMap<String, Lsn>,
@@ -53,6 +62,9 @@ pub struct Batch {
 
 /// How long a page read waits for a segment that has the page's PG tail.
 const READ_WAIT: Duration = Duration::from_secs(30);
+/// How often a replica renews its history leases, and how long each lasts.
+pub const LEASE_EVERY: Duration = Duration::from_secs(15);
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -70,6 +82,7 @@ impl Replica {
             channels: Mutex::new(HashMap::new()),
             state: Mutex::new(ReadState {
                 read_point: first.vdl,
+                read_point_time_us: first.vdl_time_us,
                 epoch: first.epoch,
                 pg_tails: first.pg_tails.clone(),
                 scls: first.scls.iter().cloned().collect(),
@@ -169,6 +182,99 @@ impl Replica {
         }
     }
 
+    /// Per segment of the layout: (segment, node address, the LSN this replica reads its PG at).
+    fn read_points(&self) -> Vec<(String, String, Lsn)> {
+        let layout = self.layout();
+        let st = self.state.lock().expect("read state");
+        layout
+            .pgs
+            .iter()
+            .enumerate()
+            .flat_map(|(k, pg)| {
+                let at = st.pg_tails.get(k).copied().unwrap_or(Lsn::ZERO);
+                pg.members
+                    .iter()
+                    .map(move |m| (m.segment.clone(), m.address.clone(), at))
+            })
+            .filter(|(_, _, at)| *at > Lsn::ZERO)
+            .collect()
+    }
+
+    /// How long ago the writer committed at this replica's read point (`None`: unknown).
+    fn read_point_age(&self) -> Option<Duration> {
+        let at = self.state.lock().expect("read state").read_point_time_us;
+        (at > 0).then(|| Duration::from_micros(now_us().saturating_sub(at)))
+    }
+
+    /// Holds every segment's history from where this replica reads it, as `name`, for as long
+    /// as the replica runs (see the module comment).
+    /// `max_behind` (zero: twice the retention window) is how old a read point may be and
+    /// still hold history.
+    pub async fn hold_history(self: Arc<Self>, name: String, max_behind: Duration) {
+        use logdb_types::proto::{
+            storage_service_client::StorageServiceClient, HoldHistoryRequest,
+        };
+        let volume = self.layout().volume;
+        // When each segment's lease was last placed: renewed every LEASE_EVERY, placed within
+        // a second on a segment that has none yet (a PG first written after the replica began).
+        let mut placed: HashMap<String, std::time::Instant> = HashMap::new();
+        let retention = self.layout().retention_seconds;
+        let limit = if max_behind.is_zero() {
+            Duration::from_secs(2 * retention)
+        } else {
+            max_behind
+        };
+        let mut released = false;
+        loop {
+            let behind = self.read_point_age();
+            if !limit.is_zero() && behind.is_some_and(|b| b > limit) {
+                if !released {
+                    tracing::warn!(behind_secs = behind.map(|b| b.as_secs()), limit_secs = limit.as_secs(), "this replica's read point is older than it may hold history for: its history leases are no longer renewed, and reads the horizon passes will fail");
+                }
+                released = true;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            released = false;
+            for (segment, address, lsn) in self.read_points() {
+                if placed
+                    .get(&segment)
+                    .is_some_and(|t| t.elapsed() < LEASE_EVERY)
+                {
+                    continue;
+                }
+                let Some(channel) = self.channel(&segment, &address) else {
+                    continue;
+                };
+                let req = HoldHistoryRequest {
+                    volume_id: volume.clone(),
+                    segment_id: segment.clone(),
+                    name: name.clone(),
+                    lsn: lsn.0,
+                    ttl_seconds: LEASE_TTL.as_secs(),
+                };
+                let mut client = StorageServiceClient::new(channel);
+                let call = client.hold_history(req);
+                match tokio::time::timeout(Duration::from_secs(5), call).await {
+                    Ok(Ok(_)) => {
+                        self.metrics.history_leases.inc();
+                        placed.insert(segment, std::time::Instant::now());
+                    }
+                    // At the horizon already (an idle PG's tail): reads there stay served.
+                    Ok(Err(status)) if status.code() == tonic::Code::OutOfRange => {
+                        tracing::debug!(%segment, %lsn, error = %status.message(), "history not held");
+                        placed.insert(segment, std::time::Instant::now());
+                    }
+                    Ok(Err(status)) => {
+                        tracing::warn!(%segment, %lsn, error = %status.message(), "holding history failed; retrying")
+                    }
+                    Err(_) => tracing::warn!(%segment, %lsn, "holding history timed out; retrying"),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Applies one feed batch (on a blocking thread: it takes the volume's exclusive lock).
     /// `fresh`: the first batch of a new subscription — the pool starts empty, since records
     /// between the old feed and this one were never seen.
@@ -195,6 +301,9 @@ impl Replica {
                 }
             }
             st.read_point = batch.vdl;
+            if batch.vdl_time_us > 0 {
+                st.read_point_time_us = batch.vdl_time_us;
+            }
             st.epoch = batch.epoch;
             st.pg_tails = batch.pg_tails;
             for (seg, scl) in batch.scls {

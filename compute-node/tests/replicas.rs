@@ -309,3 +309,126 @@ async fn zone_loss_keeps_writing_and_zone_plus_one_keeps_reading() {
     assert!(acked.iter().all(|i| ids.contains(i)));
     assert!(ids.contains(&1000));
 }
+
+/// The lowest horizon over the volume's segments, and the newest.
+async fn horizons(s: &common::Setup) -> (u64, u64) {
+    use logdb_types::proto::{storage_service_client::StorageServiceClient, SegmentRef};
+    let mut lowest = u64::MAX;
+    let mut highest = 0;
+    for m in &s.volume.pgs[0].members {
+        let mut c = StorageServiceClient::connect(format!("http://{}", m.address))
+            .await
+            .unwrap();
+        let st = c
+            .get_segment_state(SegmentRef {
+                volume_id: "vol1".into(),
+                segment_id: m.segment.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        lowest = lowest.min(st.horizon_lsn);
+        highest = highest.max(st.horizon_lsn);
+    }
+    (lowest, highest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_read_point_holds_the_retention_horizon() {
+    // A 2 s retention window, GC every 100 ms: without the replica's leases the horizon would
+    // pass its read point while a transaction there is still open.
+    let s = common::setup_with("vol1", 8 << 20, 64 << 20, 2, &["--gc-interval-ms", "100"]).await;
+    let writer = compute(&s.member.addr, "c0");
+    // A small pool and page cache: the replica's reads go to storage at its read point.
+    let replica = auto_compute(
+        &s.member.addr,
+        "c1",
+        &[
+            "--pool-pages",
+            "16",
+            "--cache-pages",
+            "8",
+            // Held however long the transaction below takes (the default: twice the window).
+            "--max-hold-history-secs",
+            "3600",
+        ],
+    );
+    assert_eq!(replica.role, "replica");
+    let w = writer.client().await;
+    w.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        .await
+        .unwrap();
+    w.batch_execute(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 399) \
+         INSERT INTO t SELECT i, printf('%0900d', i) FROM n",
+    )
+    .await
+    .unwrap();
+    let committed = lsn(&w, "SELECT logdb_commit_lsn()").await;
+
+    let r = replica.client().await;
+    lsn(&r, &format!("SELECT logdb_wait_lsn({committed})")).await;
+    r.batch_execute("BEGIN").await.unwrap();
+    let sum = "SELECT count(*), max(v) FROM t";
+    let before = r.query_one(sum, &[]).await.unwrap();
+    let read_point = lsn(&r, "SELECT logdb_read_point()").await;
+    assert_eq!(before.get::<_, i64>(0), 400);
+
+    // The writer rewrites every row for longer than the window, until the segments' GC has
+    // moved a horizon (it may, up to the replica's lease).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    loop {
+        round += 1;
+        w.batch_execute(&format!("UPDATE t SET v = printf('%0900d', id + {round})"))
+            .await
+            .unwrap();
+        let (_, highest) = horizons(&s).await;
+        if highest > 0 && round >= 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "GC never moved a horizon");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, highest) = horizons(&s).await;
+    assert!(
+        highest < read_point,
+        "a horizon ({highest}) passed the replica's read point ({read_point})"
+    );
+    // The transaction still reads its snapshot, from storage.
+    let again = r.query_one(sum, &[]).await.unwrap();
+    assert_eq!(again.get::<_, i64>(0), 400);
+    assert_eq!(again.get::<_, String>(1), before.get::<_, String>(1));
+    assert_eq!(again.get::<_, String>(1), format!("{:0900}", 399));
+    assert_eq!(
+        r.query_one("SELECT min(v) FROM t", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        format!("{:0900}", 0),
+        "the rows as of the read point"
+    );
+    r.batch_execute("COMMIT").await.unwrap();
+
+    // Its read point moves on, and so do the leases: the horizon passes the old read point.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        w.batch_execute("UPDATE t SET v = v WHERE id = 0")
+            .await
+            .unwrap();
+        let (lowest, _) = horizons(&s).await;
+        if lowest > read_point {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the horizon stayed at {lowest}, below the released read point {read_point}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = replica.scrape().await;
+    assert!(
+        logdb_common::metrics_http::sum(&text, "logdb_compute_history_leases_total") > 0.0,
+        "{text}"
+    );
+}

@@ -1026,8 +1026,19 @@ impl Segment {
             .save_control(&next)
             .map_err(|e| self.store_err(e))?;
         let horizon = next.horizon;
+        let renewal = self
+            .lock()
+            .core
+            .control()
+            .leases
+            .iter()
+            .any(|l| l.name == name && l.lsn == lsn);
         self.lock().core.set_control(next);
-        tracing::info!(segment = %self.key, name, %lsn, ttl_secs, "history lease");
+        if renewal && ttl_secs > 0 {
+            tracing::debug!(segment = %self.key, name, %lsn, ttl_secs, "history lease renewed");
+        } else {
+            tracing::info!(segment = %self.key, name, %lsn, ttl_secs, "history lease");
+        }
         Ok((horizon, expires))
     }
 

@@ -260,6 +260,17 @@ pub struct Setup {
 }
 
 pub async fn setup(name: &str, segment_size: u64, max_size: u64) -> Setup {
+    setup_with(name, segment_size, max_size, 3600, &[]).await
+}
+
+/// `setup` with a retention window and storage node arguments of the test's own.
+pub async fn setup_with(
+    name: &str,
+    segment_size: u64,
+    max_size: u64,
+    retention_seconds: u64,
+    storage_args: &[&str],
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let member = logdb_config_store::member::Member::start(1, dir.path(), listener)
@@ -270,13 +281,18 @@ pub async fn setup(name: &str, segment_size: u64, max_size: u64) -> Setup {
         .await
         .unwrap();
     let client = ConfigClient::new(vec![member.addr.clone()]);
-    let cluster = Cluster::start_opts(1, 64, 8192, &["--config-store", member.addr.as_str()]);
+    let cluster = Cluster::start_opts(
+        1,
+        64,
+        8192,
+        &[&["--config-store", member.addr.as_str()], storage_args].concat(),
+    );
     let spec = proto::VolumeSpec {
         page_size: 8192,
         segment_size,
         max_size,
         replicas: 0,
-        retention_seconds: 3600,
+        retention_seconds,
         zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
         pool: String::new(),
     };
