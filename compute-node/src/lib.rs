@@ -22,6 +22,7 @@ pub mod replica;
 pub mod replication;
 pub mod shipper;
 pub mod sql;
+pub mod sql_guard;
 pub mod tcp_proxy;
 pub mod vfs;
 

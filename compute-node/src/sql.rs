@@ -78,6 +78,9 @@ pub fn open(name: &str, engine: &Arc<Engine>, cache_pages: i64) -> Result<Connec
             format!("volume holds a database of page size {actual}, the layout says {page_size}"),
         ));
     }
+    // From here on the client's SQL runs: only what cannot break durability or leave the volume.
+    conn.authorizer(Some(crate::sql_guard::authorizer))
+        .map_err(|e| map_error(e, engine))?;
     Ok(conn)
 }
 
@@ -194,6 +197,7 @@ pub fn execute(
         let next = batch.next().map_err(|e| map_error(e, engine))?;
         let Some(mut stmt) = next else { break };
         let text = stmt.expanded_sql().unwrap_or_default();
+        crate::sql_guard::statement(&text).map_err(|r| SqlError::new(r.code, r.message))?;
         let word = first_word(&text);
         if engine.replica().is_some() {
             if !stmt.readonly() {
@@ -284,6 +288,16 @@ fn code_from_message(text: &str) -> Option<&'static str> {
 /// Maps a SQLite error to a SQLSTATE and a message; storage-side failures carry their reason.
 pub fn map_error(e: rusqlite::Error, engine: &Engine) -> SqlError {
     let msg = e.to_string();
+    // The authorizer refused something in the statement (SQLITE_AUTH, or "not authorized to
+    // use function"): say what and why.
+    let denied = matches!(&e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == rusqlite::ErrorCode::AuthorizationForStatementDenied);
+    if denied || msg.contains("not authorized") {
+        return match crate::sql_guard::take_refusal() {
+            Some(r) => SqlError::new(r.code, r.message),
+            None => SqlError::new("42501", msg),
+        };
+    }
     match &e {
         rusqlite::Error::SqliteFailure(f, m) => {
             let text = m.clone().unwrap_or_else(|| msg.clone());

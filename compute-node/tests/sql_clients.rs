@@ -124,3 +124,134 @@ async fn psql_and_a_driver_round_trip_with_sqlstates() {
         format!("52|{total}\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_that_could_break_durability_or_leave_the_volume_are_refused() {
+    let cluster = Cluster::start(1, 512);
+    let mut writer = Writer::start(&cluster.layout_path);
+    let c = writer.client().await;
+    c.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX tv ON t(v)")
+        .await
+        .unwrap();
+    let refused = [
+        (
+            "PRAGMA synchronous=OFF",
+            "PRAGMA synchronous = OFF is not allowed",
+        ),
+        (
+            "pragma Synchronous = 0",
+            "PRAGMA synchronous = 0 is not allowed",
+        ),
+        (
+            "/* quiet */ PRAGMA main.journal_mode = OFF",
+            "PRAGMA journal_mode = OFF",
+        ),
+        (
+            "PRAGMA locking_mode=EXCLUSIVE",
+            "PRAGMA locking_mode = EXCLUSIVE",
+        ),
+        (
+            "PRAGMA writable_schema=ON",
+            "PRAGMA writable_schema is not allowed",
+        ),
+        (
+            "PRAGMA temp_store_directory='/tmp'",
+            "PRAGMA temp_store_directory is not allowed",
+        ),
+        ("PRAGMA mmap_size=268435456", "PRAGMA mmap_size = 268435456"),
+        ("PRAGMA cache_size=-1000000", "PRAGMA cache_size = -1000000"),
+        (
+            "SELECT 1; PRAGMA synchronous=OFF",
+            "PRAGMA synchronous = OFF",
+        ),
+        (
+            "ATTACH 'other.db' AS o",
+            "ATTACH \"other.db\" is not allowed",
+        ),
+        (
+            "attach 'file:/tmp/x.db?vfs=unix' as o",
+            "ATTACH \"file:/tmp/x.db?vfs=unix\"",
+        ),
+        (
+            "VACUUM INTO '/tmp/logdb-copy.db'",
+            "VACUUM INTO is not allowed",
+        ),
+        (
+            "-- copy\nvacuum main\ninto 'file:/tmp/c.db'",
+            "VACUUM INTO is not allowed",
+        ),
+        (
+            "SELECT load_extension('/tmp/evil.so')",
+            "load_extension() is not allowed",
+        ),
+    ];
+    for (sql, want) in refused {
+        let err = c.batch_execute(sql).await.unwrap_err();
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code().code(), "42501", "{sql}: {}", db.message());
+        assert!(db.message().contains(want), "{sql}: {}", db.message());
+    }
+    // Through psql too (its own path: the simple query protocol), with the same message.
+    let err = writer.psql("PRAGMA synchronous=OFF").unwrap_err();
+    assert!(
+        err.contains("PRAGMA synchronous = OFF is not allowed"),
+        "{err}"
+    );
+
+    // Reporting pragmas, session settings and reads of the settings keep working.
+    for sql in [
+        "PRAGMA table_info(t)",
+        "PRAGMA index_list(t)",
+        "PRAGMA foreign_keys = ON",
+        "PRAGMA integrity_check",
+        "PRAGMA user_version = 3",
+        "PRAGMA synchronous",
+        "SELECT name FROM pragma_table_info('t')",
+        "VACUUM",
+    ] {
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    let rows = c.simple_query("PRAGMA user_version").await.unwrap();
+    let v = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(v.as_deref(), Some("3"));
+
+    // The durability check: a session that asked for synchronous=OFF commits durably anyway —
+    // its refused batch ran nothing, and what it commits after survives a kill -9.
+    let err = c
+        .batch_execute("PRAGMA synchronous=OFF; CREATE TABLE lost (x)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "42501");
+    c.batch_execute("CREATE TABLE kept (x); INSERT INTO kept VALUES (1)")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO t VALUES (1, 'a')")
+        .await
+        .unwrap();
+    drop(c);
+    writer.kill9();
+    let writer = Writer::start(&cluster.layout_path);
+    let c = writer.client().await;
+    let names: Vec<String> = c
+        .query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["kept", "t"]);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
