@@ -140,8 +140,10 @@ impl Session {
         }
         let ran = tokio::task::spawn_blocking(move || {
             let c = conn.lock().expect("session connection");
+            let _ = vfs::take_read_lsn();
             let out = sql::execute(&c, &engine, typing, &sql_text, &params);
-            (out, vfs::take_commit_lsn(), !c.is_autocommit())
+            let lsns = (vfs::take_commit_lsn(), vfs::take_read_lsn());
+            (out, lsns, !c.is_autocommit())
         })
         .await;
         let in_tx = ran.as_ref().is_ok_and(|(_, _, in_tx)| *in_tx);
@@ -150,8 +152,20 @@ impl Session {
         }
         self.statement_ended(in_tx && turn.is_some());
         drop(turn);
-        let (out, lsn, _) =
+        let (out, (lsn, read_lsn), _) =
             ran.map_err(|e| SqlError::new("XX000", format!("statement task failed: {e}")))?;
+        // What the statement read of other sessions' commits is answered only once durable
+        // (a crash could still erase it): reads are linearizable.
+        if read_lsn > lsn {
+            if let Some(shipper) = self.ctx.engine.writer() {
+                shipper.wait_durable(read_lsn).await.map_err(|e| {
+                    SqlError::new(
+                        "58030",
+                        format!("what this statement read is not confirmed durable: {e}"),
+                    )
+                })?;
+            }
+        }
         if lsn.0 > 0 {
             let engine = &self.ctx.engine;
             let shipper = engine

@@ -9,12 +9,19 @@
 //! The commit hands the redo to the shipper and returns at once; the SQL session waits for VDL
 //! (`take_commit_lsn`), so SQLite's write lock is never held across a network round trip.
 //!
+//! The new images go into the shared buffer pool at once, so other sessions read them while
+//! the commit may not be durable yet. Reads stay linearizable anyway: each such page remembers
+//! its commit LSN until VDL passes it, a read of one raises the thread's read LSN
+//! (`take_read_lsn`), and the session answers its client only once VDL has passed that — no
+//! client is ever answered with a row a crash could erase.
+//!
 //! Locking between the connections of the process follows SQLite's five levels over one
 //! in-process lock table per volume.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -48,6 +55,10 @@ pub struct Engine {
     /// Pages at or above this index were never written: their first write is a PAGE_IMAGE.
     high_water: Mutex<u64>,
     last_error: Mutex<Option<String>>,
+    /// Pages in the pool whose commit may not be durable yet, with its LSN, and the highest
+    /// such LSN (reads skip the map once VDL has passed it).
+    undurable: Mutex<HashMap<u64, Lsn>>,
+    undurable_top: AtomicU64,
 }
 
 #[derive(Default)]
@@ -82,6 +93,13 @@ fn lock_released() {
 
 thread_local! {
     static COMMIT_LSN: Cell<u64> = const { Cell::new(0) };
+    static READ_LSN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The highest commit LSN of a page this thread read while that commit was not yet known
+/// durable, since the previous call (0: none): what must be durable before an answer.
+pub fn take_read_lsn() -> Lsn {
+    Lsn(READ_LSN.with(|c| c.replace(0)))
 }
 
 /// The commit LSN of the last transaction this thread committed since the previous call.
@@ -141,6 +159,8 @@ impl Engine {
             db_pages: Mutex::new(0),
             high_water: Mutex::new(0),
             last_error: Mutex::new(None),
+            undurable: Mutex::new(HashMap::new()),
+            undurable_top: AtomicU64::new(0),
         });
         let pages = engine.committed_pages()?;
         *engine.db_pages.lock().expect("size") = pages;
@@ -228,6 +248,7 @@ impl Engine {
     fn read_committed(&self, page: u64) -> Result<Arc<Vec<u8>>, ShipError> {
         if let Some(p) = self.pool.get(PageId(page)) {
             self.metrics.pool_hits.inc();
+            self.note_read(page);
             return Ok(p);
         }
         self.metrics.pool_misses.inc();
@@ -238,6 +259,32 @@ impl Engine {
         let data = Arc::new(read?);
         self.pool.put(PageId(page), Arc::clone(&data));
         Ok(data)
+    }
+
+    /// A read of `page` from the pool: if its commit is not known durable, this thread's answer
+    /// must wait for it.
+    fn note_read(&self, page: u64) {
+        let Some(shipper) = self.writer() else {
+            return;
+        };
+        if self.undurable_top.load(Ordering::Acquire) <= shipper.vdl().0 {
+            return;
+        }
+        if let Some(lsn) = self.undurable.lock().expect("undurable").get(&page) {
+            if *lsn > shipper.vdl() {
+                READ_LSN.with(|c| c.set(c.get().max(lsn.0)));
+            }
+        }
+    }
+
+    /// A commit at `lsn` put `pages` into the pool before it is durable.
+    fn committed_undurable(&self, pages: impl Iterator<Item = u64>, lsn: Lsn, vdl: Lsn) {
+        let mut map = self.undurable.lock().expect("undurable");
+        map.retain(|_, l| *l > vdl);
+        for page in pages {
+            map.insert(page, lsn);
+        }
+        self.undurable_top.fetch_max(lsn.0, Ordering::AcqRel);
     }
 
     /// Bytes of the database file as committed (what the volume uses).
@@ -327,6 +374,9 @@ impl Conn {
             return Err(ShipError::ReadOnly);
         };
         let lsn = shipper.append(changes)?;
+        // Known as not durable before any other session can read the new images.
+        self.engine
+            .committed_undurable(overlay.keys().copied(), lsn, shipper.vdl());
         for (page, new) in overlay {
             self.engine.pool.put(PageId(page), new);
         }

@@ -147,3 +147,93 @@ async fn back_pressure_refuses_after_a_bounded_wait_and_commits_resume() {
         .await
         .unwrap();
 }
+
+/// Redo records the writer has made so far (its commits' local apply).
+async fn redo_made(w: &Writer) -> f64 {
+    logdb_common::metrics_http::sum(&w.scrape().await, "logdb_compute_redo_records_total")
+}
+
+async fn count_rows(c: &tokio_postgres::Client) -> Result<i64, tokio_postgres::Error> {
+    c.query_one("SELECT count(*) FROM t", &[])
+        .await
+        .map(|r| r.get(0))
+}
+
+/// Stops three of the six storage nodes (no write quorum: nothing becomes durable), runs
+/// `INSERT INTO t VALUES (id)` in a task, and returns once the writer has applied it locally
+/// (its redo is made and its pages are in the buffer pool) — with the commit not answered.
+async fn commit_locally_only(
+    cluster: &Cluster,
+    writer: &Writer,
+    id: i64,
+) -> tokio::task::JoinHandle<Result<u64, tokio_postgres::Error>> {
+    for n in &cluster.nodes[..3] {
+        n.signal("STOP");
+    }
+    let before = redo_made(writer).await;
+    let a = writer.client().await;
+    let insert = tokio::spawn(async move {
+        a.execute(&format!("INSERT INTO t VALUES ({id})"), &[])
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redo_made(writer).await <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the insert was never applied locally"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!insert.is_finished(), "answered without a write quorum");
+    insert
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_is_answered_with_a_commit_that_is_not_durable() {
+    let cluster = Cluster::start(1, 256);
+    let mut writer = Writer::start(&cluster.layout_path);
+    let c = writer.client().await;
+    c.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+
+    // A commit applied locally but not durable: another session's read is not answered...
+    let insert = commit_locally_only(&cluster, &writer, 2).await;
+    let b = writer.client().await;
+    let read = tokio::spawn(async move { count_rows(&b).await });
+    // (A bounded look for something that must not happen.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !read.is_finished(),
+        "a read was answered with a commit no quorum holds: {:?}",
+        read.await
+    );
+    // ...until the commit is durable; then with it.
+    for n in &cluster.nodes[..3] {
+        n.signal("CONT");
+    }
+    assert_eq!(insert.await.unwrap().unwrap(), 1);
+    assert_eq!(read.await.unwrap().unwrap(), 2);
+
+    // Again, and the writer crashes between the local apply and durability: the waiting read
+    // ends with an error, never with the row.
+    let insert = commit_locally_only(&cluster, &writer, 3).await;
+    let b = writer.client().await;
+    let read = tokio::spawn(async move { count_rows(&b).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!read.is_finished(), "answered: {:?}", read.await);
+    writer.kill9();
+    assert!(read.await.unwrap().is_err(), "the read was answered");
+    assert!(
+        insert.await.unwrap().is_err(),
+        "the insert was acknowledged"
+    );
+    for n in &cluster.nodes[..3] {
+        n.signal("CONT");
+    }
+    let writer = Writer::start(&cluster.layout_path);
+    let c = writer.client().await;
+    // Row 3 was never acknowledged to anyone: recovery may keep it or not, whole.
+    let n = count_rows(&c).await.unwrap();
+    assert!(n == 2 || n == 3, "{n} rows");
+}
