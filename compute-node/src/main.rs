@@ -75,6 +75,10 @@ struct Args {
     /// SQLSTATE 25P03, so it cannot hold every other writer back; 0: never.
     #[arg(long, default_value_t = 60_000)]
     idle_in_transaction_timeout_ms: u64,
+    /// Client sessions served at once; one more is refused with SQLSTATE 53300 (PostgreSQL's
+    /// max_connections).
+    #[arg(long, default_value_t = 100)]
+    max_connections: usize,
     /// How long (ms) a transaction waits under back-pressure (--lal) before it is refused.
     #[arg(long, default_value_t = 60_000)]
     backpressure_timeout_ms: u64,
@@ -296,6 +300,8 @@ async fn main() -> anyhow::Result<()> {
         password: args.password,
         cache_pages: args.cache_pages,
         write_turn: Arc::default(),
+        connections: Arc::new(tokio::sync::Semaphore::new(args.max_connections)),
+        max_connections: args.max_connections,
         idle_in_transaction_timeout: (args.idle_in_transaction_timeout_ms > 0)
             .then(|| std::time::Duration::from_millis(args.idle_in_transaction_timeout_ms)),
     });

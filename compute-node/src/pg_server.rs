@@ -40,10 +40,50 @@ pub struct ServerContext {
     pub cache_pages: i64,
     /// One writing transaction at a time, first come first served.
     pub write_turn: Arc<tokio::sync::Mutex<()>>,
+    /// A permit per client session; none left: the client is refused (53300).
+    pub connections: Arc<tokio::sync::Semaphore>,
+    pub max_connections: usize,
     /// A session idle this long inside a transaction that holds the write turn is rolled back
     /// and ended (PostgreSQL's `idle_in_transaction_session_timeout`, SQLSTATE 25P03); `None`:
     /// never.
     pub idle_in_transaction_timeout: Option<std::time::Duration>,
+}
+
+/// A session's SQLite connection, opened by its first statement — after the client has
+/// authenticated, so an unauthenticated client costs no connection.
+struct LazyConn {
+    ctx: Arc<ServerContext>,
+    conn: Mutex<Option<Connection>>,
+}
+
+impl LazyConn {
+    /// Runs `f` on the connection, opening it first (on a blocking thread).
+    fn with<R>(&self, f: impl FnOnce(&Connection) -> Result<R, SqlError>) -> Result<R, SqlError> {
+        let mut g = self.conn.lock().expect("session connection");
+        if g.is_none() {
+            let ctx = &self.ctx;
+            *g = Some(sql::open(&ctx.db_name, &ctx.engine, ctx.cache_pages)?);
+        }
+        f(g.as_ref().expect("opened above"))
+    }
+
+    /// Whether the session is inside a transaction (not before its first statement).
+    fn in_transaction(&self) -> bool {
+        self.conn
+            .lock()
+            .expect("session connection")
+            .as_ref()
+            .is_some_and(|c| !c.is_autocommit())
+    }
+
+    /// Rolls back an open transaction (nothing to do before the first statement).
+    fn roll_back(&self) {
+        if let Some(c) = self.conn.lock().expect("session connection").as_ref() {
+            if !c.is_autocommit() {
+                let _ = c.execute_batch("ROLLBACK");
+            }
+        }
+    }
 }
 
 /// SQLSTATE of a session ended by the idle-in-transaction timeout.
@@ -52,7 +92,7 @@ const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
 /// One client session: its own SQLite connection.
 pub struct Session {
     ctx: Arc<ServerContext>,
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<LazyConn>,
     /// Held from the first statement that may write until the transaction ends.
     write_turn: tokio::sync::Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
     parser: Arc<NoopQueryParser>,
@@ -139,11 +179,10 @@ impl Session {
             *turn = Some(Arc::clone(&self.ctx.write_turn).lock_owned().await);
         }
         let ran = tokio::task::spawn_blocking(move || {
-            let c = conn.lock().expect("session connection");
             let _ = vfs::take_read_lsn();
-            let out = sql::execute(&c, &engine, typing, &sql_text, &params);
+            let out = conn.with(|c| sql::execute(c, &engine, typing, &sql_text, &params));
             let lsns = (vfs::take_commit_lsn(), vfs::take_read_lsn());
-            (out, lsns, !c.is_autocommit())
+            (out, lsns, conn.in_transaction())
         })
         .await;
         let in_tx = ran.as_ref().is_ok_and(|(_, _, in_tx)| *in_tx);
@@ -237,13 +276,7 @@ impl Session {
 
     async fn end_idle_transaction(&self, after: std::time::Duration) {
         let conn = Arc::clone(&self.conn);
-        let _ = tokio::task::spawn_blocking(move || {
-            let c = conn.lock().expect("session connection");
-            if !c.is_autocommit() {
-                let _ = c.execute_batch("ROLLBACK");
-            }
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || conn.roll_back()).await;
         *self.write_turn.lock().await = None;
         tracing::warn!(
             after_ms = after.as_millis() as u64,
@@ -268,11 +301,7 @@ impl Session {
                 },
             ),
             LsnCall::WaitLsn { lsn, timeout } => {
-                let in_tx = !self
-                    .conn
-                    .lock()
-                    .expect("session connection")
-                    .is_autocommit();
+                let in_tx = self.conn.in_transaction();
                 if in_tx {
                     return Err(SqlError::new(
                         "25001",
@@ -338,25 +367,26 @@ impl Session {
         let engine = Arc::clone(&self.ctx.engine);
         let (sql_text, format) = (sql::rewrite_params(sql_text), format.clone());
         tokio::task::spawn_blocking(move || {
-            let c = conn.lock().expect("session connection");
-            let stmt = c
-                .prepare(&sql_text)
-                .map_err(|e| sql::map_error(e, &engine))?;
-            let fields = stmt
-                .columns()
-                .enumerate()
-                .map(|(i, col)| {
-                    let t = sql::col_type(col.name(), col.decl_type(), None);
-                    FieldInfo::new(
-                        col.name().to_string(),
-                        None,
-                        None,
-                        pg_type(t),
-                        format.format_for(i),
-                    )
-                })
-                .collect();
-            Ok((stmt.parameter_count(), fields))
+            conn.with(|c| {
+                let stmt = c
+                    .prepare(&sql_text)
+                    .map_err(|e| sql::map_error(e, &engine))?;
+                let fields = stmt
+                    .columns()
+                    .enumerate()
+                    .map(|(i, col)| {
+                        let t = sql::col_type(col.name(), col.decl_type(), None);
+                        FieldInfo::new(
+                            col.name().to_string(),
+                            None,
+                            None,
+                            pg_type(t),
+                            format.format_for(i),
+                        )
+                    })
+                    .collect();
+                Ok((stmt.parameter_count(), fields))
+            })
         })
         .await
         .map_err(|e| SqlError::new("XX000", format!("describe task failed: {e}")))?
@@ -647,7 +677,54 @@ impl StartupHandler for Auth {
     }
 }
 
-/// Accepts clients until the listener fails; each gets a session with its own SQLite connection.
+/// SQLSTATE of a client refused because `max_connections` sessions are open.
+const TOO_MANY_CONNECTIONS: &str = "53300";
+
+/// Answers a client that cannot be served with a FATAL error, as PostgreSQL does: its first
+/// packet is read (an SSL or GSS request is declined, then the startup packet is read), so the
+/// error is what the client reads back. Bounded in time.
+async fn refuse(mut socket: tokio::net::TcpStream, code: &str, message: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SSL_REQUEST: i32 = 80_877_103;
+    const GSS_REQUEST: i32 = 80_877_104;
+    let answer = async {
+        for _ in 0..3 {
+            let len = socket.read_i32().await?;
+            if !(8..=10_000).contains(&len) {
+                return Ok(());
+            }
+            let mut body = vec![0; len as usize - 4];
+            socket.read_exact(&mut body).await?;
+            let kind = i32::from_be_bytes(body[..4].try_into().expect("4 bytes"));
+            if kind != SSL_REQUEST && kind != GSS_REQUEST {
+                break;
+            }
+            socket.write_all(b"N").await?;
+        }
+        let mut fields = Vec::new();
+        for (t, v) in [
+            (b'S', "FATAL"),
+            (b'V', "FATAL"),
+            (b'C', code),
+            (b'M', message),
+        ] {
+            fields.push(t);
+            fields.extend_from_slice(v.as_bytes());
+            fields.push(0);
+        }
+        fields.push(0);
+        let mut msg = vec![b'E'];
+        msg.extend_from_slice(&((fields.len() + 4) as i32).to_be_bytes());
+        msg.extend_from_slice(&fields);
+        socket.write_all(&msg).await?;
+        socket.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answer).await;
+}
+
+/// Accepts clients until the listener fails; each gets a session, up to `max_connections`
+/// (then 53300). A session's SQLite connection opens with its first statement, after the
+/// client authenticated.
 pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -657,27 +734,25 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
                 continue;
             }
         };
+        let Ok(permit) = Arc::clone(&ctx.connections).try_acquire_owned() else {
+            let message = format!(
+                "sorry, too many clients already: {} sessions are open (--max-connections)",
+                ctx.max_connections
+            );
+            tracing::warn!(%peer, max = ctx.max_connections, "client refused: too many sessions");
+            tokio::spawn(async move { refuse(socket, TOO_MANY_CONNECTIONS, &message).await });
+            continue;
+        };
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
-            let ctx2 = Arc::clone(&ctx);
-            let conn = tokio::task::spawn_blocking(move || {
-                sql::open(&ctx2.db_name, &ctx2.engine, ctx2.cache_pages)
-            })
-            .await;
-            let conn = match conn {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    tracing::error!(%peer, error = %e, "cannot open a session");
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(%peer, error = %e, "session task failed");
-                    return;
-                }
-            };
+            let _permit = permit;
+            let conn = Arc::new(LazyConn {
+                ctx: Arc::clone(&ctx),
+                conn: Mutex::new(None),
+            });
             let session = Arc::new_cyclic(|me| Session {
                 ctx,
-                conn: Arc::new(Mutex::new(conn)),
+                conn,
                 write_turn: tokio::sync::Mutex::new(None),
                 parser: Arc::new(NoopQueryParser::new()),
                 last_commit: Default::default(),

@@ -237,3 +237,60 @@ async fn no_session_is_answered_with_a_commit_that_is_not_durable() {
     let n = count_rows(&c).await.unwrap();
     assert!(n == 2 || n == 3, "{n} rows");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_101st_connection_is_refused_with_53300() {
+    let cluster = Cluster::start(1, 256);
+    let writer = Writer::start(&cluster.layout_path);
+    // A hundred sessions (the default max_connections); they cost no SQLite connection until
+    // their first statement.
+    let mut open = Vec::new();
+    for _ in 0..100 {
+        open.push(writer.client().await);
+    }
+    open[0].batch_execute("CREATE TABLE t (x)").await.unwrap();
+    let url = format!(
+        "host=127.0.0.1 port={} user=logdb password={} dbname=vol1",
+        writer.port,
+        common::PASSWORD
+    );
+    let err = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("the 101st session is refused");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(db.code().code(), "53300");
+    assert!(
+        db.message().contains("too many clients"),
+        "{}",
+        db.message()
+    );
+    // psql says so too (it asks for SSL first, which is declined, then reads the refusal).
+    let err = writer.psql("SELECT 1").unwrap_err();
+    assert!(err.contains("too many clients already"), "{err}");
+
+    // One leaves; a new session is served once its place is free.
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let c = loop {
+        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            Ok((c, conn)) => {
+                tokio::spawn(conn);
+                break c;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never served again: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    c.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    for s in &open[..3] {
+        let n: i64 = s
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1);
+    }
+}
