@@ -20,6 +20,7 @@ pub mod recovery;
 pub mod recovery_sim;
 pub mod replica;
 pub mod replication;
+pub mod session_settings;
 pub mod shipper;
 pub mod sql;
 pub mod sql_guard;

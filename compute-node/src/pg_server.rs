@@ -5,6 +5,7 @@
 
 use std::fmt::Debug;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -29,6 +30,7 @@ use rusqlite::Connection;
 use tokio::net::TcpListener;
 
 use crate::lsn_functions::{self, LsnCall};
+use crate::session_settings::{self, Settings};
 use crate::sql::{self, ColType, Outcome, SqlError};
 use crate::vfs::{self, Engine};
 
@@ -54,17 +56,54 @@ pub struct ServerContext {
 struct LazyConn {
     ctx: Arc<ServerContext>,
     conn: Mutex<Option<Connection>>,
+    /// When the running statement is to be cancelled (ms since the Unix epoch; 0: never):
+    /// SQLite's progress handler checks it every few thousand steps on the statement's own
+    /// thread, so a timeout can only ever cancel the statement it was set for.
+    deadline_ms: Arc<AtomicU64>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl LazyConn {
-    /// Runs `f` on the connection, opening it first (on a blocking thread).
-    fn with<R>(&self, f: impl FnOnce(&Connection) -> Result<R, SqlError>) -> Result<R, SqlError> {
+    fn new(ctx: Arc<ServerContext>) -> LazyConn {
+        LazyConn {
+            ctx,
+            conn: Mutex::new(None),
+            deadline_ms: Arc::default(),
+        }
+    }
+
+    /// Runs `f` on the connection, opening it first (on a blocking thread), cancelled once
+    /// `timeout` has passed.
+    fn with<R>(
+        &self,
+        timeout: Option<std::time::Duration>,
+        f: impl FnOnce(&Connection) -> Result<R, SqlError>,
+    ) -> Result<R, SqlError> {
         let mut g = self.conn.lock().expect("session connection");
         if g.is_none() {
             let ctx = &self.ctx;
-            *g = Some(sql::open(&ctx.db_name, &ctx.engine, ctx.cache_pages)?);
+            let mut c = sql::open(&ctx.db_name, &ctx.engine, ctx.cache_pages)?;
+            let deadline = Arc::clone(&self.deadline_ms);
+            c.progress_handler(
+                4096,
+                Some(move || {
+                    let d = deadline.load(Ordering::Relaxed);
+                    d != 0 && unix_ms() >= d
+                }),
+            )
+            .map_err(|e| sql::map_error(e, &ctx.engine))?;
+            *g = Some(c);
         }
-        f(g.as_ref().expect("opened above"))
+        let deadline = timeout.map_or(0, |t| unix_ms() + t.as_millis().max(1) as u64);
+        self.deadline_ms.store(deadline, Ordering::Relaxed);
+        let out = f(g.as_ref().expect("opened above"));
+        self.deadline_ms.store(0, Ordering::Relaxed);
+        out
     }
 
     /// Whether the session is inside a transaction (not before its first statement).
@@ -102,6 +141,8 @@ pub struct Session {
     idle: Mutex<IdleState>,
     /// This session, for the idle watchdog.
     me: std::sync::Weak<Session>,
+    /// What `SET` changed (statement_timeout, idle_in_transaction_session_timeout, ...).
+    settings: Mutex<Settings>,
 }
 
 #[derive(Default)]
@@ -154,20 +195,24 @@ impl Session {
         typing: sql::Typing,
     ) -> Result<Vec<Outcome>, SqlError> {
         if self.idle.lock().expect("idle state").ended {
-            return Err(idle_timeout_error(self.ctx.idle_in_transaction_timeout));
+            return Err(idle_timeout_error(self.idle_timeout()));
         }
         if let Some(call) = lsn_functions::parse(&sql_text) {
             return self
                 .lsn_call(call.map_err(|m| SqlError::new("42883", m))?)
                 .await;
         }
+        if let Some(cmd) = session_settings::parse(&sql_text) {
+            return self.setting(cmd);
+        }
         {
             let mut idle = self.idle.lock().expect("idle state");
             if idle.ended {
-                return Err(idle_timeout_error(self.ctx.idle_in_transaction_timeout));
+                return Err(idle_timeout_error(self.idle_timeout()));
             }
             idle.running = true;
         }
+        let timeout = self.settings.lock().expect("settings").statement_timeout;
         let conn = Arc::clone(&self.conn);
         let engine = Arc::clone(&self.ctx.engine);
         let started = Instant::now();
@@ -176,11 +221,28 @@ impl Session {
         // so commits pipeline).
         let mut turn = self.write_turn.lock().await;
         if turn.is_none() && sql::may_write(&sql_text) {
-            *turn = Some(Arc::clone(&self.ctx.write_turn).lock_owned().await);
+            // Waiting for the turn is part of the statement, as a lock wait is in PostgreSQL.
+            let wait = Arc::clone(&self.ctx.write_turn).lock_owned();
+            *turn = Some(match timeout {
+                None => wait.await,
+                Some(t) => match tokio::time::timeout(t, wait).await {
+                    Ok(g) => g,
+                    Err(_) => {
+                        drop(turn);
+                        self.statement_ended(false);
+                        return Err(SqlError::new(
+                            sql::STATEMENT_TIMEOUT,
+                            "canceling statement due to statement timeout (waiting for the write turn)",
+                        ));
+                    }
+                },
+            });
         }
         let ran = tokio::task::spawn_blocking(move || {
             let _ = vfs::take_read_lsn();
-            let out = conn.with(|c| sql::execute(c, &engine, typing, &sql_text, &params));
+            let out = conn.with(timeout, |c| {
+                sql::execute(c, &engine, typing, &sql_text, &params)
+            });
             let lsns = (vfs::take_commit_lsn(), vfs::take_read_lsn());
             (out, lsns, conn.in_transaction())
         })
@@ -224,6 +286,38 @@ impl Session {
         out
     }
 
+    /// The idle-in-transaction timeout in force for this session.
+    fn idle_timeout(&self) -> Option<std::time::Duration> {
+        self.settings
+            .lock()
+            .expect("settings")
+            .idle_timeout(self.ctx.idle_in_transaction_timeout)
+    }
+
+    /// Answers `SET`, `RESET` or `SHOW` (see [`session_settings`]).
+    fn setting(&self, cmd: session_settings::Command) -> Result<Vec<Outcome>, SqlError> {
+        let answer = self
+            .settings
+            .lock()
+            .expect("settings")
+            .apply(cmd, self.ctx.idle_in_transaction_timeout)
+            .map_err(|m| {
+                let code = if m.starts_with("unrecognized") {
+                    "42704"
+                } else {
+                    "22023"
+                };
+                SqlError::new(code, m)
+            })?;
+        Ok(vec![match answer {
+            session_settings::Answer::Tag(tag) => Outcome::Done { tag: tag.into() },
+            session_settings::Answer::Show { name, value } => Outcome::Rows {
+                columns: vec![(name, ColType::Text)],
+                rows: vec![vec![Value::Text(value)]],
+            },
+        }])
+    }
+
     /// Records the end of a statement; `holding`: the session stays inside a transaction that
     /// holds the write turn — then one watchdog watches it.
     fn statement_ended(&self, holding: bool) {
@@ -231,7 +325,7 @@ impl Session {
         idle.running = false;
         idle.last_end = Some(Instant::now());
         idle.holding = holding;
-        if let Some(after) = self.ctx.idle_in_transaction_timeout {
+        if let Some(after) = self.idle_timeout() {
             if holding && !idle.watching {
                 idle.watching = true;
                 tokio::spawn(Session::watch_idle(self.me.clone(), after));
@@ -363,11 +457,19 @@ impl Session {
             let field = FieldInfo::new(name, None, None, Type::INT8, format.format_for(0));
             return Ok((0, vec![field]));
         }
+        match session_settings::parse(sql_text) {
+            Some(session_settings::Command::Show { name }) => {
+                let field = FieldInfo::new(name, None, None, Type::TEXT, format.format_for(0));
+                return Ok((0, vec![field]));
+            }
+            Some(_) => return Ok((0, Vec::new())),
+            None => {}
+        }
         let conn = Arc::clone(&self.conn);
         let engine = Arc::clone(&self.ctx.engine);
         let (sql_text, format) = (sql::rewrite_params(sql_text), format.clone());
         tokio::task::spawn_blocking(move || {
-            conn.with(|c| {
+            conn.with(None, |c| {
                 let stmt = c
                     .prepare(&sql_text)
                     .map_err(|e| sql::map_error(e, &engine))?;
@@ -614,13 +716,18 @@ struct Handlers {
     session: Arc<Session>,
 }
 
-fn parameters() -> DefaultServerParameterProvider {
-    let mut p = DefaultServerParameterProvider::default();
-    p.server_version = format!(
+/// What the server reports as `server_version`.
+pub fn server_version() -> String {
+    format!(
         "15.0 (logdb {}, SQLite {})",
         env!("CARGO_PKG_VERSION"),
         rusqlite::version()
-    );
+    )
+}
+
+fn parameters() -> DefaultServerParameterProvider {
+    let mut p = DefaultServerParameterProvider::default();
+    p.server_version = server_version();
     p
 }
 
@@ -746,10 +853,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
             let _permit = permit;
-            let conn = Arc::new(LazyConn {
-                ctx: Arc::clone(&ctx),
-                conn: Mutex::new(None),
-            });
+            let conn = Arc::new(LazyConn::new(Arc::clone(&ctx)));
             let session = Arc::new_cyclic(|me| Session {
                 ctx,
                 conn,
@@ -758,6 +862,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
                 last_commit: Default::default(),
                 idle: Mutex::new(IdleState::default()),
                 me: me.clone(),
+                settings: Mutex::default(),
             });
             let handlers = Arc::new(Handlers { session });
             if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {

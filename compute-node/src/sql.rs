@@ -51,6 +51,9 @@ impl SqlError {
     }
 }
 
+/// SQLSTATE of a statement cancelled by `statement_timeout` (query_canceled).
+pub const STATEMENT_TIMEOUT: &str = "57014";
+
 /// Opens a connection to the volume registered as `name`.
 pub fn open(name: &str, engine: &Arc<Engine>, cache_pages: i64) -> Result<Connection, SqlError> {
     let flags = if engine.replica().is_some() {
@@ -312,6 +315,13 @@ pub fn map_error(e: rusqlite::Error, engine: &Engine) -> SqlError {
                         "40001"
                     }
                     rusqlite::ErrorCode::DiskFull => "53100",
+                    // Only the session's statement_timeout interrupts a statement.
+                    rusqlite::ErrorCode::OperationInterrupted => {
+                        return SqlError::new(
+                            STATEMENT_TIMEOUT,
+                            "canceling statement due to statement timeout",
+                        )
+                    }
                     rusqlite::ErrorCode::ReadOnly => "25006",
                     rusqlite::ErrorCode::SystemIoFailure => "58030",
                     rusqlite::ErrorCode::TooBig => "54000",

@@ -294,3 +294,86 @@ async fn the_101st_connection_is_refused_with_53300() {
         assert_eq!(n, 1);
     }
 }
+
+async fn show(c: &tokio_postgres::Client, name: &str) -> String {
+    c.simple_query(&format!("SHOW {name}"))
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_and_idle_timeouts_are_set_per_session() {
+    let cluster = Cluster::start(1, 256);
+    let writer = Writer::start(&cluster.layout_path);
+    let c = writer.client().await;
+    c.batch_execute("CREATE TABLE t (x)").await.unwrap();
+
+    // statement_timeout cancels a statement that would run for ever, with 57014; the session
+    // goes on.
+    c.batch_execute("SET statement_timeout = 200")
+        .await
+        .unwrap();
+    assert_eq!(show(&c, "statement_timeout").await, "200ms");
+    let started = Instant::now();
+    let err = c
+        .query_one(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(db.code().code(), "57014", "{}", db.message());
+    assert!(
+        db.message().contains("statement timeout"),
+        "{}",
+        db.message()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    c.batch_execute("INSERT INTO t SELECT 0 WHERE 0")
+        .await
+        .unwrap();
+    c.batch_execute("RESET statement_timeout").await.unwrap();
+    assert_eq!(show(&c, "statement_timeout").await, "0");
+    let err = c
+        .batch_execute("SET statement_timeout = 'soon'")
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "22023");
+    // What drivers set at connect time is taken and shown back.
+    c.batch_execute("SET application_name = 'orders-api'")
+        .await
+        .unwrap();
+    assert_eq!(show(&c, "application_name").await, "orders-api");
+
+    // idle_in_transaction_session_timeout, set for this session only: it idles inside a
+    // writing transaction, is rolled back, and the next writer goes on.
+    c.batch_execute("SET idle_in_transaction_session_timeout = '300ms'")
+        .await
+        .unwrap();
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let other = writer.client().await;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        other.batch_execute("INSERT INTO t VALUES (2)"),
+    )
+    .await
+    .expect("the idle session held the write turn")
+    .unwrap();
+    let err = c.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "25P03");
+    let n: i64 = other
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "only the other session's row");
+}
