@@ -7,7 +7,7 @@ use std::fmt::Debug;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::stream;
@@ -56,16 +56,16 @@ pub struct ServerContext {
 struct LazyConn {
     ctx: Arc<ServerContext>,
     conn: Mutex<Option<Connection>>,
-    /// When the running statement is to be cancelled (ms since the Unix epoch; 0: never):
+    /// When the running statement is to be cancelled (`mono_ms`; 0: never):
     /// SQLite's progress handler checks it every few thousand steps on the statement's own
     /// thread, so a timeout can only ever cancel the statement it was set for.
     deadline_ms: Arc<AtomicU64>,
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Milliseconds on a monotonic clock (clock steps cannot cancel a statement early or late).
+fn mono_ms() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 impl LazyConn {
@@ -93,13 +93,13 @@ impl LazyConn {
                 4096,
                 Some(move || {
                     let d = deadline.load(Ordering::Relaxed);
-                    d != 0 && unix_ms() >= d
+                    d != 0 && mono_ms() >= d
                 }),
             )
             .map_err(|e| sql::map_error(e, &ctx.engine))?;
             *g = Some(c);
         }
-        let deadline = timeout.map_or(0, |t| unix_ms() + t.as_millis().max(1) as u64);
+        let deadline = timeout.map_or(0, |t| mono_ms() + t.as_millis().max(1) as u64);
         self.deadline_ms.store(deadline, Ordering::Relaxed);
         let out = f(g.as_ref().expect("opened above"));
         self.deadline_ms.store(0, Ordering::Relaxed);
@@ -238,9 +238,14 @@ impl Session {
                 },
             });
         }
+        // What is left of the statement's time after waiting for the turn.
+        let left = timeout.map(|t| {
+            t.saturating_sub(started.elapsed())
+                .max(Duration::from_millis(1))
+        });
         let ran = tokio::task::spawn_blocking(move || {
             let _ = vfs::take_read_lsn();
-            let out = conn.with(timeout, |c| {
+            let out = conn.with(left, |c| {
                 sql::execute(c, &engine, typing, &sql_text, &params)
             });
             let lsns = (vfs::take_commit_lsn(), vfs::take_read_lsn());
@@ -259,12 +264,29 @@ impl Session {
         // (a crash could still erase it): reads are linearizable.
         if read_lsn > lsn {
             if let Some(shipper) = self.ctx.engine.writer() {
-                shipper.wait_durable(read_lsn).await.map_err(|e| {
-                    SqlError::new(
-                        "58030",
-                        format!("what this statement read is not confirmed durable: {e}"),
-                    )
-                })?;
+                let wait = shipper.wait_durable(read_lsn);
+                let waited = match timeout {
+                    None => Ok(wait.await),
+                    Some(t) => {
+                        let rest = t.saturating_sub(started.elapsed());
+                        tokio::time::timeout(rest, wait).await
+                    }
+                };
+                match waited {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(SqlError::new(
+                            "58030",
+                            format!("what this statement read is not confirmed durable: {e}"),
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(SqlError::new(
+                            sql::STATEMENT_TIMEOUT,
+                            "canceling statement due to statement timeout (what it read was not durable yet)",
+                        ))
+                    }
+                }
             }
         }
         if lsn.0 > 0 {
@@ -304,6 +326,8 @@ impl Session {
             .map_err(|m| {
                 let code = if m.starts_with("unrecognized") {
                     "42704"
+                } else if m.contains("must be sent alone") {
+                    "0A000"
                 } else {
                     "22023"
                 };

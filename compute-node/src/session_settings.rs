@@ -10,14 +10,48 @@ use std::time::Duration;
 /// One settings statement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    Set { name: String, value: String },
-    Reset { name: String },
-    Show { name: String },
+    Set {
+        name: String,
+        value: String,
+    },
+    Reset {
+        name: String,
+    },
+    Show {
+        name: String,
+    },
+    /// A settings statement followed by others in one query string.
+    Combined,
+}
+
+/// Whether `sql` holds more than one statement (a `;` outside quotes with text after it).
+fn several_statements(sql: &str) -> bool {
+    let mut quote = None;
+    for (i, c) in sql.char_indices() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == ';' => return !sql[i + 1..].trim().is_empty(),
+            None => {}
+        }
+    }
+    false
 }
 
 /// `Some` when `sql` is a single `SET`/`RESET`/`SHOW` of a setting (`SET LOCAL`/`SESSION` as
 /// `SET`; `SET TIME ZONE x` as `timezone`). `SET TRANSACTION ...` is SQL for SQLite to refuse.
+/// A settings statement with others after it in one string is `Command::Combined`: refused
+/// whole, so nothing after it is silently dropped.
 pub fn parse(sql: &str) -> Option<Command> {
+    if several_statements(sql) {
+        let first = sql.split(';').next().unwrap_or("");
+        return parse_one(first).map(|_| Command::Combined);
+    }
+    parse_one(sql)
+}
+
+fn parse_one(sql: &str) -> Option<Command> {
     let s = sql.trim().trim_end_matches(';').trim();
     let mut words = s.split_whitespace();
     let verb = words.next()?.to_ascii_uppercase();
@@ -174,6 +208,11 @@ impl Settings {
                 }
                 Ok(Answer::Tag("RESET"))
             }
+            Command::Combined => Err(
+                "SET, RESET and SHOW must be sent alone, not with other statements in one query \
+                 string (nothing was run)"
+                    .into(),
+            ),
             Command::Show { name } => {
                 let value = match name.as_str() {
                     "statement_timeout" => show_duration(self.statement_timeout),
@@ -194,9 +233,14 @@ impl Settings {
         }
     }
 
-    /// The idle-in-transaction timeout in force.
+    /// The idle-in-transaction timeout in force: the session's, never longer than the
+    /// server's (which exists so no session can hold every other writer back for ever).
     pub fn idle_timeout(&self, default_idle: Option<Duration>) -> Option<Duration> {
-        self.idle_in_transaction.unwrap_or(default_idle)
+        match (self.idle_in_transaction, default_idle) {
+            (None, d) | (Some(None), d) => d,
+            (Some(Some(s)), Some(d)) => Some(s.min(d)),
+            (Some(Some(s)), None) => Some(s),
+        }
     }
 }
 
@@ -239,6 +283,19 @@ mod tests {
             })
         );
         assert_eq!(parse("UPDATE t SET a = 1"), None);
+        assert_eq!(
+            parse("SET statement_timeout = 0; CREATE TABLE t(x)"),
+            Some(Command::Combined)
+        );
+        assert_eq!(parse("SELECT 1; SET statement_timeout = 0"), None);
+        assert_eq!(
+            parse("SET application_name = 'a;b'"),
+            set("application_name", "a;b")
+        );
+        assert_eq!(
+            parse("SET statement_timeout = 5;"),
+            set("statement_timeout", "5")
+        );
         assert_eq!(parse("SELECT 1"), None);
     }
 
@@ -280,7 +337,16 @@ mod tests {
             idle,
         )
         .unwrap();
-        assert_eq!(s.idle_timeout(idle), None);
+        assert_eq!(s.idle_timeout(idle), idle, "cannot switch the server's off");
+        let set_idle = |s: &mut Settings, v: &str| {
+            let sql = format!("SET idle_in_transaction_session_timeout = {v}");
+            s.apply(parse(&sql).unwrap(), idle).unwrap();
+        };
+        set_idle(&mut s, "'2h'");
+        assert_eq!(s.idle_timeout(idle), idle, "nor lengthen it");
+        set_idle(&mut s, "500");
+        assert_eq!(s.idle_timeout(idle), Some(Duration::from_millis(500)));
+        assert_eq!(s.idle_timeout(None), Some(Duration::from_millis(500)));
         s.apply(parse("SET extra_float_digits = 3").unwrap(), idle)
             .unwrap();
         assert!(s.apply(parse("SHOW nope").unwrap(), idle).is_err());

@@ -81,7 +81,10 @@ pub fn open(name: &str, engine: &Arc<Engine>, cache_pages: i64) -> Result<Connec
             format!("volume holds a database of page size {actual}, the layout says {page_size}"),
         ));
     }
-    // From here on the client's SQL runs: only what cannot break durability or leave the volume.
+    // From here on the client's SQL runs: only what cannot break durability or leave the volume
+    // (defensive mode: no raw writes to shadow tables or the schema, whatever else slips by).
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
+        .map_err(|e| map_error(e, engine))?;
     conn.authorizer(Some(crate::sql_guard::authorizer))
         .map_err(|e| map_error(e, engine))?;
     Ok(conn)
@@ -194,6 +197,7 @@ pub fn execute(
     params: &[Value],
 ) -> Result<Vec<Outcome>, SqlError> {
     let sql = rewrite_params(sql);
+    crate::sql_guard::clear_refusal();
     let mut outcomes = Vec::new();
     let mut batch = rusqlite::Batch::new(conn, &sql);
     loop {
@@ -295,7 +299,7 @@ pub fn map_error(e: rusqlite::Error, engine: &Engine) -> SqlError {
     // use function"): say what and why.
     let denied = matches!(&e, rusqlite::Error::SqliteFailure(f, _)
         if f.code == rusqlite::ErrorCode::AuthorizationForStatementDenied);
-    if denied || msg.contains("not authorized") {
+    if denied || msg.starts_with("not authorized to use function") {
         return match crate::sql_guard::take_refusal() {
             Some(r) => SqlError::new(r.code, r.message),
             None => SqlError::new("42501", msg),

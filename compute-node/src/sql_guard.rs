@@ -142,6 +142,16 @@ pub fn authorize(action: &AuthAction<'_>) -> Result<(), Refusal> {
                  server process"
             )))
         }
+        // SQLite names the file only when it is a plain literal: `ATTACH 'x' || ''`, `ATTACH ?1`
+        // arrive without one — and anything the guard cannot read is refused.
+        AuthAction::Unknown { code, .. } => Err(refused(format!(
+            "this statement is not allowed: it asks for SQLite action {code} with arguments              logdb cannot check{}",
+            if *code == rusqlite::ffi::SQLITE_ATTACH {
+                " (ATTACH of a file named by an expression; a logdb session works on its                  volume only)"
+            } else {
+                ""
+            }
+        ))),
         _ => Ok(()),
     }
 }
@@ -220,6 +230,11 @@ pub fn authorizer(ctx: AuthContext<'_>) -> Authorization {
             Authorization::Deny
         }
     }
+}
+
+/// Forgets a refusal left on this thread (before a statement is prepared).
+pub fn clear_refusal() {
+    LAST.with(|l| l.borrow_mut().take());
 }
 
 /// The refusal behind the last "not authorized" on this thread.

@@ -257,6 +257,8 @@ impl Engine {
             Role::Replica(r) => self.rt.block_on(r.read_page(PageId(page))),
         };
         let data = Arc::new(read?);
+        // A page evicted before its commit was durable comes back from storage just as new.
+        self.note_read(page);
         self.pool.put(PageId(page), Arc::clone(&data));
         Ok(data)
     }

@@ -167,15 +167,20 @@ async fn commit_locally_only(
     writer: &Writer,
     id: i64,
 ) -> tokio::task::JoinHandle<Result<u64, tokio_postgres::Error>> {
+    commit_sql_locally_only(cluster, writer, format!("INSERT INTO t VALUES ({id})")).await
+}
+
+async fn commit_sql_locally_only(
+    cluster: &Cluster,
+    writer: &Writer,
+    sql: String,
+) -> tokio::task::JoinHandle<Result<u64, tokio_postgres::Error>> {
     for n in &cluster.nodes[..3] {
         n.signal("STOP");
     }
     let before = redo_made(writer).await;
     let a = writer.client().await;
-    let insert = tokio::spawn(async move {
-        a.execute(&format!("INSERT INTO t VALUES ({id})"), &[])
-            .await
-    });
+    let insert = tokio::spawn(async move { a.execute(&sql, &[]).await });
     let deadline = Instant::now() + Duration::from_secs(30);
     while redo_made(writer).await <= before {
         assert!(
@@ -376,4 +381,69 @@ async fn statement_and_idle_timeouts_are_set_per_session() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1, "only the other session's row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_evicted_from_the_pool_before_it_is_durable_is_not_read_back_early() {
+    // A buffer pool of 8 pages and a commit of many more: its first pages are evicted before
+    // the commit is durable, and a read of them goes to storage — still not answered early.
+    let cluster = Cluster::start(1, 256);
+    let writer = Writer::start_with(&[
+        "--layout",
+        cluster.layout_path.to_str().unwrap(),
+        "--pool-pages",
+        "8",
+        "--cache-pages",
+        "8",
+    ]);
+    let c = writer.client().await;
+    c.batch_execute(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'x')",
+    )
+    .await
+    .unwrap();
+    let insert = commit_sql_locally_only(
+        &cluster,
+        &writer,
+        "WITH RECURSIVE n(i) AS (SELECT 2 UNION ALL SELECT i + 1 FROM n WHERE i < 201) \
+         INSERT INTO t SELECT i, printf('%0900d', i) FROM n"
+            .into(),
+    )
+    .await;
+    let b = writer.client().await;
+    let read = tokio::spawn(async move { count_rows(&b).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !read.is_finished(),
+        "a read was answered with a commit no quorum holds: {:?}",
+        read.await
+    );
+    for n in &cluster.nodes[..3] {
+        n.signal("CONT");
+    }
+    insert.await.unwrap().unwrap();
+    assert_eq!(read.await.unwrap().unwrap(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_combined_with_other_statements_is_refused_whole() {
+    let cluster = Cluster::start(1, 256);
+    let writer = Writer::start(&cluster.layout_path);
+    let c = writer.client().await;
+    let err = c
+        .batch_execute("SET statement_timeout = 0; CREATE TABLE lost (x)")
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(db.code().code(), "0A000", "{}", db.message());
+    assert!(db.message().contains("sent alone"), "{}", db.message());
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'lost'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "nothing after the SET ran");
 }

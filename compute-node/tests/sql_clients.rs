@@ -184,6 +184,11 @@ async fn statements_that_could_break_durability_or_leave_the_volume_are_refused(
             "SELECT load_extension('/tmp/evil.so')",
             "load_extension() is not allowed",
         ),
+        // A file named by an expression reaches the authorizer without its name.
+        (
+            "ATTACH 'file:/tmp/x.db?vfs=unix' || '' AS o",
+            "ATTACH of a file named by an expression",
+        ),
     ];
     for (sql, want) in refused {
         let err = c.batch_execute(sql).await.unwrap_err();
