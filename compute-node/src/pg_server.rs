@@ -157,6 +157,25 @@ struct IdleState {
     watching: bool,
     /// The session was ended by the watchdog.
     ended: bool,
+    /// A failed statement rolled back the session's open transaction (SQLite does so on an
+    /// interrupt, a full disk, an I/O error): until the client ends the transaction block,
+    /// every statement is refused (25P02), so nothing it sends runs outside the transaction it
+    /// believes it is in.
+    aborted: bool,
+}
+
+/// SQLSTATE of a statement refused inside an aborted transaction block.
+const IN_FAILED_TRANSACTION: &str = "25P02";
+
+/// Whether `sql` ends a transaction block (what an aborted block still accepts).
+fn ends_block(sql: &str) -> bool {
+    let word = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    matches!(word.as_str(), "ROLLBACK" | "COMMIT" | "END" | "ABORT")
 }
 
 fn user_error(e: SqlError) -> PgWireError {
@@ -210,8 +229,22 @@ impl Session {
             if idle.ended {
                 return Err(idle_timeout_error(self.idle_timeout()));
             }
+            if idle.aborted {
+                if ends_block(&sql_text) {
+                    idle.aborted = false;
+                    return Ok(vec![Outcome::Done {
+                        tag: "ROLLBACK".into(),
+                    }]);
+                }
+                return Err(SqlError::new(
+                    IN_FAILED_TRANSACTION,
+                    "current transaction is aborted, commands ignored until end of transaction \
+                     block (an earlier statement failed and rolled it back; send ROLLBACK)",
+                ));
+            }
             idle.running = true;
         }
+        let was_in_tx = self.conn.in_transaction();
         let timeout = self.settings.lock().expect("settings").statement_timeout;
         let conn = Arc::clone(&self.conn);
         let engine = Arc::clone(&self.ctx.engine);
@@ -255,6 +288,9 @@ impl Session {
         let in_tx = ran.as_ref().is_ok_and(|(_, _, in_tx)| *in_tx);
         if !in_tx {
             *turn = None;
+        }
+        if was_in_tx && !in_tx && ran.as_ref().is_ok_and(|(out, _, _)| out.is_err()) {
+            self.idle.lock().expect("idle state").aborted = true;
         }
         self.statement_ended(in_tx && turn.is_some());
         drop(turn);

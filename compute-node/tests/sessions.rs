@@ -447,3 +447,41 @@ async fn a_setting_combined_with_other_statements_is_refused_whole() {
         .get(0);
     assert_eq!(n, 0, "nothing after the SET ran");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_rolled_back_by_a_timeout_refuses_everything_until_it_ends() {
+    let cluster = Cluster::start(1, 256);
+    let writer = Writer::start(&cluster.layout_path);
+    let c = writer.client().await;
+    c.batch_execute("CREATE TABLE t (x)").await.unwrap();
+    c.batch_execute("SET statement_timeout = 300")
+        .await
+        .unwrap();
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    // A write that never ends: cancelled, and SQLite rolls the whole transaction back.
+    let err = c
+        .batch_execute(
+            "INSERT INTO t WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) \
+             SELECT i FROM n",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "57014");
+    // The client still thinks it is inside BEGIN: nothing may now run outside it.
+    let err = c
+        .batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "25P02", "{}", db.message());
+    c.batch_execute("COMMIT").await.unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "neither the rolled-back row nor the refused one");
+    c.batch_execute("INSERT INTO t VALUES (3)").await.unwrap();
+}
