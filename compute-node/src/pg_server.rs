@@ -245,6 +245,8 @@ impl Session {
             idle.running = true;
         }
         let was_in_tx = self.conn.in_transaction();
+        // A failed COMMIT or ROLLBACK ends the block itself (PostgreSQL answers it and goes on).
+        let ending = ends_block(&sql_text);
         let timeout = self.settings.lock().expect("settings").statement_timeout;
         let conn = Arc::clone(&self.conn);
         let engine = Arc::clone(&self.ctx.engine);
@@ -289,7 +291,7 @@ impl Session {
         if !in_tx {
             *turn = None;
         }
-        if was_in_tx && !in_tx && ran.as_ref().is_ok_and(|(out, _, _)| out.is_err()) {
+        if was_in_tx && !in_tx && !ending && ran.as_ref().is_ok_and(|(out, _, _)| out.is_err()) {
             self.idle.lock().expect("idle state").aborted = true;
         }
         self.statement_ended(in_tx && turn.is_some());
