@@ -159,6 +159,30 @@ async fn count_rows(c: &tokio_postgres::Client) -> Result<i64, tokio_postgres::E
         .map(|r| r.get(0))
 }
 
+/// Starts another session's `count(*)` and checks, for `look` (a bounded look for something
+/// that must not happen), that it is not answered: what it would read is not durable.
+async fn read_held_back(
+    writer: &Writer,
+    look: Duration,
+) -> tokio::task::JoinHandle<Result<i64, tokio_postgres::Error>> {
+    let b = writer.client().await;
+    let read = tokio::spawn(async move { count_rows(&b).await });
+    tokio::time::sleep(look).await;
+    assert!(
+        !read.is_finished(),
+        "a read was answered with a commit no quorum holds: {:?}",
+        read.await
+    );
+    read
+}
+
+/// Lets the three stopped storage nodes go on: the write quorum is back.
+fn resume(cluster: &Cluster) {
+    for n in &cluster.nodes[..3] {
+        n.signal("CONT");
+    }
+}
+
 /// Stops three of the six storage nodes (no write quorum: nothing becomes durable), runs
 /// `INSERT INTO t VALUES (id)` in a task, and returns once the writer has applied it locally
 /// (its redo is made and its pages are in the buffer pool) — with the commit not answered.
@@ -204,38 +228,23 @@ async fn no_session_is_answered_with_a_commit_that_is_not_durable() {
 
     // A commit applied locally but not durable: another session's read is not answered...
     let insert = commit_locally_only(&cluster, &writer, 2).await;
-    let b = writer.client().await;
-    let read = tokio::spawn(async move { count_rows(&b).await });
-    // (A bounded look for something that must not happen.)
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        !read.is_finished(),
-        "a read was answered with a commit no quorum holds: {:?}",
-        read.await
-    );
+    let read = read_held_back(&writer, Duration::from_secs(2)).await;
     // ...until the commit is durable; then with it.
-    for n in &cluster.nodes[..3] {
-        n.signal("CONT");
-    }
+    resume(&cluster);
     assert_eq!(insert.await.unwrap().unwrap(), 1);
     assert_eq!(read.await.unwrap().unwrap(), 2);
 
     // Again, and the writer crashes between the local apply and durability: the waiting read
     // ends with an error, never with the row.
     let insert = commit_locally_only(&cluster, &writer, 3).await;
-    let b = writer.client().await;
-    let read = tokio::spawn(async move { count_rows(&b).await });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!read.is_finished(), "answered: {:?}", read.await);
+    let read = read_held_back(&writer, Duration::from_secs(1)).await;
     writer.kill9();
     assert!(read.await.unwrap().is_err(), "the read was answered");
     assert!(
         insert.await.unwrap().is_err(),
         "the insert was acknowledged"
     );
-    for n in &cluster.nodes[..3] {
-        n.signal("CONT");
-    }
+    resume(&cluster);
     let writer = Writer::start(&cluster.layout_path);
     let c = writer.client().await;
     // Row 3 was never acknowledged to anyone: recovery may keep it or not, whole.
@@ -410,17 +419,8 @@ async fn a_commit_evicted_from_the_pool_before_it_is_durable_is_not_read_back_ea
             .into(),
     )
     .await;
-    let b = writer.client().await;
-    let read = tokio::spawn(async move { count_rows(&b).await });
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        !read.is_finished(),
-        "a read was answered with a commit no quorum holds: {:?}",
-        read.await
-    );
-    for n in &cluster.nodes[..3] {
-        n.signal("CONT");
-    }
+    let read = read_held_back(&writer, Duration::from_secs(2)).await;
+    resume(&cluster);
     insert.await.unwrap().unwrap();
     assert_eq!(read.await.unwrap().unwrap(), 201);
 }

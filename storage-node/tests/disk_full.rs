@@ -76,27 +76,31 @@ async fn refused_writes(node: &StorageProcess) -> u64 {
         .unwrap_or_else(|| panic!("no refused-writes counter in:\n{text}"))
 }
 
-async fn create(c: &mut StorageServiceClient<Channel>) {
-    create_segment(c, VOL, SEG, 0, PAGES).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_writes_keeps_serving_reads_and_takes_writes_again_when_it_grows() {
-    let disk = SmallDisk::mount(24 << 20);
-    let data = disk.dir.join("node");
-    let mut node = StorageNode::start(
-        &data,
+/// A node on `disk` keeping `reserve` bytes free, with the test's segment created.
+async fn start_on(
+    disk: &SmallDisk,
+    reserve: &str,
+) -> (StorageProcess, StorageServiceClient<Channel>) {
+    let node = StorageNode::start(
+        &disk.dir.join("node"),
         &[
             "--log-file-bytes",
             "1048576",
             "--coalesce-interval-ms",
             "20",
             "--min-free-bytes",
-            "6291456",
+            reserve,
         ],
     );
     let mut c = node.client().await;
-    create(&mut c).await;
+    create_segment(&mut c, VOL, SEG, 0, PAGES).await;
+    (node, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_keeps_serving_reads_and_takes_writes_again_when_it_grows() {
+    let disk = SmallDisk::mount(24 << 20);
+    let (mut node, mut c) = start_on(&disk, "6291456").await;
 
     let (mut acked, refused, status) = fill(&mut c).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -139,20 +143,7 @@ async fn a_full_disk_refuses_writes_keeps_serving_reads_and_takes_writes_again_w
 async fn with_no_reserve_a_disk_that_fills_costs_only_the_refused_writes() {
     // The reserve off: the log and the page store meet ENOSPC itself, and recover from it.
     let disk = SmallDisk::mount(16 << 20);
-    let data = disk.dir.join("node");
-    let mut node = StorageNode::start(
-        &data,
-        &[
-            "--log-file-bytes",
-            "1048576",
-            "--coalesce-interval-ms",
-            "20",
-            "--min-free-bytes",
-            "0",
-        ],
-    );
-    let mut c = node.client().await;
-    create(&mut c).await;
+    let (mut node, mut c) = start_on(&disk, "0").await;
 
     let (mut acked, refused, status) = fill(&mut c).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
