@@ -32,9 +32,14 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 "$helm" template logdb charts/logdb --namespace logdb-system --include-crds >"$out/chart.yaml"
 "$helm" template logdb charts/logdb --namespace logdb-system --set replicas=1 --set volumeStorageClass=fast >"$out/chart-single.yaml"
-validate "$out/chart.yaml" "$out/chart-single.yaml" crds/logvolume.yaml
+# Namespace-scoped: a Role and RoleBinding per watched namespace, no ClusterRole.
+"$helm" template logdb charts/logdb --namespace logdb-system --set 'watchNamespaces={shop,web}' >"$out/chart-namespaced.yaml"
+grep -q '^kind: ClusterRole' "$out/chart-namespaced.yaml" && { echo "a namespace-scoped install made a ClusterRole" >&2; exit 1; }
+[ "$(grep -c '^kind: Role$' "$out/chart-namespaced.yaml")" = 2 ] || { echo "expected a Role per watched namespace" >&2; exit 1; }
+grep -q -- '--watch-namespaces=shop,web' "$out/chart-namespaced.yaml" || { echo "the operator is not told which namespaces to watch" >&2; exit 1; }
+validate "$out/chart.yaml" "$out/chart-single.yaml" "$out/chart-namespaced.yaml" crds/logvolume.yaml
 # The same objects parsed into their k8s-openapi types, unchanged by the round trip.
-mkdir "$out/chart" && cp "$out/chart.yaml" "$out/chart-single.yaml" "$out/chart/"
+mkdir "$out/chart" && cp "$out/chart.yaml" "$out/chart-single.yaml" "$out/chart-namespaced.yaml" "$out/chart/"
 LOGDB_RENDERED_DIR="$out/chart" cargo test -q -p logdb-operator --test rendered
 logdb=${CARGO_TARGET_DIR:-target}/debug/logdb
 cargo build -q -p logdb-operator --bin logdb

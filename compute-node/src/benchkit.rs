@@ -56,7 +56,8 @@ INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :a
 END;
 ";
 
-/// Runs pgbench against the writer; returns (transactions, tps, latencies in ms).
+/// Runs pgbench against the writer with libpq's `sslmode` (`disable`: plaintext; `require`:
+/// TLS; `prefer`: TLS when the server offers it); returns (transactions, tps, latencies in ms).
 pub fn pgbench(
     port: u16,
     clients: usize,
@@ -64,6 +65,7 @@ pub fn pgbench(
     scale: u64,
     dir: &Path,
     db: &str,
+    sslmode: &str,
 ) -> anyhow::Result<(u64, f64, Vec<f64>)> {
     let script = dir.join("tpcb.sql");
     std::fs::write(&script, PGBENCH_SCRIPT)?;
@@ -93,6 +95,7 @@ pub fn pgbench(
         .arg(&script)
         .arg(db)
         .env("PGPASSWORD", PASSWORD)
+        .env("PGSSLMODE", sslmode)
         .current_dir(&logs)
         .output()
         .context("running pgbench")?;
@@ -145,13 +148,23 @@ impl Drop for WriterProc {
     }
 }
 
-/// Starts the writer of `layout` (binary in `bin_dir`) and waits for it to serve.
+/// Starts the writer of `layout` (binary in `bin_dir`) and waits for it to serve; plaintext.
 pub fn start_writer(bin_dir: &Path, layout: &Path) -> anyhow::Result<WriterProc> {
+    start_writer_with(bin_dir, layout, &["--insecure".into()])
+}
+
+/// [`start_writer`] with these arguments too (e.g. `--tls-cert F --tls-key K`).
+pub fn start_writer_with(
+    bin_dir: &Path,
+    layout: &Path,
+    extra: &[String],
+) -> anyhow::Result<WriterProc> {
     let exe = bin_dir.join("logdb-compute");
     let mut child = Command::new(&exe)
         .arg("--layout")
         .arg(layout)
         .args(["--listen", "127.0.0.1:0", "--password", PASSWORD])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()

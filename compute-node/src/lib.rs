@@ -14,6 +14,7 @@ pub mod lsn_functions;
 pub mod metrics;
 pub mod page_diff;
 pub mod page_read;
+pub mod pg_auth;
 pub mod pg_server;
 pub mod quorum;
 pub mod recovery;

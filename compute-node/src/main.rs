@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use logdb_compute::layout::Layout;
 use logdb_compute::metrics::ComputeMetrics;
+use logdb_compute::pg_auth::{Method, PgAuth, TlsFiles, Users};
 use logdb_compute::pg_server::{self, ServerContext};
 use logdb_compute::replica::Replica;
 use logdb_compute::shipper::{Shipper, ShipperConfig};
@@ -52,9 +53,33 @@ struct Args {
     /// Prometheus /metrics listen address.
     #[arg(long, default_value = "127.0.0.1:0")]
     metrics_listen: SocketAddr,
-    /// Password clients must give (md5 authentication). Without it, every client is trusted.
-    #[arg(long, env = "LOGDB_PASSWORD")]
+    /// How clients authenticate: scram-sha-256 (the default), md5 (older clients), or trust
+    /// (everyone is let in; needs --insecure).
+    #[arg(long, value_enum, default_value_t = AuthArg::ScramSha256)]
+    auth: AuthArg,
+    /// The user of --password.
+    #[arg(long, env = "LOGDB_USER", default_value = "logdb")]
+    user: String,
+    /// The password of --user (a Kubernetes Secret gives it as an environment variable).
+    #[arg(long, env = "LOGDB_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// A file of users: one `name:password` or `name:SCRAM-SHA-256$...` (PostgreSQL's stored
+    /// verifier) per line.
+    #[arg(long, env = "LOGDB_USERS_FILE")]
+    users_file: Option<PathBuf>,
+    /// The PostgreSQL port's TLS certificate (PEM, leaf first), with --tls-key.
+    #[arg(long, env = "LOGDB_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "LOGDB_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Refuse clients that do not use TLS (PostgreSQL's `hostssl`).
+    #[arg(long)]
+    require_tls: bool,
+    /// Allow what is unsafe on a network: serving plaintext without a certificate, and
+    /// --auth trust.
+    #[arg(long)]
+    insecure: bool,
     /// A replica holds the storage's history from its read point (so GC keeps what it reads)
     /// while that read point is at most this old, in seconds; 0: twice the retention window.
     #[arg(long, default_value_t = 0)]
@@ -96,6 +121,44 @@ struct Args {
     /// default: the listen address (set it when listening on 0.0.0.0, e.g. the pod's DNS name).
     #[arg(long)]
     advertise_host: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AuthArg {
+    #[value(name = "scram-sha-256")]
+    ScramSha256,
+    Md5,
+    Trust,
+}
+
+/// The PostgreSQL port's authentication and TLS, checked before anything else starts.
+fn pg_auth(args: &Args) -> anyhow::Result<PgAuth> {
+    let mut users = match &args.users_file {
+        Some(path) => Users::load(path)?,
+        None => Users::default(),
+    };
+    if let Some(p) = &args.password {
+        users.add_password(&args.user, p);
+    }
+    let method = match args.auth {
+        AuthArg::ScramSha256 => Method::ScramSha256,
+        AuthArg::Md5 => Method::Md5,
+        AuthArg::Trust => Method::Trust,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    Ok(PgAuth::new(
+        method,
+        users,
+        tls,
+        args.require_tls,
+        args.insecure,
+    )?)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -150,6 +213,7 @@ async fn register_compute(
 async fn main() -> anyhow::Result<()> {
     logdb_common::logging::init();
     let args = Args::parse();
+    let auth = Arc::new(pg_auth(&args).context("the PostgreSQL port's authentication")?);
     let pg = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -297,7 +361,7 @@ async fn main() -> anyhow::Result<()> {
     let ctx = Arc::new(ServerContext {
         engine,
         db_name,
-        password: args.password,
+        auth,
         cache_pages: args.cache_pages,
         write_turn: Arc::default(),
         connections: Arc::new(tokio::sync::Semaphore::new(args.max_connections)),

@@ -1,21 +1,20 @@
 //! The PostgreSQL wire protocol front (DESIGN.md §11), on `pgwire`: simple and extended query,
-//! md5 password authentication, one SQLite connection per client session. A statement runs on a
+//! TLS and SCRAM-SHA-256 (or md5) authentication as `pg_auth` sets them, one SQLite connection
+//! per client session, opened once the client authenticated. A statement runs on a
 //! blocking thread; when it committed, the answer waits until VDL passes the commit LSN — the
 //! client hears COMMIT only once the transaction is on a write quorum.
 
 use std::fmt::Debug;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::stream;
-use pgwire::api::auth::md5pass::{hash_md5_password, Md5PasswordAuthStartupHandler};
+use pgwire::api::auth::md5pass::Md5PasswordAuthStartupHandler;
 use pgwire::api::auth::noop::NoopStartupHandler;
-use pgwire::api::auth::{
-    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
-};
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::{DefaultServerParameterProvider, LoginInfo, StartupHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{
@@ -30,6 +29,7 @@ use rusqlite::Connection;
 use tokio::net::TcpListener;
 
 use crate::lsn_functions::{self, LsnCall};
+use crate::pg_auth::{Method, PgAuth};
 use crate::session_settings::{self, Settings};
 use crate::sql::{self, ColType, Outcome, SqlError};
 use crate::vfs::{self, Engine};
@@ -38,7 +38,8 @@ use crate::vfs::{self, Engine};
 pub struct ServerContext {
     pub engine: Arc<Engine>,
     pub db_name: String,
-    pub password: Option<String>,
+    /// How clients authenticate, and TLS.
+    pub auth: Arc<PgAuth>,
     pub cache_pages: i64,
     /// One writing transaction at a time, first come first served.
     pub write_turn: Arc<tokio::sync::Mutex<()>>,
@@ -749,29 +750,6 @@ impl ExtendedQueryHandler for Session {
     }
 }
 
-/// Checks the configured password (md5 challenge with a random salt).
-#[derive(Debug)]
-struct PasswordSource {
-    password: String,
-}
-
-#[async_trait]
-impl AuthSource for PasswordSource {
-    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
-        let user = login.user().unwrap_or("");
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos(),
-        );
-        let salt = (h.finish() as u32).to_be_bytes().to_vec();
-        let hashed = hash_md5_password(user, &self.password, &salt);
-        Ok(Password::new(Some(salt), hashed.into_bytes()))
-    }
-}
-
 impl NoopStartupHandler for Session {}
 
 struct Handlers {
@@ -807,22 +785,39 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-/// Password authentication when a password is configured, none otherwise.
+/// The configured authentication: SCRAM-SHA-256, md5 or (only with `--insecure`) trust; with
+/// TLS required, a plaintext client is refused first.
 enum Auth {
-    Password(Md5PasswordAuthStartupHandler<PasswordSource, DefaultServerParameterProvider>),
-    Trust(Arc<Session>),
+    Scram(
+        SASLAuthStartupHandler<DefaultServerParameterProvider>,
+        Arc<PgAuth>,
+    ),
+    Md5(
+        Md5PasswordAuthStartupHandler<crate::pg_auth::UserLookup, DefaultServerParameterProvider>,
+        Arc<PgAuth>,
+    ),
+    Trust(Arc<Session>, Arc<PgAuth>),
 }
 
 impl Auth {
     fn new(session: &Arc<Session>) -> Self {
-        match &session.ctx.password {
-            Some(p) => Auth::Password(Md5PasswordAuthStartupHandler::new(
-                Arc::new(PasswordSource {
-                    password: p.clone(),
-                }),
-                Arc::new(parameters()),
-            )),
-            None => Auth::Trust(Arc::clone(session)),
+        let auth = Arc::clone(&session.ctx.auth);
+        match auth.method {
+            Method::ScramSha256 => Auth::Scram(
+                SASLAuthStartupHandler::new(Arc::new(parameters())).with_scram(auth.scram()),
+                auth,
+            ),
+            Method::Md5 => Auth::Md5(
+                Md5PasswordAuthStartupHandler::new(auth.md5_source(), Arc::new(parameters())),
+                auth,
+            ),
+            Method::Trust => Auth::Trust(Arc::clone(session), auth),
+        }
+    }
+
+    fn config(&self) -> &PgAuth {
+        match self {
+            Auth::Scram(_, a) | Auth::Md5(_, a) | Auth::Trust(_, a) => a,
         }
     }
 }
@@ -839,10 +834,32 @@ impl StartupHandler for Auth {
         C::Error: Debug,
         PgWireError: From<<C as futures::Sink<pgwire::messages::PgWireBackendMessage>>::Error>,
     {
-        match self {
-            Auth::Password(h) => h.on_startup(client, message).await,
-            Auth::Trust(s) => s.on_startup(client, message).await,
+        if let pgwire::messages::PgWireFrontendMessage::Startup(startup) = &message {
+            pgwire::api::auth::save_startup_parameters_to_metadata(client, startup);
+            let login = LoginInfo::from_client_info(client);
+            if let Some(refusal) = self.config().plaintext_refusal(client.is_secure(), &login) {
+                tracing::warn!(
+                    user = login.user().unwrap_or(""),
+                    "plaintext client refused: TLS is required"
+                );
+                return Err(refusal);
+            }
         }
+        let result = match self {
+            Auth::Scram(h, _) => h.on_startup(client, message).await,
+            Auth::Md5(h, _) => h.on_startup(client, message).await,
+            Auth::Trust(s, _) => s.on_startup(client, message).await,
+        };
+        result.map_err(|e| match e {
+            // SCRAM names the user of its own message (empty from libpq): name the session's.
+            PgWireError::InvalidPassword(_) => {
+                let login = LoginInfo::from_client_info(client);
+                let user = login.user().unwrap_or("");
+                tracing::warn!(user, "password authentication failed");
+                crate::pg_auth::password_failed(user)
+            }
+            e => e,
+        })
     }
 }
 
@@ -850,45 +867,94 @@ impl StartupHandler for Auth {
 const TOO_MANY_CONNECTIONS: &str = "53300";
 
 /// Answers a client that cannot be served with a FATAL error, as PostgreSQL does: its first
-/// packet is read (an SSL or GSS request is declined, then the startup packet is read), so the
-/// error is what the client reads back. Bounded in time.
-async fn refuse(mut socket: tokio::net::TcpStream, code: &str, message: &str) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const SSL_REQUEST: i32 = 80_877_103;
-    const GSS_REQUEST: i32 = 80_877_104;
+/// packet is read (an SSL request is accepted when TLS is configured — the error then goes over
+/// TLS — and a GSS request declined), then the startup packet, so the error is what the client
+/// reads back. Bounded in time.
+async fn refuse(
+    socket: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    code: &str,
+    message: &str,
+) {
     let answer = async {
-        for _ in 0..3 {
-            let len = socket.read_i32().await?;
-            if !(8..=10_000).contains(&len) {
-                return Ok(());
-            }
-            let mut body = vec![0; len as usize - 4];
-            socket.read_exact(&mut body).await?;
-            let kind = i32::from_be_bytes(body[..4].try_into().expect("4 bytes"));
-            if kind != SSL_REQUEST && kind != GSS_REQUEST {
-                break;
-            }
-            socket.write_all(b"N").await?;
+        match startup_packet(socket, tls).await? {
+            Refusable::Plain(mut s) => write_fatal(&mut s, code, message).await,
+            Refusable::Tls(mut s) => write_fatal(&mut *s, code, message).await,
         }
-        let mut fields = Vec::new();
-        for (t, v) in [
-            (b'S', "FATAL"),
-            (b'V', "FATAL"),
-            (b'C', code),
-            (b'M', message),
-        ] {
-            fields.push(t);
-            fields.extend_from_slice(v.as_bytes());
-            fields.push(0);
-        }
-        fields.push(0);
-        let mut msg = vec![b'E'];
-        msg.extend_from_slice(&((fields.len() + 4) as i32).to_be_bytes());
-        msg.extend_from_slice(&fields);
-        socket.write_all(&msg).await?;
-        socket.shutdown().await
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answer).await;
+}
+
+enum Refusable {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// Reads up to the client's startup packet, negotiating TLS on the way when offered.
+async fn startup_packet(
+    mut socket: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<Refusable> {
+    use tokio::io::AsyncWriteExt;
+    const SSL_REQUEST: i32 = 80_877_103;
+    const GSS_REQUEST: i32 = 80_877_104;
+    for _ in 0..3 {
+        let kind = read_packet(&mut socket).await?;
+        match kind {
+            Some(SSL_REQUEST) => match &tls {
+                Some(acceptor) => {
+                    socket.write_all(b"S").await?;
+                    let mut s = acceptor.accept(socket).await?;
+                    read_packet(&mut s).await?;
+                    return Ok(Refusable::Tls(Box::new(s)));
+                }
+                None => socket.write_all(b"N").await?,
+            },
+            Some(GSS_REQUEST) => socket.write_all(b"N").await?,
+            _ => break,
+        }
+    }
+    Ok(Refusable::Plain(socket))
+}
+
+/// Reads one length-prefixed startup-phase packet; its first word (the request code), or `None`
+/// for a packet of an impossible size.
+async fn read_packet(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<Option<i32>> {
+    use tokio::io::AsyncReadExt;
+    let len = s.read_i32().await?;
+    if !(8..=10_000).contains(&len) {
+        return Ok(None);
+    }
+    let mut body = vec![0; len as usize - 4];
+    s.read_exact(&mut body).await?;
+    Ok(Some(i32::from_be_bytes(
+        body[..4].try_into().expect("4 bytes"),
+    )))
+}
+
+async fn write_fatal(
+    s: &mut (impl tokio::io::AsyncWrite + Unpin),
+    code: &str,
+    message: &str,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut fields = Vec::new();
+    for (t, v) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        fields.push(t);
+        fields.extend_from_slice(v.as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut msg = vec![b'E'];
+    msg.extend_from_slice(&((fields.len() + 4) as i32).to_be_bytes());
+    msg.extend_from_slice(&fields);
+    s.write_all(&msg).await?;
+    s.shutdown().await
 }
 
 /// Accepts clients until the listener fails; each gets a session, up to `max_connections`
@@ -909,10 +975,12 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
                 ctx.max_connections
             );
             tracing::warn!(%peer, max = ctx.max_connections, "client refused: too many sessions");
-            tokio::spawn(async move { refuse(socket, TOO_MANY_CONNECTIONS, &message).await });
+            let tls = ctx.auth.tls.clone();
+            tokio::spawn(async move { refuse(socket, tls, TOO_MANY_CONNECTIONS, &message).await });
             continue;
         };
         let ctx = Arc::clone(&ctx);
+        let tls = ctx.auth.tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let conn = Arc::new(LazyConn::new(Arc::clone(&ctx)));
@@ -927,7 +995,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
                 settings: Mutex::default(),
             });
             let handlers = Arc::new(Handlers { session });
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+            if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                 tracing::debug!(%peer, error = %e, "client connection ended");
             }
         });

@@ -34,7 +34,7 @@ impl Volume {
         let mut child = Command::new(bin_dir.join("logdb"))
             .arg("--data-dir")
             .arg(dir.join("data"))
-            .args(["up", "--port", "0", "-o", "json", "--bin-dir"])
+            .args(["up", "--insecure", "--port", "0", "-o", "json", "--bin-dir"])
             .arg(bin_dir)
             .arg(&path)
             .env("RUST_LOG", "warn")

@@ -4,8 +4,10 @@
 //!
 //! 1. deletion: the finalizer removes the volume from the config store, then lets go;
 //! 2. the finalizer is in place; the spec passes the CRD's checks (else a condition and a Warning);
-//! 3. the objects of `objects::desired` are applied (server-side apply, idempotent), sized by the
-//!    protection groups the config store holds — growth there scales every storage set by one;
+//! 3. the compute pods' Secrets are in place (`secrets`: the app login, the CA, a server
+//!    certificate renewed before it expires), then the objects of `objects::desired` are
+//!    applied (server-side apply, idempotent), sized by the protection groups the config store
+//!    holds — growth there scales every storage set by one;
 //! 4. the volume exists in the config store (placed once its storage pods have registered);
 //! 5. a `logdb.io/failover` annotation becomes a config store failover; the annotation goes away
 //!    and the outcome stays in an Event and a condition;
@@ -20,7 +22,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -34,9 +37,11 @@ use logdb_config_store::client::ConfigClient;
 use serde_json::json;
 
 use crate::objects::{self, Desired, Settings, ROLE_LABEL};
+use crate::secrets;
 use crate::spec::{LogVolume, LogVolumeStatus, PendingFailover, ReplicaState, Target};
 use crate::units::human_bytes;
 use logdb_common::metrics_http::{histogram_mean, scrape, sum};
+use logdb_common::pki::{Ca, Usage};
 
 /// Removes the volume from the config store before the LogVolume goes.
 pub const FINALIZER: &str = "logdb.io/volume";
@@ -187,6 +192,9 @@ async fn apply_all(client: &Client, ns: &str, d: &Desired) -> Result<(), Control
     for b in &d.budgets {
         apply::<PodDisruptionBudget>(client, ns, b).await?;
     }
+    for p in &d.policies {
+        apply::<NetworkPolicy>(client, ns, p).await?;
+    }
     Ok(())
 }
 
@@ -223,6 +231,100 @@ async fn keep_volume_claims(
         }
     }
     Ok(if smallest == u64::MAX { 0 } else { smallest })
+}
+
+/// The compute pods' Secrets (see `secrets`): the app Secret made once (or the named one
+/// checked), the CA made once, the server certificate issued when `secrets::renew_due`. Returns
+/// the certificate's expiry, or what is wrong with a Secret the user named.
+async fn ensure_secrets(
+    client: &Client,
+    ns: &str,
+    lv: &LogVolume,
+) -> Result<Result<u64, String>, ControllerError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let app = secrets::app_secret_name(lv);
+    match api.get_opt(&app).await? {
+        Some(s) => {
+            if let Some(problem) = secrets::app_secret_problem(&s) {
+                return Ok(Err(problem));
+            }
+        }
+        None if lv.spec.app_secret.is_some() => {
+            return Ok(Err(format!(
+                "spec.appSecret names Secret {app}, which does not exist in namespace {ns}: create it with keys username and password"
+            )))
+        }
+        None => {
+            let password = logdb_common::pki::random_password();
+            create_once(&api, &secrets::app_secret(lv, &password)).await?;
+        }
+    }
+    let ca_name = secrets::ca_secret_name(lv);
+    let installation = format!("{ns}/{}", lv.name_any());
+    let ca = match api
+        .get_opt(&ca_name)
+        .await?
+        .as_ref()
+        .and_then(secrets::ca_of)
+    {
+        Some((cert, key)) => Ca::from_pem(&installation, &cert, &key)
+            .map_err(|e| ControllerError::Config(format!("Secret {ca_name}: {e}")))?,
+        None => {
+            let ca =
+                Ca::create(&installation).map_err(|e| ControllerError::Config(e.to_string()))?;
+            create_once(&api, &secrets::ca_secret(lv, &ca.cert_pem, ca.key_pem())).await?;
+            // Another reconcile may have made it first: use what is stored.
+            let stored = api.get(&ca_name).await?;
+            let (cert, key) = secrets::ca_of(&stored).ok_or_else(|| {
+                ControllerError::Config(format!("Secret {ca_name} has no ca.crt and ca.key"))
+            })?;
+            Ca::from_pem(&installation, &cert, &key)
+                .map_err(|e| ControllerError::Config(format!("Secret {ca_name}: {e}")))?
+        }
+    };
+    let server = api.get_opt(&secrets::server_secret_name(lv)).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    if secrets::renew_due(server.as_ref(), &ca.cert_pem, now) {
+        let leaf = ca
+            .issue(&lv.name_any(), &secrets::server_names(lv), Usage::Server)
+            .map_err(|e| ControllerError::Config(e.to_string()))?;
+        apply::<Secret>(client, ns, &secrets::server_secret(lv, &ca.cert_pem, &leaf)).await?;
+        return Ok(Ok(leaf.not_after_unix));
+    }
+    Ok(Ok(server
+        .as_ref()
+        .and_then(|s| secrets::not_after(s, &ca.cert_pem))
+        .unwrap_or_default()))
+}
+
+/// Something the user must fix: the `Ready` condition and a Warning say what; look again after
+/// `requeue_secs`.
+async fn not_ready(
+    ctx: &Context,
+    lv: &LogVolume,
+    api: &Api<LogVolume>,
+    mut status: LogVolumeStatus,
+    reason: &str,
+    msg: String,
+    requeue_secs: u64,
+) -> Result<Action, ControllerError> {
+    let generation = lv.metadata.generation;
+    status.conditions = vec![condition("Ready", false, reason, msg.clone(), generation)];
+    patch_status(api, &lv.name_any(), &status).await?;
+    event(ctx, lv, EventType::Warning, reason, msg).await;
+    Ok(Action::requeue(Duration::from_secs(requeue_secs)))
+}
+
+/// Creates `obj` unless it exists (a Secret made once is never overwritten).
+async fn create_once(api: &Api<Secret>, obj: &Secret) -> Result<(), ControllerError> {
+    match api.create(&kube::api::PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Takes one LogVolume to where it should be; see the module comment for the steps.
@@ -291,16 +393,7 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
         },
         Err(msg) => {
             status.phase = "Failed".into();
-            status.conditions = vec![condition(
-                "Ready",
-                false,
-                "InvalidSpec",
-                msg.clone(),
-                generation,
-            )];
-            patch_status(&api, &name, &status).await?;
-            event(&ctx, &lv, EventType::Warning, "InvalidSpec", msg).await;
-            return Ok(Action::requeue(Duration::from_secs(300)));
+            return not_ready(&ctx, &lv, &api, status, "InvalidSpec", msg, 300).await;
         }
     };
 
@@ -315,6 +408,16 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
     let mut desired =
         objects::desired(&lv, &ctx.settings, storage_pods).map_err(ControllerError::Config)?;
     let pvc_bytes = keep_volume_claims(&ctx.client, &ns, &mut desired).await?;
+    let not_after = match ensure_secrets(&ctx.client, &ns, &lv).await? {
+        Ok(t) => t,
+        Err(msg) => return not_ready(&ctx, &lv, &api, status, "AppSecretInvalid", msg, 30).await,
+    };
+    // A renewed certificate rolls the compute pods onto it.
+    if let Some(t) = desired.compute.spec.template.metadata.as_mut() {
+        t.annotations
+            .get_or_insert_with(Default::default)
+            .insert(secrets::NOT_AFTER.into(), not_after.to_string());
+    }
     apply_all(&ctx.client, &ns, &desired).await?;
 
     // 4. The volume in the config store.
@@ -680,25 +783,43 @@ fn error_policy(_lv: Arc<LogVolume>, error: &ControllerError, _ctx: Arc<Context>
 }
 
 /// Runs the controller until `stop` resolves.
+/// Runs the controller until `stop`: over every namespace, or — with `namespaces` — one
+/// controller per namespace, each watching only its own (what a namespace-scoped Role allows).
 pub async fn run(
     ctx: Arc<Context>,
+    namespaces: &[String],
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let volumes: Api<LogVolume> = Api::all(ctx.client.clone());
-    let sets: Api<StatefulSet> = Api::all(ctx.client.clone());
-    Controller::new(volumes, watcher::Config::default())
-        .owns(
-            sets,
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=logdb-operator"),
-        )
-        .graceful_shutdown_on(stop)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "reconcile error");
-            }
-        })
-        .await;
+    use futures::FutureExt;
+    let stop = stop.shared();
+    let apis: Vec<(Api<LogVolume>, Api<StatefulSet>)> = if namespaces.is_empty() {
+        vec![(Api::all(ctx.client.clone()), Api::all(ctx.client.clone()))]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| {
+                (
+                    Api::namespaced(ctx.client.clone(), ns),
+                    Api::namespaced(ctx.client.clone(), ns),
+                )
+            })
+            .collect()
+    };
+    futures::future::join_all(apis.into_iter().map(|(volumes, sets)| {
+        Controller::new(volumes, watcher::Config::default())
+            .owns(
+                sets,
+                watcher::Config::default().labels("app.kubernetes.io/managed-by=logdb-operator"),
+            )
+            .graceful_shutdown_on(stop.clone())
+            .run(reconcile, error_policy, Arc::clone(&ctx))
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "reconcile error");
+                }
+            })
+    }))
+    .await;
 }
 
 #[cfg(test)]

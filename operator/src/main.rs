@@ -36,6 +36,11 @@ enum Cmd {
         bin_dir: Option<PathBuf>,
         #[arg(short, long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Serve the PostgreSQL ports in plaintext and trust every client (no password). By
+        /// default they speak TLS with a certificate from a CA made in the data dir, and the
+        /// `logdb` user's password is in the data dir's pgpass file.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Show the running volume: epoch, writer, VDL, storage nodes with zone, health and SCL.
     Status {
@@ -75,6 +80,10 @@ enum Cmd {
         image: String,
         #[arg(long)]
         storage_class: Option<String>,
+        /// Manage LogVolumes of these namespaces only (comma-separated); default: every
+        /// namespace.
+        #[arg(long, value_delimiter = ',')]
+        watch_namespaces: Vec<String>,
     },
     /// Print the Kubernetes objects the operator makes of a LogVolume manifest.
     Render {
@@ -91,6 +100,9 @@ enum Cmd {
             default_value = "logdb-operator-0.logdb-operator.logdb-system.svc:7400"
         )]
         config_store: Vec<String>,
+        /// The namespace the operator runs in (its pods may reach the volume's pods).
+        #[arg(long, default_value = "logdb-system")]
+        operator_namespace: String,
     },
     /// Stop or start one storage node, to watch the quorum at work.
     Node {
@@ -140,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             bin_dir,
             output,
+            insecure,
         } => {
             supervisor::up(UpOptions {
                 data_dir: dir,
@@ -147,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 port,
                 bin_dir,
                 json: matches!(output, Output::Json),
+                insecure,
             })
             .await?;
         }
@@ -170,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             members,
             image,
             storage_class,
+            watch_namespaces,
         } => {
             logdb_operator::operator_mode::run(logdb_operator::operator_mode::OperatorOptions {
                 listen,
@@ -181,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 members,
                 image,
                 storage_class,
+                watch_namespaces,
             })
             .await?
         }
@@ -189,6 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             pgs,
             image,
             config_store,
+            operator_namespace,
         } => {
             let lv =
                 logdb_operator::manifest::load(&file, logdb_operator::spec::Target::Kubernetes)?;
@@ -196,6 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 image,
                 config_store,
                 storage_class: None,
+                operator_namespace,
             };
             let desired = logdb_operator::objects::desired(&lv, &settings, pgs)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;

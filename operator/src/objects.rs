@@ -12,9 +12,11 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource,
     NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service,
-    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -23,6 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
+use crate::secrets::{self, TLS_MOUNT};
 use crate::spec::{LogVolume, Target};
 
 /// Ports inside the pods.
@@ -41,6 +44,8 @@ pub struct Settings {
     /// The config store members (the operator's own pods).
     pub config_store: Vec<String>,
     pub storage_class: Option<String>,
+    /// Where the operator's pods run (its NetworkPolicy peers).
+    pub operator_namespace: String,
 }
 
 /// Everything one LogVolume owns.
@@ -51,6 +56,7 @@ pub struct Desired {
     pub compute: StatefulSet,
     pub services: Vec<Service>,
     pub budgets: Vec<PodDisruptionBudget>,
+    pub policies: Vec<NetworkPolicy>,
 }
 
 impl Desired {
@@ -61,6 +67,7 @@ impl Desired {
         docs.push(doc(&self.compute));
         docs.extend(self.services.iter().map(doc));
         docs.extend(self.budgets.iter().map(doc));
+        docs.extend(self.policies.iter().map(doc));
         docs.join("---\n")
     }
 }
@@ -96,7 +103,7 @@ fn labels(lv: &str, component: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn selector(lv: &str, component: &str) -> BTreeMap<String, String> {
+pub(crate) fn selector(lv: &str, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/instance".into(), lv.into()),
         ("app.kubernetes.io/component".into(), component.into()),
@@ -110,6 +117,21 @@ fn env_field(name: &str, path: &str) -> EnvVar {
             field_ref: Some(ObjectFieldSelector {
                 field_path: path.into(),
                 ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
             }),
             ..Default::default()
         }),
@@ -164,6 +186,26 @@ fn tcp_probe(port: &str) -> Probe {
     }
 }
 
+/// What every object of `lv` carries: its name, namespace, labels, and `lv` as its owner (it
+/// goes when the LogVolume goes).
+pub fn owned_meta(lv: &LogVolume, object: String, component: &str) -> ObjectMeta {
+    let name = lv.metadata.name.clone().unwrap_or_default();
+    ObjectMeta {
+        name: Some(object),
+        namespace: lv.metadata.namespace.clone(),
+        labels: Some(labels(&name, component)),
+        owner_references: Some(vec![OwnerReference {
+            api_version: "logdb.io/v1alpha1".into(),
+            kind: "LogVolume".into(),
+            name,
+            uid: lv.metadata.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]),
+        ..Default::default()
+    }
+}
+
 /// The objects of `lv` with `pgs` protection groups (each storage StatefulSet has that many pods).
 pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired, String> {
     let name = lv.metadata.name.clone().ok_or("metadata.name: missing")?;
@@ -174,21 +216,7 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
         spec.retention_secs,
         lv.spec.write_rate()?,
     );
-    let owner = OwnerReference {
-        api_version: "logdb.io/v1alpha1".into(),
-        kind: "LogVolume".into(),
-        name: name.clone(),
-        uid: lv.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
-    let meta = |object: String, component: &str| ObjectMeta {
-        name: Some(object),
-        namespace: ns.clone(),
-        labels: Some(labels(&name, component)),
-        owner_references: Some(vec![owner.clone()]),
-        ..Default::default()
-    };
+    let meta = |object: String, component: &str| owned_meta(lv, object, component);
     let config_store = settings.config_store.join(",");
     let storage_svc = format!("{name}-storage");
     let compute_svc = format!("{name}-compute");
@@ -355,19 +383,33 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
             format!("--metrics-listen=0.0.0.0:{COMPUTE_METRICS_PORT}"),
             format!("--replication-listen=0.0.0.0:{FEED_PORT}"),
             format!("--advertise-host={}", dns(&compute_svc)),
+            format!("--tls-cert={TLS_MOUNT}/tls.crt"),
+            format!("--tls-key={TLS_MOUNT}/tls.key"),
         ]),
-        env: Some(vec![env_field("POD_NAME", "metadata.name")]),
+        env: Some(vec![
+            env_field("POD_NAME", "metadata.name"),
+            env_secret("LOGDB_USER", &secrets::app_secret_name(lv), "username"),
+            env_secret("LOGDB_PASSWORD", &secrets::app_secret_name(lv), "password"),
+        ]),
         ports: Some(vec![
             port("postgres", PG_PORT),
             port("feed", FEED_PORT),
             port("metrics", COMPUTE_METRICS_PORT),
         ]),
         readiness_probe: Some(tcp_probe("postgres")),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "tls".into(),
+                mount_path: TLS_MOUNT.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
         security_context: Some(container_security()),
         ..Default::default()
     };
@@ -388,11 +430,23 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
                 }),
                 spec: Some(PodSpec {
                     containers: vec![compute_container],
-                    volumes: Some(vec![Volume {
-                        name: "tmp".into(),
-                        empty_dir: Some(Default::default()),
-                        ..Default::default()
-                    }]),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(Default::default()),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "tls".into(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(secrets::server_secret_name(lv)),
+                                // Readable by the pod's group (fsGroup) only: the key is in it.
+                                default_mode: Some(0o440),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    ]),
                     security_context: Some(pod_security()),
                     termination_grace_period_seconds: Some(30),
                     ..Default::default()
@@ -486,5 +540,6 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
         compute,
         services,
         budgets: vec![budget("storage"), budget("compute")],
+        policies: crate::network_policy::policies(lv, &settings.operator_namespace),
     })
 }

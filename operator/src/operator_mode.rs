@@ -33,6 +33,8 @@ pub struct OperatorOptions {
     pub members: u32,
     pub image: String,
     pub storage_class: Option<String>,
+    /// The namespaces whose LogVolumes are managed; empty: every namespace.
+    pub watch_namespaces: Vec<String>,
 }
 
 /// The raft id of a StatefulSet pod: its ordinal plus one.
@@ -114,6 +116,7 @@ pub async fn run_with(
         image: opts.image.clone(),
         config_store: peers.values().cloned().collect(),
         storage_class: opts.storage_class.clone(),
+        operator_namespace: opts.namespace.clone(),
     };
     let ctx = Arc::new(Context::new(
         client,
@@ -135,7 +138,7 @@ pub async fn run_with(
                     tokio::time::sleep(LEADER_CHECK).await;
                 }
             };
-            controller::run(Arc::clone(&ctx), lost).await;
+            controller::run(Arc::clone(&ctx), &opts.watch_namespaces, lost).await;
             leader.store(false, Ordering::Relaxed);
             tracing::info!("no longer the leader: controller stopped, standing by");
         }
@@ -171,6 +174,7 @@ mod tests {
             members: 3,
             image: "x".into(),
             storage_class: None,
+            watch_namespaces: vec![],
         };
         let p = peers(&opts);
         assert_eq!(p.len(), 3);

@@ -84,6 +84,12 @@ pub struct LogVolumeSpec {
         validation = Rule::new("self == oldSelf").message("writeRate is immutable")
     )]
     pub write_rate: Option<Quantity>,
+    /// The Secret clients log in with (type `kubernetes.io/basic-auth`: keys `username` and
+    /// `password`), made by you; default: `<name>-app`, which the operator makes with user
+    /// `app` and a random password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') && size(self) <= 253").message("appSecret must be a Secret name (lower-case letters, digits, '-' and '.')"))]
+    pub app_secret: Option<String>,
 }
 
 /// What the operator (or `logdb up`) last saw of the volume.

@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 const LV: &str = "/apis/logdb.io/v1alpha1/namespaces/shop/logvolumes/orders";
 const SETS: &str = "/apis/apps/v1/namespaces/shop/statefulsets";
 const PODS: &str = "/api/v1/namespaces/shop/pods";
+const SECRETS: &str = "/api/v1/namespaces/shop/secrets";
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -64,6 +65,7 @@ async fn setup() -> Setup {
         image: "ghcr.io/logdb/logdb:test".into(),
         config_store: vec![member.addr.clone()],
         storage_class: None,
+        operator_namespace: "logdb-system".into(),
     };
     let ctx = Arc::new(Context::new(
         api.client(),
@@ -188,9 +190,39 @@ async fn create_failover_grow_and_delete() {
     assert_eq!(lv["status"]["conditions"][0]["reason"], "WaitingForStorage");
     assert_eq!(lv["status"]["observedGeneration"], 1);
 
+    // The compute pods' Secrets: a login with a random password, the volume's CA, and a server
+    // certificate from it whose expiry is on the compute pod template.
+    let secret = |name: &str| s.api.get(&format!("{SECRETS}/{name}"));
+    let app = secret("orders-app").expect("the app Secret is made");
+    assert_eq!(app["type"], "kubernetes.io/basic-auth");
+    let password = app["data"]["password"].as_str().unwrap().to_string();
+    assert!(password.len() >= 24, "{password}");
+    let ca = secret("orders-ca").expect("the CA Secret is made");
+    let tls = secret("orders-server-tls").expect("the server certificate is made");
+    assert_eq!(tls["type"], "kubernetes.io/tls");
+    assert_eq!(tls["data"]["ca.crt"], ca["data"]["ca.crt"]);
+    let not_after = tls["metadata"]["annotations"]["logdb.io/not-after"].clone();
+    let compute = s.api.get(&format!("{SETS}/orders-compute")).unwrap();
+    assert_eq!(
+        compute["spec"]["template"]["metadata"]["annotations"]["logdb.io/not-after"],
+        not_after
+    );
+    let env = compute["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(
+        env.contains("LOGDB_PASSWORD") && env.contains("orders-app"),
+        "{env}"
+    );
+
     // Storage registers, the first compute pod takes the writer ticket: Ready.
     s.register_storage(0).await;
     s.reconcile().await;
+    // Nothing of the Secrets is remade by a later reconcile.
+    assert_eq!(
+        secret("orders-app").unwrap()["data"]["password"],
+        password.as_str()
+    );
+    assert_eq!(secret("orders-ca").unwrap()["data"], ca["data"]);
+    assert_eq!(secret("orders-server-tls").unwrap()["data"], tls["data"]);
     assert_eq!(s.events("Created").len(), 1);
     s.register_compute(0, true).await;
     s.register_compute(1, false).await;
@@ -438,4 +470,57 @@ fn condition(lv: &Value, type_: &str) -> Value {
         .find(|c| c["type"] == type_)
         .unwrap_or_else(|| panic!("no {type_} condition in {lv}"))
         .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_app_secret_must_exist_and_a_certificate_near_expiry_is_renewed() {
+    let s = setup().await;
+    let mut lv = s.api.get(LV).unwrap();
+    lv["spec"]["appSecret"] = "shop-login".into();
+    s.api.put(LV, lv);
+    s.reconcile().await;
+    let lv = s.api.get(LV).unwrap();
+    assert_eq!(lv["status"]["conditions"][0]["reason"], "AppSecretInvalid");
+    let msg = lv["status"]["conditions"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("shop-login") && msg.contains("does not exist"),
+        "{msg}"
+    );
+    assert!(
+        s.api.get(&format!("{SECRETS}/orders-app")).is_none(),
+        "no Secret of its own"
+    );
+
+    // The user makes it; the compute pods read it.
+    s.api.put(
+        &format!("{SECRETS}/shop-login"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-login", "namespace": "shop"},
+               "type": "kubernetes.io/basic-auth", "data": {"username": "c2hvcA==", "password": "c2VjcmV0"}}),
+    );
+    s.reconcile().await;
+    let compute = s.api.get(&format!("{SETS}/orders-compute")).unwrap();
+    let env = compute["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(env.contains("shop-login"), "{env}");
+
+    // A certificate with a week left is issued again (and the pods roll onto it).
+    let path = format!("{SECRETS}/orders-server-tls");
+    let mut tls = s.api.get(&path).unwrap();
+    let soon = now_ms() / 1000 + 7 * 86_400;
+    tls["metadata"]["annotations"]["logdb.io/not-after"] = soon.to_string().into();
+    let old_cert = tls["data"]["tls.crt"].clone();
+    s.api.put(&path, tls);
+    s.reconcile().await;
+    let renewed = s.api.get(&path).unwrap();
+    assert_ne!(renewed["data"]["tls.crt"], old_cert);
+    let not_after: u64 = renewed["metadata"]["annotations"]["logdb.io/not-after"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(not_after > soon + 300 * 86_400, "a year's certificate");
+    let compute = s.api.get(&format!("{SETS}/orders-compute")).unwrap();
+    assert_eq!(
+        compute["spec"]["template"]["metadata"]["annotations"]["logdb.io/not-after"],
+        not_after.to_string()
+    );
 }

@@ -20,6 +20,20 @@ fn up_write_stop_two_nodes_down_and_up_again() {
     psql(&url, "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)").unwrap();
     psql(&url, "INSERT INTO kv VALUES (1, 'one'), (2, 'two')").unwrap();
     assert_eq!(psql(&url, "SELECT v FROM kv WHERE k = 2").unwrap(), "two");
+    // The URL verifies the server against the data dir's CA and takes the password from the
+    // data dir; a plaintext client, or one without the password, is refused.
+    let ca = dir.join("tls/ca.crt");
+    assert!(
+        url.contains("sslmode=verify-full")
+            && url.contains(&format!("sslrootcert={}", ca.display())),
+        "{url}"
+    );
+    let plain = url.replace("sslmode=verify-full", "sslmode=disable");
+    let err = psql(&plain, "SELECT 1").unwrap_err();
+    assert!(err.contains("no encryption"), "{err}");
+    let no_password = url.split("&passfile=").next().unwrap().to_string();
+    let err = psql(&no_password, "SELECT 1").unwrap_err();
+    assert!(err.contains("password"), "{err}");
 
     let s = await_status(&dir, "six healthy nodes with the writes", |s| {
         s["healthy_nodes"] == 6

@@ -20,6 +20,7 @@ fn settings() -> Settings {
         image: "ghcr.io/logdb/logdb:0.1.0".into(),
         config_store: vec!["logdb-operator-0.logdb-operator.logdb-system.svc:7400".into()],
         storage_class: None,
+        operator_namespace: "logdb-system".into(),
     }
 }
 
@@ -168,7 +169,11 @@ fn compute_services_budgets_and_owners() {
     let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&yaml)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
         .collect();
-    assert_eq!(docs.len(), 1 + 6 + 1 + 4 + 2);
+    assert_eq!(
+        docs.len(),
+        1 + 6 + 1 + 4 + 2 + 2,
+        "config, storage, compute, services, budgets, policies"
+    );
     for doc in &docs {
         let owner = &doc["metadata"]["ownerReferences"][0];
         assert_eq!(owner["kind"], "LogVolume", "{doc:?}");
@@ -183,4 +188,90 @@ fn an_invalid_spec_makes_no_objects() {
     lv.spec.page_size = 5000;
     let err = desired(&lv, &settings(), 1).unwrap_err();
     assert!(err.starts_with("spec.pageSize: 5000"), "{err}");
+}
+
+#[test]
+fn network_policies_let_only_the_volumes_own_pods_reach_its_internal_ports() {
+    let d = render(1);
+    let v = serde_json::to_value(&d.policies).unwrap();
+    let by_name = |n: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["metadata"]["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    // Who may reach `port` of the pods of `policy` (`None`: anyone).
+    let sources = |policy: &serde_json::Value, port: i64| -> Option<Vec<String>> {
+        let rule = policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| {
+                r["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["port"] == port)
+            })
+            .unwrap_or_else(|| panic!("no rule for port {port}"));
+        rule["from"].as_array().map(|from| {
+            from.iter()
+                .map(|peer| {
+                    let pods = &peer["podSelector"]["matchLabels"];
+                    let ns = peer["namespaceSelector"]["matchLabels"]
+                        ["kubernetes.io/metadata.name"]
+                        .as_str();
+                    match ns {
+                        Some(ns) => {
+                            format!("{ns}/{}", pods["app.kubernetes.io/name"].as_str().unwrap())
+                        }
+                        None => format!(
+                            "{}-{}",
+                            pods["app.kubernetes.io/instance"].as_str().unwrap(),
+                            pods["app.kubernetes.io/component"].as_str().unwrap()
+                        ),
+                    }
+                })
+                .collect()
+        })
+    };
+    let storage = by_name("orders-storage");
+    assert_eq!(
+        storage["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "storage"
+    );
+    assert_eq!(
+        storage["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    assert_eq!(
+        sources(&storage, 7600),
+        Some(vec![
+            "orders-compute".into(),
+            "orders-storage".into(),
+            "logdb-system/logdb-operator".into()
+        ])
+    );
+    assert_eq!(
+        sources(&storage, 9600),
+        None,
+        "metrics: anyone (Prometheus)"
+    );
+    let compute = by_name("orders-compute");
+    assert_eq!(
+        sources(&compute, 5432),
+        None,
+        "clients reach the PostgreSQL port"
+    );
+    assert_eq!(
+        sources(&compute, 7500),
+        Some(vec![
+            "orders-compute".into(),
+            "logdb-system/logdb-operator".into()
+        ]),
+        "the record feed: only the volume's compute pods"
+    );
+    assert_eq!(d.policies.len(), 2);
 }

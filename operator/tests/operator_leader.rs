@@ -58,6 +58,9 @@ async fn one_leader_runs_the_controller_and_another_takes_over() {
             members: 3,
             image: "ghcr.io/logdb/logdb:test".into(),
             storage_class: None,
+            // One pod watches every namespace, the others only `shop` (a namespace-scoped
+            // install): whichever leads, the LogVolume is reconciled.
+            watch_namespaces: if i == 0 { vec![] } else { vec!["shop".into()] },
         };
         let leader = Arc::new(AtomicBool::new(false));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

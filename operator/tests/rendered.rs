@@ -5,8 +5,9 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
 
@@ -59,6 +60,9 @@ fn check(yaml: &str) -> usize {
             "ServiceAccount" => round_trip::<ServiceAccount>(&doc),
             "ClusterRole" => round_trip::<ClusterRole>(&doc),
             "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(&doc),
+            "Role" => round_trip::<Role>(&doc),
+            "RoleBinding" => round_trip::<RoleBinding>(&doc),
+            "NetworkPolicy" => round_trip::<NetworkPolicy>(&doc),
             "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(&doc),
             other => panic!("an object of kind {other:?} has no check here"),
         };
@@ -82,9 +86,10 @@ fn the_operators_objects_and_the_crd_round_trip() {
         image: "x".into(),
         config_store: vec!["a:7400".into()],
         storage_class: Some("fast".into()),
+        operator_namespace: "logdb-system".into(),
     };
     let d = logdb_operator::objects::desired(&lv, &settings, 2).unwrap();
-    assert_eq!(check(&d.to_yaml()), 14);
+    assert_eq!(check(&d.to_yaml()), 16);
     assert_eq!(check(&logdb_operator::crd::yaml()), 1);
 }
 

@@ -21,9 +21,9 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
-    /// A small segment of volume `v` for unit tests.
-    #[cfg(test)]
-    pub(crate) fn for_tests() -> Descriptor {
+    /// A small segment of volume `v` (4 KiB pages), for tests.
+    #[doc(hidden)]
+    pub fn for_tests() -> Descriptor {
         Descriptor {
             volume: "v".into(),
             segment: "s".into(),
@@ -100,6 +100,24 @@ pub struct Control {
 }
 
 impl Control {
+    /// The control record as stored (versioned JSON); what is wrong with it otherwise. Bytes
+    /// from disk are not trusted: a wrong format or an impossible page size is refused here,
+    /// before any code sizes a page by it.
+    pub fn decode(raw: &[u8]) -> Result<Control, String> {
+        let control: Control = serde_json::from_slice(raw).map_err(|e| e.to_string())?;
+        if control.format != CONTROL_FORMAT {
+            return Err(format!(
+                "format {} is not the supported {CONTROL_FORMAT}",
+                control.format
+            ));
+        }
+        crate::node::validate_page_size(control.descriptor.page_size).map_err(|e| e.to_string())?;
+        if control.descriptor.page_count == 0 {
+            return Err("descriptor has no pages".into());
+        }
+        Ok(control)
+    }
+
     pub fn new(descriptor: Descriptor, epoch: Epoch) -> Self {
         Control {
             format: CONTROL_FORMAT,

@@ -236,20 +236,10 @@ impl PageStore {
         let Some(raw) = meta.get(CONTROL_KEY).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
-        let control: Control =
-            serde_json::from_slice(raw.value()).map_err(|e| StoreError::Control {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
-        if control.format != CONTROL_FORMAT {
-            return Err(StoreError::Control {
-                path: self.path.clone(),
-                reason: format!(
-                    "format {} is not the supported {CONTROL_FORMAT}",
-                    control.format
-                ),
-            });
-        }
+        let control = Control::decode(raw.value()).map_err(|reason| StoreError::Control {
+            path: self.path.clone(),
+            reason,
+        })?;
         Ok(Some(control))
     }
 

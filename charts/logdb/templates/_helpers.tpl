@@ -30,3 +30,37 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "logdb.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{- /* What the controller does, verb by verb (controller.rs): see rbac.yaml. */ -}}
+{{- define "logdb.rules" -}}
+- apiGroups: ["logdb.io"]
+  resources: ["logvolumes"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["logdb.io"]
+  resources: ["logvolumes/status"]
+  verbs: ["patch"]
+- apiGroups: ["logdb.io"]
+  resources: ["logvolumes/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["services", "configmaps"]
+  verbs: ["create", "patch"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create", "patch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use logdb_compute::benchkit::{connect, load_schema, pgbench, schema, start_writer};
+use logdb_compute::benchkit::{
+    connect, load_schema, pgbench, schema, start_writer, start_writer_with,
+};
 use logdb_compute::layout::{Layout, Member, ProtectionGroup};
 use logdb_compute::tcp_proxy::Proxy;
 use logdb_storage::testkit::{percentile, scrape, StorageProcess, TempDir};
@@ -179,6 +181,25 @@ fn sqlite_peer(dir: &Path, journal: &str, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// pgbench's TPC-B-like load on the writer at `port` for the run's seconds and scale.
+fn run_pgbench(
+    args: &Args,
+    port: u16,
+    clients: usize,
+    dir: &std::path::Path,
+    sslmode: &str,
+) -> anyhow::Result<(u64, f64, Vec<f64>)> {
+    pgbench(
+        port,
+        clients,
+        args.seconds,
+        args.scale,
+        dir,
+        "vol1",
+        sslmode,
+    )
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -260,7 +281,7 @@ async fn main() -> anyhow::Result<()> {
             let (r, b) = redo_counts(k);
             redo_before.push((scrape_sum(m, &r).await, scrape_sum(m, &b).await));
         }
-        let (tx, _, _) = pgbench(writer.port, clients, args.seconds, args.scale, &dir, "vol1")?;
+        let (tx, _, _) = run_pgbench(&args, writer.port, clients, &dir, "disable")?;
         let bytes = (shipped(&proxies) - before) as f64 / tx.max(1) as f64;
         let mut redo = serde_json::Map::new();
         for (k, (r0, b0)) in kinds.iter().zip(redo_before) {
@@ -302,7 +323,23 @@ async fn main() -> anyhow::Result<()> {
         ..layout.clone()
     };
     std::fs::write(&layout_path, serde_json::to_vec_pretty(&direct)?)?;
-    let writer = start_writer(&bin_dir, &layout_path)?;
+    // The same writer serves plaintext and TLS clients: each pgbench run picks one.
+    let certs = logdb_common::pki::CertDir::new(dir.join("tls"));
+    let ca = certs.ca("bench")?;
+    let leaf = certs.issue(
+        &ca,
+        "server",
+        "bench",
+        &["127.0.0.1".into()],
+        logdb_common::pki::Usage::Server,
+    )?;
+    let tls_args = [
+        "--tls-cert".to_string(),
+        leaf.cert.display().to_string(),
+        "--tls-key".to_string(),
+        leaf.key.display().to_string(),
+    ];
+    let writer = start_writer_with(&bin_dir, &layout_path, &tls_args)?;
     // A restarted writer starts with a cold buffer pool: read every table once, as a running
     // database would have.
     let client = connect(writer.port, "vol1").await?;
@@ -318,11 +355,14 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(client);
     for &clients in &args.clients {
-        let (tx, tps, lat) = pgbench(writer.port, clients, args.seconds, args.scale, &dir, "vol1")?;
-        println!(
-            "{}",
-            json!({"bench": "commit_throughput", "system": "logdb", "clients": clients, "seconds": args.seconds, "transactions": tx, "tps": tps.round(), "p50_ms": (percentile(&lat, 0.5) * 1000.0).round() / 1000.0, "p99_ms": (percentile(&lat, 0.99) * 1000.0).round() / 1000.0})
-        );
+        // TLS off then on, on the same writer, one after the other.
+        for (tls, sslmode) in [(false, "disable"), (true, "require")] {
+            let (tx, tps, lat) = run_pgbench(&args, writer.port, clients, &dir, sslmode)?;
+            println!(
+                "{}",
+                json!({"bench": "commit_throughput", "system": "logdb", "tls": tls, "clients": clients, "seconds": args.seconds, "transactions": tx, "tps": tps.round(), "p50_ms": (percentile(&lat, 0.5) * 1000.0).round() / 1000.0, "p99_ms": (percentile(&lat, 0.99) * 1000.0).round() / 1000.0})
+            );
+        }
     }
     drop(writer);
     drop(nodes);

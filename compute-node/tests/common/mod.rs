@@ -112,6 +112,32 @@ pub struct Writer {
 
 pub const PASSWORD: &str = "s3cret";
 
+/// Runs psql on a connection string with `-c sql`; returns stdout, or stderr as the error.
+pub fn psql_at(conninfo: &str, password: &str, sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conninfo,
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 impl Writer {
     pub fn start(layout: &Path) -> Writer {
         Self::start_with(&["--layout", layout.to_str().expect("utf-8 path")])
@@ -123,6 +149,8 @@ impl Writer {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_logdb-compute"))
             .args(volume_args)
             .args(["--listen", "127.0.0.1:0", "--password", PASSWORD])
+            // Plaintext unless the test gives a certificate.
+            .args((!volume_args.contains(&"--tls-cert")).then_some("--insecure"))
             .env(
                 "RUST_LOG",
                 std::env::var("LOGDB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -201,33 +229,11 @@ impl Writer {
 
     /// Runs psql with `-c sql`; returns stdout, or stderr as the error.
     pub fn psql(&self, sql: &str) -> Result<String, String> {
-        let out = std::process::Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "logdb",
-                "-d",
-                "vol1",
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .expect("run psql");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        psql_at(
+            &format!("host=127.0.0.1 port={} user=logdb dbname=vol1", self.port),
+            PASSWORD,
+            sql,
+        )
     }
 
     pub fn kill9(&mut self) {

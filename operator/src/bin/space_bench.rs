@@ -149,8 +149,9 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     let history_before = commits(rw).await?;
     let (clients, seconds, scale, w2) = (args.clients, args.seconds, args.scale, work.clone());
-    let run =
-        tokio::task::spawn_blocking(move || pgbench(rw, clients, seconds, scale, &w2, "bench"));
+    let run = tokio::task::spawn_blocking(move || {
+        pgbench(rw, clients, seconds, scale, &w2, "bench", "prefer")
+    });
     let began = Instant::now();
     let every = Duration::from_secs(args.sample_seconds.max(1));
     while !run.is_finished() {
@@ -194,9 +195,10 @@ async fn main() -> anyhow::Result<()> {
     );
     for clients in [1usize, 16] {
         let (w2, secs, scale) = (work.clone(), args.throughput_seconds, args.scale);
-        let (tx, tps, mut lat) =
-            tokio::task::spawn_blocking(move || pgbench(rw, clients, secs, scale, &w2, "bench"))
-                .await??;
+        let (tx, tps, mut lat) = tokio::task::spawn_blocking(move || {
+            pgbench(rw, clients, secs, scale, &w2, "bench", "prefer")
+        })
+        .await??;
         lat.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
         println!(
             "{}",

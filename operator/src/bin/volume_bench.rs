@@ -129,9 +129,10 @@ async fn main() -> anyhow::Result<()> {
     let work = vol.dir.join("pgbench");
     std::fs::create_dir_all(&work)?;
     let (clients, seconds, scale, w2) = (args.clients, args.seconds, args.scale, work.clone());
-    let (tx, tps, lat) =
-        tokio::task::spawn_blocking(move || pgbench(rw, clients, seconds, scale, &w2, "bench"))
-            .await??;
+    let (tx, tps, lat) = tokio::task::spawn_blocking(move || {
+        pgbench(rw, clients, seconds, scale, &w2, "bench", "prefer")
+    })
+    .await??;
     stop.store(true, Ordering::Relaxed);
     reader.await?;
     let after = scrape(&replica_metrics).await;

@@ -5,6 +5,7 @@
 pub mod binaries;
 pub mod child;
 pub mod control;
+pub mod credentials;
 pub mod endpoint;
 pub mod state;
 pub mod status;

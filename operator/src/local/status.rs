@@ -151,11 +151,11 @@ impl LocalStatus {
         );
         let _ = writeln!(
             out,
-            "writer {} at {} ({})  VDL {vdl}  psql {}",
+            "writer {} at {} ({})  VDL {vdl}  psql '{}'",
             self.writer.id, self.writer.address, self.writer.process, self.writer.psql
         );
         if !self.replicas.is_empty() {
-            let _ = writeln!(out, "replicas (read-only psql {}):", self.read_only_psql);
+            let _ = writeln!(out, "replicas (read-only psql '{}'):", self.read_only_psql);
             for r in &self.replicas {
                 let rp = r
                     .read_point

@@ -24,6 +24,7 @@ use tokio::sync::{Mutex, Notify};
 use super::binaries::Binaries;
 use super::child::Child;
 use super::control::{self, Reply, Request};
+use super::credentials::{psql_url, LocalCredentials};
 use super::endpoint::{self, Endpoint};
 use super::state::{bind_port, DirLock, LocalState, Runtime, DEFAULT_PG_PORT};
 use super::status::{self, LocalStatus, NodeStatus, ReplicaStatus, WriterStatus};
@@ -53,6 +54,8 @@ pub struct UpOptions {
     pub bin_dir: Option<PathBuf>,
     /// Print JSON lines instead of text.
     pub json: bool,
+    /// No TLS and no password: every local client is trusted.
+    pub insecure: bool,
 }
 
 enum Slot {
@@ -85,6 +88,8 @@ struct Supervisor {
     slots: Mutex<BTreeMap<String, Slot>>,
     down: Notify,
     json: bool,
+    /// The CA, certificate and password of the PostgreSQL ports; `None` with `--insecure`.
+    creds: Option<LocalCredentials>,
 }
 
 /// Runs `logdb up` until Ctrl-C, SIGTERM or `logdb down`.
@@ -97,6 +102,11 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
     let endpoints = bind_endpoints(&mut state)?;
     state.save(dir)?;
     let bins = Binaries::find(opts.bin_dir.as_deref())?;
+    let creds = if opts.insecure {
+        None
+    } else {
+        Some(LocalCredentials::prepare(dir, &state.volume)?)
+    };
     let control = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(LocalError::io("binding the control endpoint"))?;
@@ -115,6 +125,7 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
         slots: Mutex::new(BTreeMap::new()),
         down: Notify::new(),
         json: opts.json,
+        creds,
     });
     sup.say(
         "starting",
@@ -338,9 +349,9 @@ impl Supervisor {
                 serde_json::json!({"event": "ready", "volume": st.volume, "psql": st.writer.psql, "read_only_psql": st.read_only_psql, "writer": st.writer.id, "epoch": st.epoch, "data_dir": st.data_dir})
             );
         } else {
-            println!("ready: psql {}", st.writer.psql);
+            println!("ready: psql '{}'", st.writer.psql);
             if !st.replicas.is_empty() {
-                println!("read-only (replicas): psql {}", st.read_only_psql);
+                println!("read-only (replicas): psql '{}'", st.read_only_psql);
             }
             println!("`logdb status` shows the volume; Ctrl-C or `logdb down` stops it.");
         }
@@ -366,11 +377,12 @@ impl Supervisor {
                 "--replication-listen",
                 any,
             ];
-            return Ok((
-                c.id.clone(),
-                self.bins.compute.clone(),
-                args.map(String::from).to_vec(),
-            ));
+            let mut args = args.map(String::from).to_vec();
+            match &self.creds {
+                Some(creds) => args.extend(creds.compute_args()),
+                None => args.extend(["--auth", "trust", "--insecure"].map(String::from)),
+            }
+            return Ok((c.id.clone(), self.bins.compute.clone(), args));
         }
         let n = s.node(id)?;
         let retention = s
@@ -716,7 +728,7 @@ impl Supervisor {
         let gauge = |text: &str, name: &str| {
             (!text.is_empty()).then(|| logdb_common::metrics_http::sum(text, name) as u64)
         };
-        let rw_psql = format!("postgresql://logdb@127.0.0.1:{}/{}", s.rw_port, s.volume);
+        let rw_psql = psql_url(s.rw_port, &s.volume, self.creds.as_ref());
         let mut writer = None;
         let mut replicas = Vec::new();
         for (c, text) in s.computes.iter().zip(&scrapes) {
@@ -763,7 +775,7 @@ impl Supervisor {
             phase: status::phase(writer.process == "running", healthy_nodes).into(),
             epoch: volume.as_ref().map_or(0, |v| v.epoch.0),
             writer,
-            read_only_psql: format!("postgresql://logdb@127.0.0.1:{}/{}", s.ro_port, s.volume),
+            read_only_psql: psql_url(s.ro_port, &s.volume, self.creds.as_ref()),
             replicas,
             protection_groups: volume.as_ref().map_or(0, |v| v.pgs.len() as u32),
             used_bytes: volume.as_ref().map_or(0, |v| v.used_bytes),

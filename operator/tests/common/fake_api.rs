@@ -46,6 +46,18 @@ fn in_collection(key: &str, path: &str) -> bool {
     parts.len() == 3 && parts[1] == resource
 }
 
+/// Whether `key` names a collection (`/api/v1/namespaces/ns/secrets`), not one object
+/// (`/api/v1/namespaces/ns/secrets/orders-server-tls`), by its shape.
+fn is_collection(key: &str) -> bool {
+    let parts: Vec<&str> = key.trim_start_matches('/').split('/').collect();
+    let namespaced = parts.contains(&"namespaces");
+    match parts.first() {
+        Some(&"api") => parts.len() == if namespaced { 5 } else { 3 },
+        Some(&"apis") => parts.len() == if namespaced { 6 } else { 4 },
+        _ => false,
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct FakeApi {
     pub store: Arc<Mutex<Store>>,
@@ -197,7 +209,7 @@ impl FakeApi {
                         selected(v, &sel)
                     })
                     .collect();
-                if items.is_empty() && !key.ends_with('s') {
+                if items.is_empty() && !is_collection(&key) {
                     return status(
                         StatusCode::NOT_FOUND,
                         "NotFound",

@@ -139,6 +139,7 @@ pub fn psql(url: &str, sql: &str) -> Result<String, String> {
         .args([
             url,
             "-X",
+            "-w",
             "-q",
             "-t",
             "-A",
@@ -147,6 +148,7 @@ pub fn psql(url: &str, sql: &str) -> Result<String, String> {
             "-c",
             sql,
         ])
+        .env_remove("PGPASSWORD")
         .output()
         .expect("psql is installed");
     if out.status.success() {
