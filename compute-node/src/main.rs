@@ -104,6 +104,10 @@ struct Args {
     /// max_connections).
     #[arg(long, default_value_t = 100)]
     max_connections: usize,
+    /// Largest result one query may return, in bytes: results are built whole before they are
+    /// sent, so this bounds a session's memory; past it the query fails with SQLSTATE 54000.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_result_bytes: usize,
     /// How long (ms) a transaction waits under back-pressure (--lal) before it is refused.
     #[arg(long, default_value_t = 60_000)]
     backpressure_timeout_ms: u64,
@@ -366,6 +370,7 @@ async fn main() -> anyhow::Result<()> {
         write_turn: Arc::default(),
         connections: Arc::new(tokio::sync::Semaphore::new(args.max_connections)),
         max_connections: args.max_connections,
+        max_result_bytes: args.max_result_bytes,
         idle_in_transaction_timeout: (args.idle_in_transaction_timeout_ms > 0)
             .then(|| std::time::Duration::from_millis(args.idle_in_transaction_timeout_ms)),
     });

@@ -248,7 +248,11 @@ pub struct TlsFiles {
 pub struct PgAuth {
     pub method: Method,
     lookup: Arc<UserLookup>,
-    scram: ScramAuth,
+    /// SCRAM for plaintext clients: SCRAM-SHA-256 only (libpq refuses a server that offers
+    /// channel binding over a connection that has none).
+    scram_plain: ScramAuth,
+    /// SCRAM for TLS clients: also SCRAM-SHA-256-PLUS, bound to the server certificate.
+    scram_tls: ScramAuth,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Plaintext clients are refused (PostgreSQL's `hostssl`).
     pub require_tls: bool,
@@ -296,7 +300,8 @@ impl PgAuth {
             users: Arc::new(users),
             nobody: Secret::from_password(&hex(&random_bytes(32))),
         });
-        let (acceptor, scram) = match &tls {
+        let scram_plain = ScramAuth::new(Arc::clone(&lookup) as Arc<dyn AuthSource>);
+        let (acceptor, scram_tls) = match &tls {
             Some(files) => {
                 let mut config = logdb_common::tls::server_config(&files.cert, &files.key, None)?;
                 Arc::get_mut(&mut config)
@@ -316,22 +321,25 @@ impl PgAuth {
                 }
                 (Some(tokio_rustls::TlsAcceptor::from(config)), scram)
             }
-            None => (
-                None,
-                ScramAuth::new(Arc::clone(&lookup) as Arc<dyn AuthSource>),
-            ),
+            None => (None, scram_plain.clone()),
         };
         Ok(PgAuth {
             method,
             lookup,
-            scram,
+            scram_plain,
+            scram_tls,
             tls: acceptor,
             require_tls,
         })
     }
 
-    pub(crate) fn scram(&self) -> ScramAuth {
-        self.scram.clone()
+    /// The SCRAM mechanisms to offer a client on a TLS (`secure`) or plaintext connection.
+    pub(crate) fn scram(&self, secure: bool) -> ScramAuth {
+        if secure {
+            self.scram_tls.clone()
+        } else {
+            self.scram_plain.clone()
+        }
     }
 
     pub(crate) fn md5_source(&self) -> Arc<UserLookup> {

@@ -46,6 +46,8 @@ pub struct ServerContext {
     /// A permit per client session; none left: the client is refused (53300).
     pub connections: Arc<tokio::sync::Semaphore>,
     pub max_connections: usize,
+    /// Largest result a statement may buffer, in bytes (SQLSTATE 54000 past it).
+    pub max_result_bytes: usize,
     /// A session idle this long inside a transaction that holds the write turn is rolled back
     /// and ended (PostgreSQL's `idle_in_transaction_session_timeout`, SQLSTATE 25P03); `None`:
     /// never.
@@ -251,6 +253,7 @@ impl Session {
         let timeout = self.settings.lock().expect("settings").statement_timeout;
         let conn = Arc::clone(&self.conn);
         let engine = Arc::clone(&self.ctx.engine);
+        let max_result = self.ctx.max_result_bytes;
         let started = Instant::now();
         // Writers queue here, in order and without holding a thread, instead of spinning on
         // SQLite's lock; the turn ends when the transaction does (before the durability wait,
@@ -282,7 +285,7 @@ impl Session {
         let ran = tokio::task::spawn_blocking(move || {
             let _ = vfs::take_read_lsn();
             let out = conn.with(left, |c| {
-                sql::execute(c, &engine, typing, &sql_text, &params)
+                sql::execute(c, &engine, typing, &sql_text, &params, max_result)
             });
             let lsns = (vfs::take_commit_lsn(), vfs::take_read_lsn());
             (out, lsns, conn.in_transaction())
@@ -788,8 +791,10 @@ impl PgWireServerHandlers for Handlers {
 /// The configured authentication: SCRAM-SHA-256, md5 or (only with `--insecure`) trust; with
 /// TLS required, a plaintext client is refused first.
 enum Auth {
+    /// For a plaintext client and for a TLS one (which is also offered channel binding); a
+    /// connection is one or the other from its first message on.
     Scram(
-        SASLAuthStartupHandler<DefaultServerParameterProvider>,
+        Box<[SASLAuthStartupHandler<DefaultServerParameterProvider>; 2]>,
         Arc<PgAuth>,
     ),
     Md5(
@@ -803,10 +808,13 @@ impl Auth {
     fn new(session: &Arc<Session>) -> Self {
         let auth = Arc::clone(&session.ctx.auth);
         match auth.method {
-            Method::ScramSha256 => Auth::Scram(
-                SASLAuthStartupHandler::new(Arc::new(parameters())).with_scram(auth.scram()),
-                auth,
-            ),
+            Method::ScramSha256 => {
+                let handler = |secure| {
+                    SASLAuthStartupHandler::new(Arc::new(parameters()))
+                        .with_scram(auth.scram(secure))
+                };
+                Auth::Scram(Box::new([handler(false), handler(true)]), auth)
+            }
             Method::Md5 => Auth::Md5(
                 Md5PasswordAuthStartupHandler::new(auth.md5_source(), Arc::new(parameters())),
                 auth,
@@ -846,7 +854,10 @@ impl StartupHandler for Auth {
             }
         }
         let result = match self {
-            Auth::Scram(h, _) => h.on_startup(client, message).await,
+            Auth::Scram(h, _) => {
+                let secure = client.is_secure();
+                h[usize::from(secure)].on_startup(client, message).await
+            }
             Auth::Md5(h, _) => h.on_startup(client, message).await,
             Auth::Trust(s, _) => s.on_startup(client, message).await,
         };

@@ -189,14 +189,30 @@ pub enum Typing {
     Declared,
 }
 
+/// SQLSTATE of a result larger than the server buffers (`program_limit_exceeded`).
+pub const RESULT_TOO_LARGE: &str = "54000";
+
+/// Bytes a value takes in a buffered result (what `--max-result-bytes` counts).
+fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::Text(t) => t.len() + 8,
+        Value::Blob(b) => b.len() + 8,
+        _ => 16,
+    }
+}
+
+/// Runs every statement of `sql`; the rows of all of them together may take at most
+/// `max_result_bytes` (else 54000, before more memory is taken).
 pub fn execute(
     conn: &Connection,
     engine: &Engine,
     typing: Typing,
     sql: &str,
     params: &[Value],
+    max_result_bytes: usize,
 ) -> Result<Vec<Outcome>, SqlError> {
     let sql = rewrite_params(sql);
+    let mut result_bytes = 0usize;
     crate::sql_guard::clear_refusal();
     let mut outcomes = Vec::new();
     let mut batch = rusqlite::Batch::new(conn, &sql);
@@ -251,6 +267,16 @@ pub fn execute(
                         ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
                         ValueRef::Blob(b) => Value::Blob(b.to_vec()),
                     });
+                }
+                result_bytes += vals.iter().map(value_bytes).sum::<usize>();
+                if result_bytes > max_result_bytes {
+                    return Err(SqlError::new(
+                        RESULT_TOO_LARGE,
+                        format!(
+                            "the result is too large: more than {max_result_bytes} bytes after {} rows (the server's --max-result-bytes); select fewer rows or columns (LIMIT/OFFSET, or a WHERE on a key)",
+                            rows.len() + 1
+                        ),
+                    ));
                 }
                 rows.push(vals);
             }

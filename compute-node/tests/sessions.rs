@@ -485,3 +485,48 @@ async fn a_transaction_rolled_back_by_a_timeout_refuses_everything_until_it_ends
     assert_eq!(n, 0, "neither the rolled-back row nor the refused one");
     c.batch_execute("INSERT INTO t VALUES (3)").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_past_max_result_bytes_is_refused_with_54000_and_the_session_goes_on() {
+    let cluster = Cluster::start(1, 1 << 12);
+    let layout = cluster.layout_path.to_str().unwrap().to_string();
+    let writer = Writer::start_with(&["--layout", &layout, "--max-result-bytes", "100000"]);
+    let c = writer.client().await;
+    c.batch_execute(
+        "CREATE TABLE big (k INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO big SELECT value, hex(zeroblob(100)) FROM (WITH RECURSIVE c(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM c WHERE value < 1000) SELECT value FROM c)",
+    )
+    .await
+    .unwrap();
+    let err = c.simple_query("SELECT * FROM big").await.unwrap_err();
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(db.code().code(), "54000", "{db:?}");
+    assert!(
+        db.message().contains("--max-result-bytes") && db.message().contains("LIMIT"),
+        "{}",
+        db.message()
+    );
+    // The same through the extended protocol, inside a transaction that stays usable.
+    c.batch_execute("BEGIN").await.unwrap();
+    let err = c
+        .query("SELECT v FROM big WHERE k > $1", &[&"0"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|d| d.code().code()),
+        Some("54000"),
+        "{err:?}"
+    );
+    let rows = c
+        .query("SELECT k FROM big ORDER BY k LIMIT 10", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 10);
+    c.batch_execute("COMMIT").await.unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM big", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1000);
+}

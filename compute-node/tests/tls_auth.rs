@@ -139,6 +139,27 @@ fn psql_verify_full_with_scram_works_and_every_bad_client_is_refused_with_a_reas
 }
 
 #[test]
+fn without_require_tls_plaintext_and_tls_clients_both_log_in_with_scram() {
+    // A server with a certificate offers channel binding only over TLS: libpq refuses a
+    // server that offers SCRAM-SHA-256-PLUS on a plaintext connection.
+    let cluster = Cluster::start(1, 256);
+    let tls = certificates();
+    let w = start(&cluster, &tls, &[]);
+    let plain = conninfo(w.port, "logdb", "sslmode=disable");
+    assert_eq!(psql(&plain, PASSWORD, "SELECT 1").unwrap().trim(), "1");
+    let secure = format!(
+        "{} channel_binding=require",
+        conninfo(w.port, "logdb", &verify_full(&tls.ca))
+    );
+    assert_eq!(psql(&secure, PASSWORD, "SELECT 2").unwrap().trim(), "2");
+    let err = psql(&plain, "wrong", "SELECT 1").unwrap_err();
+    assert!(
+        err.contains("password authentication failed for user \"logdb\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn md5_only_when_asked_for_and_the_refusal_past_max_connections_goes_over_tls() {
     let cluster = Cluster::start(1, 256);
     let tls = certificates();
