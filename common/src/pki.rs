@@ -138,10 +138,8 @@ impl Ca {
                 Err(_) => Ok(SanType::DnsName(n.as_str().try_into()?)),
             })
             .collect::<Result<_, rcgen::Error>>()?;
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        // ECDSA keys sign; key encipherment is for RSA key exchange (RFC 5480 forbids it here).
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = match usage {
             Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
             Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
@@ -190,13 +188,26 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 pub fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    use std::os::unix::fs::PermissionsExt;
+    // A temporary name of this file's own (a key and its certificate never share one), made
+    // afresh: a leftover of a crash is removed, not reused with its old mode, and a symlink
+    // planted there is not followed.
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),
+        _ => {}
+    }
+    let mode = if secret { 0o600 } else { 0o644 };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 })
+        .create_new(true)
+        .mode(mode)
         .open(&tmp)
+        .map_err(io(&tmp))?;
+    // The umask may have taken bits away, never added any; set exactly what is meant.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io(&tmp))?;
     f.write_all(contents.as_bytes()).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;

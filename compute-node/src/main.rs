@@ -142,6 +142,7 @@ fn pg_auth(args: &Args) -> anyhow::Result<PgAuth> {
         None => Users::default(),
     };
     if let Some(p) = &args.password {
+        anyhow::ensure!(!p.is_empty(), "--password (LOGDB_PASSWORD) is empty");
         users.add_password(&args.user, p);
     }
     let method = match args.auth {

@@ -208,8 +208,10 @@ impl Users {
 #[derive(Debug)]
 pub struct UserLookup {
     users: Arc<Users>,
-    /// A verifier no password matches, for unknown users (made once).
-    nobody: Secret,
+    /// Makes the verifier of a user who does not exist: no password matches it, and its salt
+    /// is fixed per name (PostgreSQL's mock salt) so probing twice does not tell an unknown
+    /// name from a real one.
+    mock: ring::hmac::Key,
 }
 
 #[async_trait]
@@ -228,8 +230,26 @@ impl AuthSource for UserLookup {
 
     async fn get_scram_secret(&self, login: &LoginInfo) -> PgWireResult<(ScramSecret, Option<()>)> {
         let user = login.user().unwrap_or("");
-        let secret = self.users.users.get(user).unwrap_or(&self.nobody);
-        Ok((secret.scram(), None))
+        let secret = match self.users.users.get(user) {
+            Some(s) => s.scram(),
+            None => self.mock_secret(user),
+        };
+        Ok((secret, None))
+    }
+}
+
+impl UserLookup {
+    fn mock_secret(&self, user: &str) -> ScramSecret {
+        let derive = |what: &str| {
+            let tag = ring::hmac::sign(&self.mock, format!("{what}\0{user}").as_bytes());
+            tag.as_ref().to_vec()
+        };
+        ScramSecret::Verifier {
+            salt: derive("salt")[..16].to_vec(),
+            iterations: SCRAM_ITERATIONS,
+            stored_key: derive("stored"),
+            server_key: derive("server"),
+        }
     }
 }
 
@@ -298,7 +318,7 @@ impl PgAuth {
         }
         let lookup = Arc::new(UserLookup {
             users: Arc::new(users),
-            nobody: Secret::from_password(&hex(&random_bytes(32))),
+            mock: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &random_bytes(32)),
         });
         let scram_plain = ScramAuth::new(Arc::clone(&lookup) as Arc<dyn AuthSource>);
         let (acceptor, scram_tls) = match &tls {
@@ -408,6 +428,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("names no user"));
+    }
+
+    #[test]
+    fn an_unknown_user_looks_like_a_real_one_to_a_prober() {
+        let mut users = Users::default();
+        users.add_password("logdb", "pw");
+        let auth = PgAuth::new(Method::ScramSha256, users, None, false, true).unwrap();
+        let salt = |s: ScramSecret| match s {
+            ScramSecret::Verifier {
+                salt, iterations, ..
+            } => (salt, iterations),
+            _ => unreachable!(),
+        };
+        let (a, ia) = salt(auth.lookup.mock_secret("mallory"));
+        let (b, _) = salt(auth.lookup.mock_secret("mallory"));
+        let (c, _) = salt(auth.lookup.mock_secret("eve"));
+        assert_eq!(a, b, "the same unknown name gets the same salt every time");
+        assert_ne!(a, c, "different names get different salts");
+        let (real, ir) = salt(auth.lookup.users.users["logdb"].scram());
+        assert_eq!(
+            (a.len(), ia),
+            (real.len(), ir),
+            "same salt length and iterations as a real user"
+        );
     }
 
     #[test]

@@ -862,6 +862,15 @@ impl StartupHandler for Auth {
             Auth::Trust(s, _) => s.on_startup(client, message).await,
         };
         result.map_err(|e| match e {
+            // Whatever fails before the client is in ends the connection: a non-fatal error
+            // here would leave it at ReadyForQuery without having authenticated.
+            e if !e.is_fatal() && !matches!(e, PgWireError::InvalidPassword(_)) => {
+                PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".into(),
+                    crate::pg_auth::INVALID_AUTHORIZATION.into(),
+                    format!("authentication failed: {e}"),
+                )))
+            }
             // SCRAM names the user of its own message (empty from libpq): name the session's.
             PgWireError::InvalidPassword(_) => {
                 let login = LoginInfo::from_client_info(client);
@@ -976,7 +985,9 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
         let (socket, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
+                // Out of file descriptors, most likely: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -986,8 +997,17 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
                 ctx.max_connections
             );
             tracing::warn!(%peer, max = ctx.max_connections, "client refused: too many sessions");
-            let tls = ctx.auth.tls.clone();
-            tokio::spawn(async move { refuse(socket, tls, TOO_MANY_CONNECTIONS, &message).await });
+            // At most 32 refusals at once (each may do a TLS handshake); past that the socket
+            // is just closed.
+            static REFUSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
+            if let Ok(slot) = REFUSING.try_acquire() {
+                slot.forget();
+                let tls = ctx.auth.tls.clone();
+                tokio::spawn(async move {
+                    refuse(socket, tls, TOO_MANY_CONNECTIONS, &message).await;
+                    REFUSING.add_permits(1);
+                });
+            }
             continue;
         };
         let ctx = Arc::clone(&ctx);

@@ -240,14 +240,15 @@ async fn ensure_secrets(
     client: &Client,
     ns: &str,
     lv: &LogVolume,
-) -> Result<Result<u64, String>, ControllerError> {
+) -> Result<Result<(u64, String), String>, ControllerError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let app = secrets::app_secret_name(lv);
-    match api.get_opt(&app).await? {
+    let login = match api.get_opt(&app).await? {
         Some(s) => {
             if let Some(problem) = secrets::app_secret_problem(&s) {
                 return Ok(Err(problem));
             }
+            secrets::login_hash(&s)
         }
         None if lv.spec.app_secret.is_some() => {
             return Ok(Err(format!(
@@ -257,8 +258,10 @@ async fn ensure_secrets(
         None => {
             let password = logdb_common::pki::random_password();
             create_once(&api, &secrets::app_secret(lv, &password)).await?;
+            // Another reconcile may have made it first: what is stored is what pods read.
+            secrets::login_hash(&api.get(&app).await?)
         }
-    }
+    };
     let ca_name = secrets::ca_secret_name(lv);
     let installation = format!("{ns}/{}", lv.name_any());
     let ca = match api
@@ -292,12 +295,13 @@ async fn ensure_secrets(
             .issue(&lv.name_any(), &secrets::server_names(lv), Usage::Server)
             .map_err(|e| ControllerError::Config(e.to_string()))?;
         apply::<Secret>(client, ns, &secrets::server_secret(lv, &ca.cert_pem, &leaf)).await?;
-        return Ok(Ok(leaf.not_after_unix));
+        return Ok(Ok((leaf.not_after_unix, login)));
     }
-    Ok(Ok(server
+    let not_after = server
         .as_ref()
         .and_then(|s| secrets::not_after(s, &ca.cert_pem))
-        .unwrap_or_default()))
+        .unwrap_or_default();
+    Ok(Ok((not_after, login)))
 }
 
 /// Something the user must fix: the `Ready` condition and a Warning say what; look again after
@@ -408,15 +412,15 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
     let mut desired =
         objects::desired(&lv, &ctx.settings, storage_pods).map_err(ControllerError::Config)?;
     let pvc_bytes = keep_volume_claims(&ctx.client, &ns, &mut desired).await?;
-    let not_after = match ensure_secrets(&ctx.client, &ns, &lv).await? {
+    let (not_after, login) = match ensure_secrets(&ctx.client, &ns, &lv).await? {
         Ok(t) => t,
         Err(msg) => return not_ready(&ctx, &lv, &api, status, "AppSecretInvalid", msg, 30).await,
     };
-    // A renewed certificate rolls the compute pods onto it.
+    // A renewed certificate, or a changed login, rolls the compute pods onto it.
     if let Some(t) = desired.compute.spec.template.metadata.as_mut() {
-        t.annotations
-            .get_or_insert_with(Default::default)
-            .insert(secrets::NOT_AFTER.into(), not_after.to_string());
+        let a = t.annotations.get_or_insert_with(Default::default);
+        a.insert(secrets::NOT_AFTER.into(), not_after.to_string());
+        a.insert(secrets::LOGIN_HASH.into(), login);
     }
     apply_all(&ctx.client, &ns, &desired).await?;
 

@@ -23,6 +23,28 @@ use crate::spec::LogVolume;
 
 /// Annotation with a certificate's expiry, in seconds since the Unix epoch.
 pub const NOT_AFTER: &str = "logdb.io/not-after";
+/// Pod-template annotation with a digest of the login the compute pods read (they take it as
+/// environment variables at start, so a changed Secret must restart them).
+pub const LOGIN_HASH: &str = "logdb.io/login-sha256";
+
+/// A digest (SHA-256, first 16 bytes, hex) of an app Secret's username and password.
+pub fn login_hash(s: &Secret) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for key in ["username", "password"] {
+        let v = s
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map_or(&[][..], |v| &v.0[..]);
+        ctx.update(&(v.len() as u64).to_le_bytes());
+        ctx.update(v);
+    }
+    ctx.finish().as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The user the operator makes.
 pub const APP_USER: &str = "app";
 /// Where compute pods mount the server certificate.
@@ -121,6 +143,8 @@ pub fn server_names(lv: &LogVolume) -> Vec<String> {
         names.push(format!("{svc}.{ns}"));
         names.push(format!("{svc}.{ns}.svc"));
         names.push(format!("*.{svc}.{ns}.svc"));
+        names.push(format!("{svc}.{ns}.svc.cluster.local"));
+        names.push(format!("*.{svc}.{ns}.svc.cluster.local"));
     }
     names.push("localhost".into());
     names

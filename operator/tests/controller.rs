@@ -501,6 +501,21 @@ async fn a_named_app_secret_must_exist_and_a_certificate_near_expiry_is_renewed(
     let compute = s.api.get(&format!("{SETS}/orders-compute")).unwrap();
     let env = compute["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
     assert!(env.contains("shop-login"), "{env}");
+    // The user changes the password: the compute pods are rolled to read the new one.
+    let hash = |s: &Setup| {
+        s.api.get(&format!("{SETS}/orders-compute")).unwrap()["spec"]["template"]["metadata"]
+            ["annotations"]["logdb.io/login-sha256"]
+            .clone()
+    };
+    let before = hash(&s);
+    assert!(before.is_string());
+    s.api.put(
+        &format!("{SECRETS}/shop-login"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-login", "namespace": "shop"},
+               "type": "kubernetes.io/basic-auth", "data": {"username": "c2hvcA==", "password": "bmV3"}}),
+    );
+    s.reconcile().await;
+    assert_ne!(hash(&s), before, "a changed login rolls the pods");
 
     // A certificate with a week left is issued again (and the pods roll onto it).
     let path = format!("{SECRETS}/orders-server-tls");
