@@ -295,7 +295,7 @@ impl PgAuth {
     /// plaintext-only needs `insecure`, and requiring TLS needs a certificate.
     pub fn new(
         method: Method,
-        users: Users,
+        mut users: Users,
         tls: Option<TlsFiles>,
         require_tls: bool,
         insecure: bool,
@@ -309,6 +309,24 @@ impl PgAuth {
                 return refuse("no users: give --password (and --user), or --users-file; or --auth trust --insecure")
             }
             _ => {}
+        }
+        if method == Method::Md5 {
+            // md5 needs the password itself; a user stored as a SCRAM verifier could never log in.
+            if let Some(name) = users
+                .users
+                .iter()
+                .find(|(_, s)| s.password.is_none())
+                .map(|(n, _)| n)
+            {
+                return Err(AuthConfigError::Refused(format!(
+                    "user {name:?} is stored as a SCRAM verifier, which md5 cannot check: give its password, or use --auth scram-sha-256"
+                )));
+            }
+        } else {
+            // Only md5 needs a password in the clear; SCRAM keeps the verifier alone.
+            for s in users.users.values_mut() {
+                s.password = None;
+            }
         }
         if tls.is_none() && !insecure {
             return refuse("no TLS certificate: give --tls-cert and --tls-key, or pass --insecure to serve plaintext");
@@ -491,6 +509,23 @@ mod tests {
             true
         ))
         .contains("--require-tls"));
-        assert!(PgAuth::new(Method::ScramSha256, users, None, false, true).is_ok());
+        let scram = PgAuth::new(Method::ScramSha256, users.clone(), None, false, true).unwrap();
+        assert!(
+            scram
+                .lookup
+                .users
+                .users
+                .values()
+                .all(|s| s.password.is_none()),
+            "SCRAM keeps no password in the clear"
+        );
+        let md5 = PgAuth::new(Method::Md5, users.clone(), None, false, true).unwrap();
+        assert!(md5.lookup.users.users["logdb"].password.is_some());
+        let mut verifier_only = users;
+        verifier_only.users.get_mut("logdb").unwrap().password = None;
+        assert!(
+            err(PgAuth::new(Method::Md5, verifier_only, None, false, true))
+                .contains("SCRAM verifier")
+        );
     }
 }
