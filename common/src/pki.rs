@@ -161,19 +161,26 @@ impl Ca {
 
 /// A random password of 24 letters and digits (~142 bits), from the system's random source.
 pub fn random_password() -> String {
-    use ring::rand::SecureRandom;
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
-    let rng = ring::rand::SystemRandom::new();
     let mut out = String::with_capacity(24);
     while out.len() < 24 {
-        let mut b = [0u8; 1];
-        rng.fill(&mut b).expect("the system's random source");
+        let b = random_bytes(1)[0] as usize;
         // Rejection sampling keeps every letter equally likely.
-        if (b[0] as usize) < 256 - 256 % ALPHABET.len() {
-            out.push(ALPHABET[b[0] as usize % ALPHABET.len()] as char);
+        if b < 256 - 256 % ALPHABET.len() {
+            out.push(ALPHABET[b % ALPHABET.len()] as char);
         }
     }
     out
+}
+
+/// `n` bytes from the system's random source (salts, keys, passwords).
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use ring::rand::SecureRandom;
+    let mut b = vec![0; n];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("the system's random source");
+    b
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {

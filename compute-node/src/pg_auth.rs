@@ -59,14 +59,7 @@ impl Debug for Secret {
     }
 }
 
-fn random_bytes(n: usize) -> Vec<u8> {
-    use ring::rand::SecureRandom;
-    let mut b = vec![0; n];
-    ring::rand::SystemRandom::new()
-        .fill(&mut b)
-        .expect("the system's random source");
-    b
-}
+use logdb_common::pki::random_bytes;
 
 impl Secret {
     fn from_password(password: &str) -> Secret {
