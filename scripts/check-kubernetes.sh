@@ -35,7 +35,8 @@ trap 'rm -rf "$out"' EXIT
 # Namespace-scoped: a Role and RoleBinding per watched namespace, no ClusterRole.
 "$helm" template logdb charts/logdb --namespace logdb-system --set 'watchNamespaces={shop,web}' >"$out/chart-namespaced.yaml"
 grep -q '^kind: ClusterRole' "$out/chart-namespaced.yaml" && { echo "a namespace-scoped install made a ClusterRole" >&2; exit 1; }
-[ "$(grep -c '^kind: Role$' "$out/chart-namespaced.yaml")" = 2 ] || { echo "expected a Role per watched namespace" >&2; exit 1; }
+[ "$(grep -c '^kind: Role$' "$out/chart-namespaced.yaml")" = 3 ] || { echo "expected a Role per watched namespace and one for the installation's CA" >&2; exit 1; }
+grep -q 'name: logdb-installation-ca' "$out/chart-namespaced.yaml" || { echo "a namespace-scoped install cannot keep the installation's CA" >&2; exit 1; }
 grep -q -- '--watch-namespaces=shop,web' "$out/chart-namespaced.yaml" || { echo "the operator is not told which namespaces to watch" >&2; exit 1; }
 validate "$out/chart.yaml" "$out/chart-single.yaml" "$out/chart-namespaced.yaml" crds/logvolume.yaml
 # The same objects parsed into their k8s-openapi types, unchanged by the round trip.

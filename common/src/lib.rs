@@ -6,6 +6,7 @@ pub mod durable_file;
 pub mod grpc_listener;
 pub mod logging;
 pub mod metrics_http;
+pub mod peer_tls;
 pub mod pki;
 pub mod shutdown;
 pub mod stats;

@@ -76,10 +76,12 @@ struct Args {
     /// Refuse clients that do not use TLS (PostgreSQL's `hostssl`).
     #[arg(long)]
     require_tls: bool,
-    /// Allow what is unsafe on a network: serving plaintext without a certificate, and
-    /// --auth trust.
+    /// Allow what is unsafe on a network: serving plaintext without a certificate, --auth
+    /// trust, and plaintext to the other parts without --peer-* certificates.
     #[arg(long)]
     insecure: bool,
+    #[command(flatten)]
+    peer_tls: logdb_common::peer_tls::PeerTlsArgs,
     /// A replica holds the storage's history from its read point (so GC keeps what it reads)
     /// while that read point is at most this old, in seconds; 0: twice the retention window.
     #[arg(long, default_value_t = 0)]
@@ -219,6 +221,11 @@ async fn main() -> anyhow::Result<()> {
     logdb_common::logging::init();
     let args = Args::parse();
     let auth = Arc::new(pg_auth(&args).context("the PostgreSQL port's authentication")?);
+    logdb_common::peer_tls::install(
+        args.peer_tls
+            .transport(args.insecure)
+            .context("the connections to the other parts")?,
+    )?;
     let pg = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

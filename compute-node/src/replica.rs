@@ -22,7 +22,7 @@ use logdb_types::page_apply;
 use logdb_types::record::RedoRecord;
 use logdb_types::{Epoch, Lsn, PageId};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::layout::Layout;
 use crate::metrics::ComputeMetrics;
@@ -127,7 +127,7 @@ impl Replica {
                 return Some(c.clone());
             }
         }
-        let c = Endpoint::from_shared(format!("http://{address}"))
+        let c = logdb_common::peer_tls::endpoint(address)
             .ok()?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)

@@ -84,6 +84,11 @@ impl proto::replication_server::Replication for FeedService {
         &self,
         r: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        logdb_common::peer_tls::authorize(
+            &r,
+            "the replication feed",
+            &[logdb_common::peer_tls::Role::Compute],
+        )?;
         if let Some(why) = self.shipper.fenced() {
             return Err(Status::failed_precondition(format!(
                 "this writer was fenced ({why}); follow the new writer"
@@ -121,13 +126,16 @@ impl proto::replication_server::Replication for FeedService {
 pub fn serve(listener: TcpListener, shipper: Arc<Shipper>) {
     let svc = proto::replication_server::ReplicationServer::new(FeedService { shipper })
         .max_encoding_message_size(256 << 20);
+    let mut server = match logdb_common::peer_tls::transport().server() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "TLS for the feed port; the feed is not served");
+            return;
+        }
+    };
     tokio::spawn(async move {
         let incoming = logdb_common::grpc_listener::incoming(listener);
-        if let Err(e) = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(incoming)
-            .await
-        {
+        if let Err(e) = server.add_service(svc).serve_with_incoming(incoming).await {
             tracing::error!(error = %e, "feed server stopped");
         }
     });
@@ -155,11 +163,13 @@ pub async fn subscribe(
     address: &str,
     replica_id: &str,
 ) -> Result<(Batch, Streaming<proto::FeedBatch>), String> {
-    let mut client =
-        proto::replication_client::ReplicationClient::connect(format!("http://{address}"))
-            .await
-            .map_err(|e| format!("connecting to the writer's feed at {address}: {e}"))?
-            .max_decoding_message_size(256 << 20);
+    let channel = logdb_common::peer_tls::endpoint(address)
+        .map_err(|e| format!("the writer's feed address {address}: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("connecting to the writer's feed at {address}: {e}"))?;
+    let mut client = proto::replication_client::ReplicationClient::new(channel)
+        .max_decoding_message_size(256 << 20);
     let mut stream = client
         .subscribe(proto::SubscribeRequest {
             replica_id: replica_id.to_string(),

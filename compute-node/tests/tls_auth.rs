@@ -1,17 +1,22 @@
 //! The PostgreSQL port's edge with real clients: psql over TLS with `sslmode=verify-full`
 //! against the installation's CA and SCRAM-SHA-256 (with channel binding), and each refusal —
 //! a wrong password, an unknown user, a plaintext client where TLS is required, a server
-//! certificate from another CA, the connection past `max_connections` — with its message.
+//! certificate from another CA, the connection past `max_connections` — with its message. The
+//! writer and its storage nodes speak mutual TLS to each other here, as `logdb up` runs them.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use common::{psql_at as psql, Cluster, Writer, PASSWORD};
+use logdb_common::peer_tls::Role;
 use logdb_common::pki::{Ca, CertDir, Usage};
+use logdb_storage::testkit::TestPki;
 
 struct Tls {
     _dir: tempfile::TempDir,
+    /// The certificates of the parts (the writer's and its storage nodes').
+    peers: TestPki,
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
@@ -35,7 +40,15 @@ fn certificates() -> Tls {
         cert: leaf.cert,
         key: leaf.key,
         _dir: dir,
+        peers: TestPki::new(),
     }
+}
+
+/// Six storage nodes that take records only from the installation's compute parts.
+fn cluster(tls: &Tls) -> Cluster {
+    let args = tls.peers.args(Role::Storage);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Cluster::start_opts(1, 256, 8192, &args)
 }
 
 fn start(cluster: &Cluster, tls: &Tls, extra: &[&str]) -> Writer {
@@ -48,7 +61,9 @@ fn start(cluster: &Cluster, tls: &Tls, extra: &[&str]) -> Writer {
         "--tls-key",
         tls.key.to_str().unwrap(),
     ];
-    Writer::start_with(&[&base[..], extra].concat())
+    let peer = tls.peers.args(Role::Compute);
+    let peer: Vec<&str> = peer.iter().map(String::as_str).collect();
+    Writer::start_with(&[&base[..], &peer, extra].concat())
 }
 
 fn conninfo(port: u16, user: &str, extra: &str) -> String {
@@ -61,8 +76,8 @@ fn verify_full(ca: &Path) -> String {
 
 #[test]
 fn psql_verify_full_with_scram_works_and_every_bad_client_is_refused_with_a_reason() {
-    let cluster = Cluster::start(1, 256);
     let tls = certificates();
+    let cluster = cluster(&tls);
     let w = start(&cluster, &tls, &["--require-tls"]);
     let secure = conninfo(w.port, "logdb", &verify_full(&tls.ca));
 
@@ -142,8 +157,8 @@ fn psql_verify_full_with_scram_works_and_every_bad_client_is_refused_with_a_reas
 fn without_require_tls_plaintext_and_tls_clients_both_log_in_with_scram() {
     // A server with a certificate offers channel binding only over TLS: libpq refuses a
     // server that offers SCRAM-SHA-256-PLUS on a plaintext connection.
-    let cluster = Cluster::start(1, 256);
     let tls = certificates();
+    let cluster = cluster(&tls);
     let w = start(&cluster, &tls, &[]);
     let plain = conninfo(w.port, "logdb", "sslmode=disable");
     assert_eq!(psql(&plain, PASSWORD, "SELECT 1").unwrap().trim(), "1");
@@ -161,8 +176,8 @@ fn without_require_tls_plaintext_and_tls_clients_both_log_in_with_scram() {
 
 #[test]
 fn md5_only_when_asked_for_and_the_refusal_past_max_connections_goes_over_tls() {
-    let cluster = Cluster::start(1, 256);
     let tls = certificates();
+    let cluster = cluster(&tls);
     let w = start(&cluster, &tls, &["--auth", "md5", "--max-connections", "1"]);
     let secure = conninfo(w.port, "logdb", &verify_full(&tls.ca));
     // md5 works when configured (channel binding cannot, so a client that requires it fails).
@@ -214,14 +229,21 @@ fn md5_only_when_asked_for_and_the_refusal_past_max_connections_goes_over_tls() 
 fn an_unsafe_configuration_does_not_start() {
     // Refused before the volume is even looked at.
     let layout = "/nonexistent/layout.json";
+    let tls = certificates();
+    let (cert, key) = (tls.cert.to_str().unwrap(), tls.key.to_str().unwrap());
     for (args, says) in [
         (vec!["--auth", "trust"], "--insecure"),
         (vec!["--password", "x"], "no TLS certificate"),
+        (
+            vec!["--password", "x", "--tls-cert", cert, "--tls-key", key],
+            "no certificate for the connections between logdb's parts",
+        ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_logdb-compute"))
             .args(["--layout", layout, "--listen", "127.0.0.1:0"])
             .args(&args)
             .env_remove("LOGDB_PASSWORD")
+            .env_remove("LOGDB_PEER_CA")
             .output()
             .unwrap();
         assert!(!out.status.success(), "{args:?} started");

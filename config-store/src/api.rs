@@ -4,6 +4,7 @@
 //! stale epoch or a placement that cannot be met, UNAVAILABLE with the leader's address on a
 //! follower.
 
+use logdb_common::peer_tls::{authorize, Role};
 use logdb_types::Epoch;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -128,6 +129,14 @@ pub fn volume_to_proto(v: &model::Volume) -> proto::Volume {
     }
 }
 
+/// Who may make which request: volumes, failovers and the group itself are managed by members
+/// (the operator, `logdb up`); a storage node registers and heartbeats itself; a compute node
+/// takes tickets, registers and reports usage; anyone of the installation may read.
+const MEMBERS: &[Role] = &[Role::Config];
+const STORAGE: &[Role] = &[Role::Storage];
+const COMPUTE: &[Role] = &[Role::Compute];
+const ANY: &[Role] = &Role::ALL;
+
 impl ConfigSvc {
     async fn run(&self, cmd: Command) -> Result<Reply, Status> {
         propose(&self.raft, cmd).await.map_err(status)
@@ -144,6 +153,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::InitializeRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
+        authorize(&r, "Initialize", MEMBERS)?;
         let members: std::collections::BTreeMap<u64, openraft::BasicNode> = r
             .into_inner()
             .members
@@ -162,8 +172,9 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
 
     async fn leader(
         &self,
-        _r: Request<proto::Empty>,
+        r: Request<proto::Empty>,
     ) -> Result<Response<proto::LeaderReply>, Status> {
+        authorize(&r, "Leader", ANY)?;
         let m = self.raft.metrics().borrow().clone();
         let id = m.current_leader.unwrap_or(0);
         let address = m
@@ -179,6 +190,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::RegisterNodeRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
+        authorize(&r, "RegisterNode", STORAGE)?;
         let r = r.into_inner();
         self.run(Command::RegisterNode {
             id: r.id,
@@ -196,6 +208,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
+        authorize(&r, "Heartbeat", STORAGE)?;
         self.run(Command::Heartbeat {
             id: r.into_inner().id,
             now_ms: now_ms(),
@@ -208,6 +221,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::CreateVolumeRequest>,
     ) -> Result<Response<proto::Volume>, Status> {
+        authorize(&r, "CreateVolume", MEMBERS)?;
         let r = r.into_inner();
         let spec = r
             .spec
@@ -229,6 +243,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::VolumeRef>,
     ) -> Result<Response<proto::Empty>, Status> {
+        authorize(&r, "DeleteVolume", MEMBERS)?;
         self.run(Command::DeleteVolume {
             name: r.into_inner().name,
         })
@@ -240,6 +255,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::AcquireTicketRequest>,
     ) -> Result<Response<proto::Ticket>, Status> {
+        authorize(&r, "AcquireTicket", COMPUTE)?;
         let r = r.into_inner();
         match self
             .run(Command::AcquireTicket {
@@ -261,6 +277,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::ReportUsageRequest>,
     ) -> Result<Response<proto::UsageReply>, Status> {
+        authorize(&r, "ReportUsage", COMPUTE)?;
         let r = r.into_inner();
         match self
             .run(Command::ReportUsage {
@@ -285,6 +302,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::ReplaceMemberRequest>,
     ) -> Result<Response<proto::ProtectionGroup>, Status> {
+        authorize(&r, "ReplaceMember", MEMBERS)?;
         let r = r.into_inner();
         let new_node = (!r.new_node.is_empty()).then_some(r.new_node);
         match self
@@ -306,6 +324,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::RegisterComputeRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
+        authorize(&r, "RegisterCompute", COMPUTE)?;
         let r = r.into_inner();
         self.run(Command::RegisterCompute {
             volume: r.volume,
@@ -321,6 +340,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::FailoverRequest>,
     ) -> Result<Response<proto::Volume>, Status> {
+        authorize(&r, "Failover", MEMBERS)?;
         let r = r.into_inner();
         let target = (!r.target.is_empty()).then_some(r.target);
         match self
@@ -343,6 +363,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::VolumeRef>,
     ) -> Result<Response<Self::WatchVolumeStream>, Status> {
+        authorize(&r, "WatchVolume", ANY)?;
         let name = r.into_inner().name;
         let sm = self.sm.clone();
         let mut changes = sm.subscribe();
@@ -378,6 +399,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::VolumeRef>,
     ) -> Result<Response<proto::Volume>, Status> {
+        authorize(&r, "GetVolume", ANY)?;
         let name = r.into_inner().name;
         let state = self.sm.state().await;
         let v = state

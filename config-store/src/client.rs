@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
 use crate::api::proto::config_service_client::ConfigServiceClient;
@@ -17,10 +17,13 @@ pub struct ConfigClient {
     members: Vec<String>,
     leader: Mutex<Option<String>>,
     timeout: Duration,
+    /// One channel per member, kept: a channel reconnects by itself, and a TLS handshake per
+    /// call would cost more than the call.
+    channels: Mutex<std::collections::HashMap<String, Channel>>,
 }
 
 fn channel(addr: &str) -> Result<Channel, Status> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
+    Ok(logdb_common::peer_tls::endpoint(addr)
         .map_err(|e| Status::invalid_argument(format!("config store address {addr}: {e}")))?
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(5))
@@ -29,12 +32,23 @@ fn channel(addr: &str) -> Result<Channel, Status> {
 }
 
 impl ConfigClient {
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().expect("channels lock");
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = channel(addr)?;
+        channels.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
     /// `members`: the addresses of the group's members.
     pub fn new(members: Vec<String>) -> Self {
         ConfigClient {
             members,
             leader: Mutex::new(None),
             timeout: Duration::from_secs(30),
+            channels: Mutex::new(Default::default()),
         }
     }
 
@@ -53,7 +67,7 @@ impl ConfigClient {
                 .expect("leader lock")
                 .clone()
                 .unwrap_or_else(|| self.members[next % self.members.len()].clone());
-            match call(ConfigServiceClient::new(channel(&addr)?)).await {
+            match call(ConfigServiceClient::new(self.channel(&addr)?)).await {
                 Ok(r) => {
                     *self.leader.lock().expect("leader lock") = Some(addr);
                     return Ok(r.into_inner());

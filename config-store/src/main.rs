@@ -24,12 +24,19 @@ struct Args {
     /// Ignored when the group already exists.
     #[arg(long, value_delimiter = ',')]
     init: Vec<String>,
+    #[command(flatten)]
+    peer_tls: logdb_common::peer_tls::PeerTlsArgs,
+    /// Speak plaintext and serve anyone who reaches the port (no certificates): for a
+    /// throwaway test only.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     logdb_common::logging::init();
     let args = Args::parse();
+    logdb_common::peer_tls::install(args.peer_tls.transport(args.insecure)?)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -113,9 +113,12 @@ impl Member {
             sm: sm.clone(),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut builder = logdb_common::peer_tls::transport()
+            .server()
+            .map_err(|e| setup(format!("TLS for the config store port: {e}")))?;
         let server = tokio::spawn(async move {
             let incoming = logdb_common::grpc_listener::incoming(listener);
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .add_service(raft_svc)
                 .add_service(api)
                 .serve_with_incoming_shutdown(incoming, async {

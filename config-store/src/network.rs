@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use logdb_common::peer_tls::{authorize, Role};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -17,7 +18,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::raft_types::{NodeId, Raft, TypeConfig};
@@ -43,13 +44,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        let channel = Endpoint::from_shared(format!("http://{}", node.addr))
-            .ok()
-            .map(|e| {
-                e.connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .connect_lazy()
-            });
+        let channel = logdb_common::peer_tls::endpoint(&node.addr).ok().map(|e| {
+            e.connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .connect_lazy()
+        });
         Connection {
             target,
             channel,
@@ -147,11 +146,13 @@ impl proto::raft_service_server::RaftService for RaftSvc {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        authorize(&req, "raft AppendEntries", &[Role::Config])?;
         let r = self.raft.append_entries(decode(req.into_inner())?).await;
         encode(&r)
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        authorize(&req, "raft Vote", &[Role::Config])?;
         let r = self.raft.vote(decode(req.into_inner())?).await;
         encode(&r)
     }
@@ -160,6 +161,7 @@ impl proto::raft_service_server::RaftService for RaftSvc {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        authorize(&req, "raft InstallSnapshot", &[Role::Config])?;
         let r = self.raft.install_snapshot(decode(req.into_inner())?).await;
         encode(&r)
     }

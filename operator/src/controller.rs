@@ -41,6 +41,7 @@ use crate::secrets;
 use crate::spec::{LogVolume, LogVolumeStatus, PendingFailover, ReplicaState, Target};
 use crate::units::human_bytes;
 use logdb_common::metrics_http::{histogram_mean, scrape, sum};
+use logdb_common::peer_tls::Role;
 use logdb_common::pki::{Ca, Usage};
 
 /// Removes the volume from the config store before the LogVolume goes.
@@ -78,10 +79,18 @@ pub struct Context {
     pub config: ConfigClient,
     pub settings: Settings,
     pub recorder: Recorder,
+    /// The installation's CA: it issues every LogVolume's peer certificates.
+    pub installation_ca: Arc<Ca>,
 }
 
 impl Context {
-    pub fn new(client: Client, config: ConfigClient, settings: Settings, instance: &str) -> Self {
+    pub fn new(
+        client: Client,
+        config: ConfigClient,
+        settings: Settings,
+        instance: &str,
+        installation_ca: Arc<Ca>,
+    ) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: Some(instance.into()),
@@ -91,6 +100,7 @@ impl Context {
             client,
             config,
             settings,
+            installation_ca,
         }
     }
 }
@@ -233,14 +243,23 @@ async fn keep_volume_claims(
     Ok(if smallest == u64::MAX { 0 } else { smallest })
 }
 
-/// The compute pods' Secrets (see `secrets`): the app Secret made once (or the named one
-/// checked), the CA made once, the server certificate issued when `secrets::renew_due`. Returns
-/// the certificate's expiry, or what is wrong with a Secret the user named.
+/// What the pods were started with, so a change rolls them: the server certificate's expiry,
+/// the login's digest, the peer certificates' expiry.
+struct SecretsSeen {
+    server_not_after: u64,
+    login: String,
+    peer_not_after: u64,
+}
+
+/// The pods' Secrets (see `secrets`): the app Secret made once (or the named one checked), the
+/// CA made once, the server and peer certificates issued when `secrets::renew_due`. Returns
+/// what the pods see, or what is wrong with a Secret the user named.
 async fn ensure_secrets(
     client: &Client,
     ns: &str,
     lv: &LogVolume,
-) -> Result<Result<(u64, String), String>, ControllerError> {
+    installation_ca: &Ca,
+) -> Result<Result<SecretsSeen, String>, ControllerError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     let app = secrets::app_secret_name(lv);
     let login = match api.get_opt(&app).await? {
@@ -285,23 +304,54 @@ async fn ensure_secrets(
                 .map_err(|e| ControllerError::Config(format!("Secret {ca_name}: {e}")))?
         }
     };
-    let server = api.get_opt(&secrets::server_secret_name(lv)).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    if secrets::renew_due(server.as_ref(), &ca.cert_pem, now) {
-        let leaf = ca
-            .issue(&lv.name_any(), &secrets::server_names(lv), Usage::Server)
-            .map_err(|e| ControllerError::Config(e.to_string()))?;
-        apply::<Secret>(client, ns, &secrets::server_secret(lv, &ca.cert_pem, &leaf)).await?;
-        return Ok(Ok((leaf.not_after_unix, login)));
-    }
-    let not_after = server
-        .as_ref()
-        .and_then(|s| secrets::not_after(s, &ca.cert_pem))
-        .unwrap_or_default();
-    Ok(Ok((not_after, login)))
+    let server = api.get_opt(&secrets::server_secret_name(lv)).await?;
+    let server_not_after =
+        if secrets::renew_due(server.as_ref(), &ca.cert_pem, secrets::SERVER_KEYS, now) {
+            let leaf = ca
+                .issue(&lv.name_any(), &secrets::server_names(lv), Usage::Server)
+                .map_err(|e| ControllerError::Config(e.to_string()))?;
+            apply::<Secret>(client, ns, &secrets::server_secret(lv, &ca.cert_pem, &leaf)).await?;
+            leaf.not_after_unix
+        } else {
+            server
+                .as_ref()
+                .and_then(|s| secrets::not_after(s, &ca.cert_pem, secrets::SERVER_KEYS))
+                .unwrap_or_default()
+        };
+    let peer = api.get_opt(&secrets::peer_secret_name(lv)).await?;
+    let peer_not_after = if secrets::renew_due(
+        peer.as_ref(),
+        &installation_ca.cert_pem,
+        secrets::PEER_KEYS,
+        now,
+    ) {
+        let issue = |role: Role| {
+            installation_ca
+                .issue(
+                    &format!("{} {}", lv.name_any(), role.name()),
+                    &secrets::peer_names(lv, role),
+                    Usage::Peer,
+                )
+                .map_err(|e| ControllerError::Config(e.to_string()))
+        };
+        let (storage, compute) = (issue(Role::Storage)?, issue(Role::Compute)?);
+        let s = secrets::peer_secret(lv, &installation_ca.cert_pem, &storage, &compute);
+        apply::<Secret>(client, ns, &s).await?;
+        storage.not_after_unix.min(compute.not_after_unix)
+    } else {
+        peer.as_ref()
+            .and_then(|s| secrets::not_after(s, &installation_ca.cert_pem, secrets::PEER_KEYS))
+            .unwrap_or_default()
+    };
+    Ok(Ok(SecretsSeen {
+        server_not_after,
+        login,
+        peer_not_after,
+    }))
 }
 
 /// Something the user must fix: the `Ready` condition and a Warning say what; look again after
@@ -412,15 +462,27 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
     let mut desired =
         objects::desired(&lv, &ctx.settings, storage_pods).map_err(ControllerError::Config)?;
     let pvc_bytes = keep_volume_claims(&ctx.client, &ns, &mut desired).await?;
-    let (not_after, login) = match ensure_secrets(&ctx.client, &ns, &lv).await? {
+    let seen = match ensure_secrets(&ctx.client, &ns, &lv, &ctx.installation_ca).await? {
         Ok(t) => t,
         Err(msg) => return not_ready(&ctx, &lv, &api, status, "AppSecretInvalid", msg, 30).await,
     };
-    // A renewed certificate, or a changed login, rolls the compute pods onto it.
+    // A renewed certificate, or a changed login, rolls the pods onto it.
     if let Some(t) = desired.compute.spec.template.metadata.as_mut() {
         let a = t.annotations.get_or_insert_with(Default::default);
-        a.insert(secrets::NOT_AFTER.into(), not_after.to_string());
-        a.insert(secrets::LOGIN_HASH.into(), login);
+        a.insert(secrets::NOT_AFTER.into(), seen.server_not_after.to_string());
+        a.insert(secrets::LOGIN_HASH.into(), seen.login.clone());
+        a.insert(
+            secrets::PEER_NOT_AFTER.into(),
+            seen.peer_not_after.to_string(),
+        );
+    }
+    for set in &mut desired.storage {
+        if let Some(t) = set.spec.template.metadata.as_mut() {
+            t.annotations.get_or_insert_with(Default::default).insert(
+                secrets::PEER_NOT_AFTER.into(),
+                seen.peer_not_after.to_string(),
+            );
+        }
     }
     apply_all(&ctx.client, &ns, &desired).await?;
 

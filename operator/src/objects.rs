@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
-use crate::secrets::{self, TLS_MOUNT};
+use crate::secrets::{self, PEER_MOUNT, TLS_MOUNT};
 use crate::spec::{LogVolume, Target};
 
 /// Ports inside the pods.
@@ -186,6 +186,29 @@ fn tcp_probe(port: &str) -> Probe {
     }
 }
 
+/// The mount of the pods' peer certificates (mutual TLS between the parts).
+fn peer_mount() -> VolumeMount {
+    VolumeMount {
+        name: "peer-tls".into(),
+        mount_path: PEER_MOUNT.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+fn peer_volume(lv: &LogVolume) -> Volume {
+    Volume {
+        name: "peer-tls".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secrets::peer_secret_name(lv)),
+            // Readable by the pod's group (fsGroup) only: the keys are in it.
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// What every object of `lv` carries: its name, namespace, labels, and `lv` as its owner (it
 /// goes when the LogVolume goes).
 pub fn owned_meta(lv: &LogVolume, object: String, component: &str) -> ObjectMeta {
@@ -262,6 +285,9 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
                     format!("--config-store={config_store}"),
                     format!("--default-retention-secs={}", spec.retention_secs),
                     format!("--pool={}", crate::controller::volume_id(lv)),
+                    format!("--peer-ca={PEER_MOUNT}/ca.crt"),
+                    format!("--peer-cert={PEER_MOUNT}/storage.crt"),
+                    format!("--peer-key={PEER_MOUNT}/storage.key"),
                 ]),
                 env: Some(vec![
                     env_field("POD_NAME", "metadata.name"),
@@ -272,11 +298,14 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
                     port("metrics", STORAGE_METRICS_PORT),
                 ]),
                 readiness_probe: Some(tcp_probe("grpc")),
-                volume_mounts: Some(vec![VolumeMount {
-                    name: "data".into(),
-                    mount_path: "/data".into(),
-                    ..Default::default()
-                }]),
+                volume_mounts: Some(vec![
+                    VolumeMount {
+                        name: "data".into(),
+                        mount_path: "/data".into(),
+                        ..Default::default()
+                    },
+                    peer_mount(),
+                ]),
                 security_context: Some(container_security()),
                 ..Default::default()
             };
@@ -349,6 +378,7 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
                         }),
                         spec: Some(PodSpec {
                             containers: vec![container],
+                            volumes: Some(vec![peer_volume(lv)]),
                             affinity: Some(affinity),
                             security_context: Some(pod_security()),
                             termination_grace_period_seconds: Some(30),
@@ -385,6 +415,9 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
             format!("--advertise-host={}", dns(&compute_svc)),
             format!("--tls-cert={TLS_MOUNT}/tls.crt"),
             format!("--tls-key={TLS_MOUNT}/tls.key"),
+            format!("--peer-ca={PEER_MOUNT}/ca.crt"),
+            format!("--peer-cert={PEER_MOUNT}/compute.crt"),
+            format!("--peer-key={PEER_MOUNT}/compute.key"),
         ]),
         env: Some(vec![
             env_field("POD_NAME", "metadata.name"),
@@ -409,6 +442,7 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
                 read_only: Some(true),
                 ..Default::default()
             },
+            peer_mount(),
         ]),
         security_context: Some(container_security()),
         ..Default::default()
@@ -446,6 +480,7 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
                             }),
                             ..Default::default()
                         },
+                        peer_volume(lv),
                     ]),
                     security_context: Some(pod_security()),
                     termination_grace_period_seconds: Some(30),

@@ -2,6 +2,12 @@
 //! pods of the StatefulSet form the raft group: ordinal i is member i+1, ordinal 0 forms the group
 //! on first start; one pod works alone), and while this member is the raft leader it runs the
 //! LogVolume controller; the others stand by and take over when leadership moves.
+//!
+//! Every pod speaks mutual TLS with the installation's CA, kept in the Secret
+//! `<service>-installation-ca` of the operator's namespace (made by the first pod that finds
+//! none; the API server settles a race). A pod issues its own certificate from it at start, for
+//! the names of the operator's headless Service, and ends itself (to be restarted with a new
+//! one) once less than `pki::RENEW_BEFORE` is left of it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +23,11 @@ use tokio::net::TcpListener;
 
 use crate::controller::{self, Context};
 use crate::objects::Settings;
+use crate::secrets;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use logdb_common::peer_tls::{self, Role};
+use logdb_common::pki::{Ca, Usage, RENEW_BEFORE};
 
 /// How often a member checks whether it leads the config store.
 const LEADER_CHECK: Duration = Duration::from_millis(500);
@@ -80,15 +91,72 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    let ca = installation_ca(&client, &opts.namespace, &opts.service).await?;
+    let names = [
+        format!("*.{}.{}.svc", opts.service, opts.namespace),
+        format!("*.{}.{}.svc.cluster.local", opts.service, opts.namespace),
+    ];
+    let own = ca
+        .issue(
+            &format!("logdb operator {}", opts.pod_name),
+            &peer_tls::cert_names(&[Role::Config], &names),
+            Usage::Peer,
+        )
+        .context("issuing this pod's certificate")?;
+    let identity = peer_tls::Mutual::from_pems(&ca.cert_pem, &own.cert_pem, &own.key_pem)
+        .context("this pod's certificate")?;
+    peer_tls::install(peer_tls::Transport::Mutual(Arc::new(identity)))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let renew_in = own
+        .not_after_unix
+        .saturating_sub(RENEW_BEFORE.as_secs())
+        .saturating_sub(now);
+    let due = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&due);
+    let stop = async move {
+        tokio::select! {
+            _ = logdb_common::shutdown::signal() => {}
+            _ = tokio::time::sleep(Duration::from_secs(renew_in)) => flag.store(true, Ordering::Relaxed),
+        }
+    };
     let peers = peers(&opts);
-    run_with(
-        &opts,
-        client,
-        peers,
-        leader,
-        logdb_common::shutdown::signal(),
-    )
-    .await
+    run_with(&opts, client, peers, leader, stop).await?;
+    anyhow::ensure!(
+        !due.load(Ordering::Relaxed),
+        "this pod's certificate is due for renewal: exiting so that the pod restarts with a new one"
+    );
+    Ok(())
+}
+
+/// The installation's CA from the operator namespace's Secret, made (and stored) if there is
+/// none; of two pods that make one at once, the one stored first wins and both use it.
+pub async fn installation_ca(
+    client: &kube::Client,
+    namespace: &str,
+    service: &str,
+) -> anyhow::Result<Ca> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let name = secrets::installation_ca_name(service);
+    let installation = format!("{namespace}/{service}");
+    if api.get_opt(&name).await?.is_none() {
+        let ca = Ca::create(&installation)?;
+        let secret = secrets::installation_ca_secret(&name, namespace, &ca.cert_pem, ca.key_pem());
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => {
+                return Err(e).context(format!("storing the installation's CA as Secret {name}"))
+            }
+        }
+    }
+    let stored = api.get(&name).await?;
+    let (cert, key) = secrets::ca_of(&stored)
+        .with_context(|| format!("Secret {namespace}/{name} has no ca.crt and ca.key"))?;
+    Ca::from_pem(&installation, &cert, &key)
+        .with_context(|| format!("Secret {namespace}/{name} does not hold a usable CA"))
 }
 
 /// The operator on `client`, with the config store group `peers` (raft id → address); `leader`
@@ -118,11 +186,13 @@ pub async fn run_with(
         storage_class: opts.storage_class.clone(),
         operator_namespace: opts.namespace.clone(),
     };
+    let ca = installation_ca(&client, &opts.namespace, &opts.service).await?;
     let ctx = Arc::new(Context::new(
         client,
         ConfigClient::new(peers.values().cloned().collect()),
         settings,
         &opts.pod_name,
+        Arc::new(ca),
     ));
     let work = async {
         loop {

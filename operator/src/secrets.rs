@@ -9,7 +9,12 @@
 //!   volume's Service names, with the CA certificate beside it (what a client's
 //!   `sslrootcert` is); re-issued once less than `pki::RENEW_BEFORE` is left of it, or when the
 //!   CA changed. Its expiry is on the annotation `logdb.io/not-after`, which also goes on the
-//!   compute pod template, so a renewed certificate rolls the compute pods onto it.
+//!   compute pod template, so a renewed certificate rolls the compute pods onto it;
+//! - `<name>-peer-tls`: the certificates the volume's storage and compute pods present to each
+//!   other and to the operator's config store (mutual TLS), issued by the installation's CA
+//!   (the operator's, kept in its own namespace as `<operator service>-installation-ca`) with
+//!   that CA's certificate beside them; renewed like the server certificate, its expiry on the
+//!   annotation `logdb.io/peer-not-after` of both pod templates.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +22,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::ResourceExt;
+use logdb_common::peer_tls::Role;
 use logdb_common::pki::{Issued, RENEW_BEFORE};
 
 use crate::spec::LogVolume;
@@ -45,6 +51,14 @@ pub fn login_hash(s: &Secret) -> String {
         .collect()
 }
 
+/// Pod-template annotation with the expiry of the pods' peer certificates.
+pub const PEER_NOT_AFTER: &str = "logdb.io/peer-not-after";
+/// Where storage and compute pods mount their peer certificates.
+pub const PEER_MOUNT: &str = "/etc/logdb/peer";
+/// The keys of a server Secret's certificate and of a peer Secret's.
+pub const SERVER_KEYS: &[&str] = &["tls.crt", "tls.key"];
+pub const PEER_KEYS: &[&str] = &["storage.crt", "storage.key", "compute.crt", "compute.key"];
+
 /// The user the operator makes.
 pub const APP_USER: &str = "app";
 /// Where compute pods mount the server certificate.
@@ -63,6 +77,84 @@ pub fn ca_secret_name(lv: &LogVolume) -> String {
 
 pub fn server_secret_name(lv: &LogVolume) -> String {
     format!("{}-server-tls", lv.name_any())
+}
+
+pub fn peer_secret_name(lv: &LogVolume) -> String {
+    format!("{}-peer-tls", lv.name_any())
+}
+
+/// The Secret of the installation's CA in the operator's namespace.
+pub fn installation_ca_name(operator_service: &str) -> String {
+    format!("{operator_service}-installation-ca")
+}
+
+/// The installation's CA Secret (not owned by any LogVolume: it outlives them all).
+pub fn installation_ca_secret(
+    name: &str,
+    namespace: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_string(),
+                "logdb-operator".to_string(),
+            )])),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: data(&[("ca.crt", cert_pem), ("ca.key", key_pem)]),
+        ..Default::default()
+    }
+}
+
+/// The names a part of `lv` is reached by (every pod of its headless Service) and its role.
+pub fn peer_names(lv: &LogVolume, role: Role) -> Vec<String> {
+    let (name, ns) = (
+        lv.name_any(),
+        lv.namespace().unwrap_or_else(|| "default".into()),
+    );
+    let svc = match role {
+        Role::Storage => format!("{name}-storage"),
+        Role::Compute => format!("{name}-compute"),
+        // A LogVolume has no config store pods: the role alone.
+        Role::Config => return logdb_common::peer_tls::cert_names(&[role], &[]),
+    };
+    logdb_common::peer_tls::cert_names(
+        &[role],
+        &[
+            format!("*.{svc}.{ns}.svc"),
+            format!("*.{svc}.{ns}.svc.cluster.local"),
+        ],
+    )
+}
+
+/// The peer Secret of `lv`: its storage and compute pods' certificates and the installation's
+/// CA certificate.
+pub fn peer_secret(lv: &LogVolume, ca_pem: &str, storage: &Issued, compute: &Issued) -> Secret {
+    let not_after = storage.not_after_unix.min(compute.not_after_unix);
+    Secret {
+        metadata: meta(
+            lv,
+            peer_secret_name(lv),
+            Some(BTreeMap::from([(
+                NOT_AFTER.to_string(),
+                not_after.to_string(),
+            )])),
+        ),
+        type_: Some("Opaque".into()),
+        data: data(&[
+            ("storage.crt", &storage.cert_pem),
+            ("storage.key", &storage.key_pem),
+            ("compute.crt", &compute.cert_pem),
+            ("compute.key", &compute.key_pem),
+            ("ca.crt", ca_pem),
+        ]),
+        ..Default::default()
+    }
 }
 
 fn meta(lv: &LogVolume, name: String, annotations: Option<BTreeMap<String, String>>) -> ObjectMeta {
@@ -170,25 +262,27 @@ pub fn server_secret(lv: &LogVolume, ca_pem: &str, leaf: &Issued) -> Secret {
     }
 }
 
-/// When the server certificate `s` expires, if it is there and from the CA `ca_pem`.
-pub fn not_after(s: &Secret, ca_pem: &str) -> Option<u64> {
+/// When the certificates of Secret `s` (its `keys`) expire, if they are all there and from the
+/// CA `ca_pem`.
+pub fn not_after(s: &Secret, ca_pem: &str, keys: &[&str]) -> Option<u64> {
     let same_ca = s
         .data
         .as_ref()?
         .get("ca.crt")
         .is_some_and(|c| c.0 == ca_pem.as_bytes());
-    let has_pair = ["tls.crt", "tls.key"]
+    let complete = keys
         .iter()
         .all(|k| s.data.as_ref().is_some_and(|d| d.contains_key(*k)));
-    if !same_ca || !has_pair {
+    if !same_ca || !complete {
         return None;
     }
     s.annotations().get(NOT_AFTER)?.parse().ok()
 }
 
-/// Whether the server certificate must be issued (again) at `now_unix`.
-pub fn renew_due(existing: Option<&Secret>, ca_pem: &str, now_unix: u64) -> bool {
-    match existing.and_then(|s| not_after(s, ca_pem)) {
+/// Whether the certificates of Secret `existing` (its `keys`) must be issued (again) at
+/// `now_unix`.
+pub fn renew_due(existing: Option<&Secret>, ca_pem: &str, keys: &[&str], now_unix: u64) -> bool {
+    match existing.and_then(|s| not_after(s, ca_pem, keys)) {
         Some(t) => t.saturating_sub(now_unix) < RENEW_BEFORE.as_secs(),
         None => true,
     }
@@ -215,24 +309,40 @@ mod tests {
             .unwrap();
         let s = server_secret(&lv, &ca.cert_pem, &leaf);
         let now = leaf.not_after_unix - 300 * 86_400;
-        assert!(!renew_due(Some(&s), &ca.cert_pem, now), "fresh: kept");
         assert!(
-            renew_due(Some(&s), &ca.cert_pem, leaf.not_after_unix - 29 * 86_400),
+            !renew_due(Some(&s), &ca.cert_pem, SERVER_KEYS, now),
+            "fresh: kept"
+        );
+        assert!(
+            renew_due(
+                Some(&s),
+                &ca.cert_pem,
+                SERVER_KEYS,
+                leaf.not_after_unix - 29 * 86_400
+            ),
             "30 days before: renewed"
         );
         assert!(
-            renew_due(Some(&s), &ca.cert_pem, leaf.not_after_unix + 1),
+            renew_due(Some(&s), &ca.cert_pem, SERVER_KEYS, leaf.not_after_unix + 1),
             "expired: renewed"
         );
-        assert!(renew_due(None, &ca.cert_pem, now), "missing: issued");
+        assert!(
+            renew_due(None, &ca.cert_pem, SERVER_KEYS, now),
+            "missing: issued"
+        );
         let other = Ca::create("orders").unwrap();
         assert!(
-            renew_due(Some(&s), &other.cert_pem, now),
+            renew_due(Some(&s), &other.cert_pem, SERVER_KEYS, now),
             "another CA: re-issued"
         );
         let mut no_annotation = s.clone();
         no_annotation.metadata.annotations = None;
-        assert!(renew_due(Some(&no_annotation), &ca.cert_pem, now));
+        assert!(renew_due(
+            Some(&no_annotation),
+            &ca.cert_pem,
+            SERVER_KEYS,
+            now
+        ));
         // The certificate serves every name of the volume's Services.
         let pem = String::from_utf8(s.data.as_ref().unwrap()["tls.crt"].0.clone()).unwrap();
         for host in [
@@ -243,6 +353,51 @@ mod tests {
             logdb_common::tls::verify_chain(&ca.cert_pem, &pem, host)
                 .unwrap_or_else(|e| panic!("{host}: {e}"));
         }
+    }
+
+    #[test]
+    fn peer_certificates_name_every_pod_of_their_part_and_its_role() {
+        use logdb_common::peer_tls::{roles_of_pem, Mutual};
+        let lv = lv();
+        let ca = Ca::create("installation").unwrap();
+        let storage = ca
+            .issue("s", &peer_names(&lv, Role::Storage), Usage::Peer)
+            .unwrap();
+        let compute = ca
+            .issue("c", &peer_names(&lv, Role::Compute), Usage::Peer)
+            .unwrap();
+        let s = peer_secret(&lv, &ca.cert_pem, &storage, &compute);
+        let now = storage.not_after_unix - 300 * 86_400;
+        assert!(!renew_due(Some(&s), &ca.cert_pem, PEER_KEYS, now));
+        assert!(renew_due(
+            Some(&s),
+            &ca.cert_pem,
+            PEER_KEYS,
+            storage.not_after_unix - 29 * 86_400
+        ));
+        let mut partial = s.clone();
+        partial.data.as_mut().unwrap().remove("compute.key");
+        assert!(renew_due(Some(&partial), &ca.cert_pem, PEER_KEYS, now));
+        logdb_common::tls::verify_chain(
+            &ca.cert_pem,
+            &storage.cert_pem,
+            "orders-storage-a-0.orders-storage.shop.svc",
+        )
+        .unwrap();
+        logdb_common::tls::verify_chain(
+            &ca.cert_pem,
+            &compute.cert_pem,
+            "orders-compute-0.orders-compute.shop.svc.cluster.local",
+        )
+        .unwrap();
+        assert!(logdb_common::tls::verify_chain(
+            &ca.cert_pem,
+            &storage.cert_pem,
+            "orders-compute-0.orders-compute.shop.svc"
+        )
+        .is_err());
+        assert_eq!(roles_of_pem(&storage.cert_pem), vec![Role::Storage]);
+        Mutual::from_pems(&ca.cert_pem, &compute.cert_pem, &compute.key_pem).unwrap();
     }
 
     #[test]

@@ -72,6 +72,7 @@ async fn setup() -> Setup {
         ConfigClient::new(vec![member.addr.clone()]),
         settings,
         "test",
+        Arc::new(logdb_common::pki::Ca::create("logdb-system/logdb-operator").unwrap()),
     ));
     Setup {
         _dir: dir,
@@ -207,6 +208,45 @@ async fn create_failover_grow_and_delete() {
         compute["spec"]["template"]["metadata"]["annotations"]["logdb.io/not-after"],
         not_after
     );
+    // The pods' certificates for each other (mutual TLS), from the installation's CA, their
+    // expiry on the storage and compute pod templates both.
+    let peer = secret("orders-peer-tls").expect("the peer certificates are made");
+    let pem = |v: &Value| {
+        use base64::Engine;
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(pem(&peer["data"]["ca.crt"]), s.ctx.installation_ca.cert_pem);
+    for (part, host) in [
+        ("storage", "orders-storage-a1-0.orders-storage.shop.svc"),
+        ("compute", "orders-compute-2.orders-compute.shop.svc"),
+    ] {
+        let cert = pem(&peer["data"][format!("{part}.crt")]);
+        logdb_common::tls::verify_chain(&s.ctx.installation_ca.cert_pem, &cert, host)
+            .unwrap_or_else(|e| panic!("{part}: {e}"));
+        let roles = logdb_common::peer_tls::roles_of_pem(&cert);
+        assert_eq!(roles.len(), 1);
+        assert_eq!(roles[0].name(), part);
+        logdb_common::peer_tls::Mutual::from_pems(
+            &s.ctx.installation_ca.cert_pem,
+            &cert,
+            &pem(&peer["data"][format!("{part}.key")]),
+        )
+        .unwrap();
+    }
+    let peer_after = peer["metadata"]["annotations"]["logdb.io/not-after"].clone();
+    assert!(peer_after.is_string(), "{peer}");
+    let a1 = s.api.get(&format!("{SETS}/orders-storage-a1")).unwrap();
+    for set in [&compute, &a1] {
+        assert_eq!(
+            set["spec"]["template"]["metadata"]["annotations"]["logdb.io/peer-not-after"],
+            peer_after
+        );
+    }
     let env = compute["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
     assert!(
         env.contains("LOGDB_PASSWORD") && env.contains("orders-app"),
@@ -223,6 +263,7 @@ async fn create_failover_grow_and_delete() {
     );
     assert_eq!(secret("orders-ca").unwrap()["data"], ca["data"]);
     assert_eq!(secret("orders-server-tls").unwrap()["data"], tls["data"]);
+    assert_eq!(secret("orders-peer-tls").unwrap()["data"], peer["data"]);
     assert_eq!(s.events("Created").len(), 1);
     s.register_compute(0, true).await;
     s.register_compute(1, false).await;

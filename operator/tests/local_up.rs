@@ -61,6 +61,46 @@ fn up_write_stop_two_nodes_down_and_up_again() {
     let table = ok(logdb(&dir, &["status"]));
     assert!(table.contains("storage nodes: 6/6 healthy"), "{table}");
 
+    // The parts speak mutual TLS: a storage node serves a holder of the data dir's
+    // certificates and refuses a plaintext client.
+    let node = s["nodes"][0]["address"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use logdb_common::peer_tls::{Mutual, Transport};
+        use logdb_types::proto::storage_service_client::StorageServiceClient;
+        let list = |t: Transport| {
+            let node = node.clone();
+            async move {
+                let ch = t
+                    .endpoint(&node)
+                    .unwrap()
+                    .connect()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                StorageServiceClient::new(ch)
+                    .list_segments(logdb_types::proto::ListSegmentsRequest::default())
+                    .await
+                    .map(|r| r.into_inner().segments.len())
+                    .map_err(|e| format!("{e:?}"))
+            }
+        };
+        let tls = dir.join("tls");
+        let compute = Mutual::load(
+            &tls.join("ca.crt"),
+            &tls.join("peer-compute.crt"),
+            &tls.join("peer-compute.key"),
+        )
+        .unwrap();
+        let segments = list(Transport::Mutual(std::sync::Arc::new(compute)))
+            .await
+            .unwrap();
+        assert!(segments > 0);
+        assert!(
+            list(Transport::Plaintext).await.is_err(),
+            "a plaintext client was served"
+        );
+    });
+
     // A second `up` on the same data dir is refused while this one runs.
     let err = refused(logdb(
         &dir,

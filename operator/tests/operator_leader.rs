@@ -97,6 +97,17 @@ async fn one_leader_runs_the_controller_and_another_takes_over() {
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(leaders(&pods), vec![first], "the others stand by");
+    // One installation CA for every pod, kept in the operator's namespace; the LogVolume's
+    // peer certificates come from it.
+    let peer_ca = || {
+        api.get("/api/v1/namespaces/shop/secrets/orders-peer-tls")
+            .map(|s| s["data"]["ca.crt"].clone())
+    };
+    await_true("the peer certificates", || peer_ca().is_some()).await;
+    let installation = api
+        .get("/api/v1/namespaces/logdb-system/secrets/logdb-operator-installation-ca")
+        .expect("the installation's CA is kept");
+    assert_eq!(Some(installation["data"]["ca.crt"].clone()), peer_ca());
 
     // The leader's pod goes away: another member leads and runs the controller.
     let (_, stop, task) = &mut pods[first];
@@ -120,6 +131,11 @@ async fn one_leader_runs_the_controller_and_another_takes_over() {
             .is_some_and(|s| s["spec"]["replicas"] == 5)
     })
     .await;
+    assert_eq!(
+        Some(installation["data"]["ca.crt"].clone()),
+        peer_ca(),
+        "the new leader issues from the same CA (nothing re-issued)"
+    );
     for (_, stop, task) in pods.iter_mut() {
         if let Some(s) = stop.take() {
             let _ = s.send(());

@@ -68,12 +68,20 @@ struct Args {
     /// returns. Default: 2% of the disk, within 4 MiB..1 GiB. 0 turns the check off.
     #[arg(long)]
     min_free_bytes: Option<u64>,
+    #[command(flatten)]
+    peer_tls: logdb_common::peer_tls::PeerTlsArgs,
+    /// Speak plaintext to every other part and serve anyone who reaches the port (no
+    /// certificates): for a throwaway test only.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     logdb_common::logging::init();
     let args = Args::parse();
+    let transport = args.peer_tls.transport(args.insecure)?;
+    logdb_common::peer_tls::install(transport.clone())?;
     let node = Node::open(NodeConfig {
         data_dir: args.data_dir.clone(),
         node_id: args.node_id.clone(),
@@ -140,7 +148,9 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = logdb_common::shutdown::signal();
     let incoming = logdb_common::grpc_listener::incoming(grpc);
-    tonic::transport::Server::builder()
+    transport
+        .server()
+        .context("TLS for the gRPC port")?
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

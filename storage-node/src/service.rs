@@ -14,6 +14,7 @@ use crate::node::{Node, NodeError};
 use crate::page_store::{StoreError, Truncation};
 use crate::segment::{Segment, SegmentError, SegmentStatus};
 use crate::segment_log::LogError;
+use logdb_common::peer_tls::{authorize, Role};
 use logdb_types::proto::{self, storage_service_server::StorageService};
 use logdb_types::record::RedoRecord;
 use logdb_types::{Epoch, Lsn, PageId, PgIndex};
@@ -110,6 +111,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("storage task failed: {e}")))?
 }
 
+/// Who may make which request: records, epochs and truncations come only from a compute node
+/// (the writer, whose epoch the segment checks as well); pages and records are read by compute
+/// nodes and by peers repairing a segment; state is seen by every part.
+const WRITERS: &[Role] = &[Role::Compute];
+const READERS: &[Role] = &[Role::Compute, Role::Storage];
+const OBSERVERS: &[Role] = &[Role::Compute, Role::Storage, Role::Config];
+
 impl StorageSvc {
     fn segment(&self, volume: &str, segment: &str) -> Result<Arc<Segment>, Status> {
         self.node.segment(volume, segment).map_err(node_status)
@@ -122,6 +130,7 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::WriteRecordsRequest>,
     ) -> Result<Response<proto::WriteRecordsResponse>, Status> {
+        authorize(&request, "WriteRecords", WRITERS)?;
         let req = request.into_inner();
         let limit = self.node.config().max_batch_bytes;
         let size: usize = req
@@ -184,6 +193,7 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::ReadPageRequest>,
     ) -> Result<Response<proto::ReadPageResponse>, Status> {
+        authorize(&request, "ReadPage", READERS)?;
         let req = request.into_inner();
         let page = PageId(req.page_id);
         let seg = self
@@ -214,6 +224,7 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::CreateSegmentRequest>,
     ) -> Result<Response<proto::SegmentState>, Status> {
+        authorize(&request, "CreateSegment", WRITERS)?;
         let r = request.into_inner();
         let node = Arc::clone(&self.node);
         let seg = blocking(move || {
@@ -237,6 +248,7 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::SegmentRef>,
     ) -> Result<Response<proto::SegmentState>, Status> {
+        authorize(&request, "GetSegmentState", OBSERVERS)?;
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         Ok(Response::new(state_proto(&seg.status())))
@@ -244,8 +256,9 @@ impl StorageService for StorageSvc {
 
     async fn list_segments(
         &self,
-        _request: Request<proto::ListSegmentsRequest>,
+        request: Request<proto::ListSegmentsRequest>,
     ) -> Result<Response<proto::ListSegmentsResponse>, Status> {
+        authorize(&request, "ListSegments", OBSERVERS)?;
         let segments = self
             .node
             .segments()
@@ -259,6 +272,7 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::InstallEpochRequest>,
     ) -> Result<Response<proto::SegmentState>, Status> {
+        authorize(&request, "InstallEpoch", WRITERS)?;
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         let st = blocking(move || {
@@ -274,6 +288,7 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::TruncateRequest>,
     ) -> Result<Response<proto::SegmentState>, Status> {
+        authorize(&request, "Truncate", WRITERS)?;
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         let st = blocking(move || {
@@ -305,6 +320,7 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::StreamRecordsRequest>,
     ) -> Result<Response<Self::StreamRecordsStream>, Status> {
+        authorize(&request, "StreamRecords", READERS)?;
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         let headers_only = r.headers_only;
@@ -330,6 +346,7 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::HoldHistoryRequest>,
     ) -> Result<Response<proto::HoldHistoryResponse>, Status> {
+        authorize(&request, "HoldHistory", WRITERS)?;
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         let (horizon, expires) = blocking(move || {
@@ -347,6 +364,7 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::InspectPagesRequest>,
     ) -> Result<Response<proto::InspectPagesResponse>, Status> {
+        authorize(&request, "InspectPages", OBSERVERS)?;
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         let rows = blocking(move || seg.pages(r.limit as usize).map_err(segment_status)).await?;

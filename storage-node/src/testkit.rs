@@ -91,6 +91,8 @@ impl StorageProcess {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.extra)
+            // Plaintext unless the test hands the node its certificate.
+            .args((!self.extra.iter().any(|a| a == "--peer-ca")).then_some("--insecure"))
             .env(
                 "RUST_LOG",
                 std::env::var("LOGDB_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -138,6 +140,14 @@ impl StorageProcess {
                 "logdb-storage exited with {status} on SIGTERM"
             );
         }
+    }
+
+    /// Stops the node cleanly and starts it again on its data dir with `extra` as its further
+    /// arguments (on a new port).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.stop();
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.spawn(None);
     }
 
     /// Starts a stopped or killed node again on a new port.
@@ -203,6 +213,59 @@ impl StorageProcess {
 impl Drop for StorageProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// An installation's CA and one certificate per part (valid for 127.0.0.1 and localhost) in a
+/// directory of their own, for tests and benchmarks that run the parts with mutual TLS.
+pub struct TestPki {
+    pub certs: logdb_common::pki::CertDir,
+    _dir: TempDir,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        use logdb_common::peer_tls::{cert_names, Role};
+        use logdb_common::pki::{CertDir, Usage};
+        let dir = TempDir::new("logdb-test-pki").expect("temp dir");
+        let certs = CertDir::new(&dir.0);
+        let ca = certs.ca("test").expect("a CA");
+        let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+        for role in Role::ALL {
+            certs
+                .issue(
+                    &ca,
+                    role.name(),
+                    role.name(),
+                    &cert_names(&[role], &hosts),
+                    Usage::Peer,
+                )
+                .expect("a part's certificate");
+        }
+        TestPki { certs, _dir: dir }
+    }
+
+    /// The `--peer-*` arguments of a part of `role`.
+    pub fn args(&self, role: logdb_common::peer_tls::Role) -> Vec<String> {
+        logdb_common::peer_tls::child_args(&self.certs.ca_cert(), &self.certs.leaf(role.name()))
+    }
+
+    /// The identity of a part of `role`, for a test that speaks to the parts itself.
+    pub fn transport(
+        &self,
+        role: logdb_common::peer_tls::Role,
+    ) -> logdb_common::peer_tls::Transport {
+        let leaf = self.certs.leaf(role.name());
+        logdb_common::peer_tls::Transport::Mutual(std::sync::Arc::new(
+            logdb_common::peer_tls::Mutual::load(&self.certs.ca_cert(), &leaf.cert, &leaf.key)
+                .expect("the test certificates load"),
+        ))
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use logdb_common::peer_tls::Role;
 use logdb_compute::benchkit::{
     connect, load_schema, pgbench, schema, start_writer, start_writer_with,
 };
@@ -301,29 +302,11 @@ async fn main() -> anyhow::Result<()> {
             json!({"bench": "egress_per_txn", "system": "logdb", "model": "redo records to 6 segments, counted on the wire (TCP payload, all six streams)", "page_size": PAGE, "clients": clients, "transactions": tx, "bytes_per_txn": bytes.round(), "bytes_per_txn_per_segment": (bytes / 6.0).round(), "redo": redo})
         );
     }
-    // Throughput: the writer again, straight to the storage nodes (no proxy hop).
+    // Throughput: the writer again, straight to the storage nodes (no proxy hop), first all
+    // plaintext, then with TLS everywhere: clients to the writer (TLS + SCRAM) and mutual TLS
+    // between the writer and the storage nodes.
     drop(client);
     drop(writer);
-    let direct = Layout {
-        pgs: layout
-            .pgs
-            .iter()
-            .map(|pg| ProtectionGroup {
-                members: pg
-                    .members
-                    .iter()
-                    .zip(&nodes)
-                    .map(|(m, n)| Member {
-                        address: n.grpc.clone(),
-                        ..m.clone()
-                    })
-                    .collect(),
-            })
-            .collect(),
-        ..layout.clone()
-    };
-    std::fs::write(&layout_path, serde_json::to_vec_pretty(&direct)?)?;
-    // The same writer serves plaintext and TLS clients: each pgbench run picks one.
     let certs = logdb_common::pki::CertDir::new(dir.join("tls"));
     let ca = certs.ca("bench")?;
     let leaf = certs.issue(
@@ -333,30 +316,61 @@ async fn main() -> anyhow::Result<()> {
         &["127.0.0.1".into()],
         logdb_common::pki::Usage::Server,
     )?;
-    let tls_args = [
-        "--tls-cert".to_string(),
-        leaf.cert.display().to_string(),
-        "--tls-key".to_string(),
-        leaf.key.display().to_string(),
-    ];
-    let writer = start_writer_with(&bin_dir, &layout_path, &tls_args)?;
-    // A restarted writer starts with a cold buffer pool: read every table once, as a running
-    // database would have.
-    let client = connect(writer.port, "vol1").await?;
-    for t in [
-        "pgbench_accounts",
-        "pgbench_tellers",
-        "pgbench_branches",
-        "pgbench_history",
-    ] {
-        client
-            .batch_execute(&format!("SELECT count(*), sum(length(filler)) FROM {t}"))
-            .await?;
-    }
-    drop(client);
-    for &clients in &args.clients {
-        // TLS off then on, on the same writer, one after the other.
-        for (tls, sslmode) in [(false, "disable"), (true, "require")] {
+    let peers = logdb_storage::testkit::TestPki::new();
+    for tls in [false, true] {
+        let writer_args: Vec<String> = if tls {
+            for n in nodes.iter_mut() {
+                let storage = peers.args(Role::Storage);
+                n.restart_with(&storage.iter().map(String::as_str).collect::<Vec<_>>());
+            }
+            [
+                "--tls-cert".to_string(),
+                leaf.cert.display().to_string(),
+                "--tls-key".to_string(),
+                leaf.key.display().to_string(),
+            ]
+            .into_iter()
+            .chain(peers.args(Role::Compute))
+            .collect()
+        } else {
+            vec!["--insecure".into()]
+        };
+        let direct = Layout {
+            pgs: layout
+                .pgs
+                .iter()
+                .map(|pg| ProtectionGroup {
+                    members: pg
+                        .members
+                        .iter()
+                        .zip(&nodes)
+                        .map(|(m, n)| Member {
+                            address: n.grpc.clone(),
+                            ..m.clone()
+                        })
+                        .collect(),
+                })
+                .collect(),
+            ..layout.clone()
+        };
+        std::fs::write(&layout_path, serde_json::to_vec_pretty(&direct)?)?;
+        let writer = start_writer_with(&bin_dir, &layout_path, &writer_args)?;
+        // A restarted writer starts with a cold buffer pool: read every table once, as a running
+        // database would have.
+        let client = connect(writer.port, "vol1").await?;
+        for t in [
+            "pgbench_accounts",
+            "pgbench_tellers",
+            "pgbench_branches",
+            "pgbench_history",
+        ] {
+            client
+                .batch_execute(&format!("SELECT count(*), sum(length(filler)) FROM {t}"))
+                .await?;
+        }
+        drop(client);
+        let sslmode = if tls { "require" } else { "disable" };
+        for &clients in &args.clients {
             let (tx, tps, lat) = run_pgbench(&args, writer.port, clients, &dir, sslmode)?;
             println!(
                 "{}",
@@ -364,7 +378,6 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    drop(writer);
     drop(nodes);
 
     for journal in ["DELETE", "WAL"] {

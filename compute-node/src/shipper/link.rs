@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// What one segment has not yet acknowledged.
 pub(super) struct LinkQueue {
@@ -39,7 +39,7 @@ pub(super) struct Link {
 
 /// A lazily connecting channel to the storage node at `address`.
 pub(super) fn storage_channel(address: &str) -> Result<Channel, ShipError> {
-    Ok(Endpoint::from_shared(format!("http://{address}"))
+    Ok(logdb_common::peer_tls::endpoint(address)
         .map_err(|e| ShipError::Recovery(format!("address {address}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)

@@ -149,8 +149,11 @@ impl Writer {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_logdb-compute"))
             .args(volume_args)
             .args(["--listen", "127.0.0.1:0", "--password", PASSWORD])
-            // Plaintext unless the test gives a certificate.
-            .args((!volume_args.contains(&"--tls-cert")).then_some("--insecure"))
+            // Plaintext unless the test gives certificates.
+            .args(
+                (!volume_args.contains(&"--tls-cert") && !volume_args.contains(&"--peer-ca"))
+                    .then_some("--insecure"),
+            )
             .env(
                 "RUST_LOG",
                 std::env::var("LOGDB_TEST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -79,7 +79,13 @@ async fn logdb(bin_dir: &Path, dir: &Path, args: &Args) -> anyhow::Result<()> {
     let mut addrs = Vec::new();
     for id in 1..=3u64 {
         let mut child = Command::new(bin_dir.join("logdb-config"))
-            .args(["--id", &id.to_string(), "--listen", "127.0.0.1:0"])
+            .args([
+                "--id",
+                &id.to_string(),
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure",
+            ])
             .arg("--data-dir")
             .arg(dir.join(format!("logdb-m{id}")))
             .env("RUST_LOG", "error")

@@ -1,11 +1,14 @@
-//! The local volume's secrets, so `logdb up` is safe on a shared machine without setup: a CA and
-//! the PostgreSQL port's certificate in `<data>/tls`, and the `logdb` user's password — a users
-//! file for the compute nodes and a pgpass file for clients, both readable by the owner only.
-//! Made by the first `logdb up`, kept after; the certificate is re-issued at every start, so it
-//! never runs out. `--insecure` skips all of it (trust, plaintext).
+//! The local volume's secrets, so `logdb up` is safe on a shared machine without setup: a CA, the
+//! PostgreSQL port's certificate and one certificate per kind of part (storage, compute, the
+//! config store in `logdb up` itself, for the mutual TLS between them) in `<data>/tls`, and the
+//! `logdb` user's password — a users file for the compute nodes and a pgpass file for clients,
+//! both readable by the owner only. Made by the first `logdb up`, kept after; the certificates
+//! are re-issued at every start, so none runs out. `--insecure` skips all of it (trust,
+//! plaintext).
 
 use std::path::{Path, PathBuf};
 
+use logdb_common::peer_tls::{self, Role};
 use logdb_common::pki::{self, CertDir, LeafFiles, Usage};
 
 use super::LocalError;
@@ -17,6 +20,8 @@ pub const USER: &str = "logdb";
 pub struct LocalCredentials {
     pub ca: PathBuf,
     pub server: LeafFiles,
+    /// The certificate of each kind of part, in [`Role::ALL`]'s order.
+    pub peers: Vec<(Role, LeafFiles)>,
     pub users_file: PathBuf,
     pub passfile: PathBuf,
 }
@@ -39,6 +44,22 @@ impl LocalCredentials {
                 &["localhost".into(), "127.0.0.1".into(), "::1".into()],
                 Usage::Server,
             )
+            .map_err(refused)?;
+        let loopback = ["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        let peers = Role::ALL
+            .into_iter()
+            .map(|role| {
+                certs
+                    .issue(
+                        &ca,
+                        &format!("peer-{}", role.name()),
+                        &format!("logdb {installation} {}", role.name()),
+                        &peer_tls::cert_names(&[role], &loopback),
+                        Usage::Peer,
+                    )
+                    .map(|leaf| (role, leaf))
+            })
+            .collect::<Result<_, _>>()
             .map_err(refused)?;
         let users_file = dir.join("users");
         let passfile = dir.join("pgpass");
@@ -68,15 +89,38 @@ impl LocalCredentials {
         Ok(LocalCredentials {
             ca: certs.ca_cert(),
             server,
+            peers,
             users_file,
             passfile,
         })
     }
 
-    /// What a compute node is started with: TLS required, SCRAM with the users file.
+    fn peer(&self, role: Role) -> &LeafFiles {
+        &self
+            .peers
+            .iter()
+            .find(|(r, _)| *r == role)
+            .expect("a certificate per role")
+            .1
+    }
+
+    /// The `--peer-*` arguments of a part of `role`.
+    pub fn peer_args(&self, role: Role) -> Vec<String> {
+        peer_tls::child_args(&self.ca, self.peer(role))
+    }
+
+    /// `logdb up`'s own identity: the config store member it runs.
+    pub fn config_transport(&self) -> Result<peer_tls::Transport, LocalError> {
+        let leaf = self.peer(Role::Config);
+        let m = peer_tls::Mutual::load(&self.ca, &leaf.cert, &leaf.key).map_err(refused)?;
+        Ok(peer_tls::Transport::Mutual(std::sync::Arc::new(m)))
+    }
+
+    /// What a compute node is started with: TLS required, SCRAM with the users file, its
+    /// certificate for the other parts.
     pub fn compute_args(&self) -> Vec<String> {
         let p = |p: &Path| p.display().to_string();
-        vec![
+        let mut args = vec![
             "--tls-cert".into(),
             p(&self.server.cert),
             "--tls-key".into(),
@@ -84,7 +128,9 @@ impl LocalCredentials {
             "--users-file".into(),
             p(&self.users_file),
             "--require-tls".into(),
-        ]
+        ];
+        args.extend(self.peer_args(Role::Compute));
+        args
     }
 
     /// The connection URL's query: verify the server against the local CA, the password from

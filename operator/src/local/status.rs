@@ -90,9 +90,12 @@ pub async fn segment_states(
     segments: &[(u32, String)],
 ) -> Option<Vec<SegmentStatus>> {
     let ask = async {
-        let mut client = StorageServiceClient::connect(format!("http://{address}"))
+        let channel = logdb_common::peer_tls::endpoint(address)
+            .ok()?
+            .connect()
             .await
             .ok()?;
+        let mut client = StorageServiceClient::new(channel);
         let mut out = Vec::new();
         for (pg, segment) in segments {
             let s = client

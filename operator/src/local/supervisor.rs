@@ -107,6 +107,13 @@ pub async fn up(opts: UpOptions) -> Result<(), LocalError> {
     } else {
         Some(LocalCredentials::prepare(dir, &state.volume)?)
     };
+    // This process runs the config store and asks the storage nodes for their state: it speaks
+    // to the other parts as the config store member.
+    let transport = match &creds {
+        Some(c) => c.config_transport()?,
+        None => logdb_common::peer_tls::Transport::Plaintext,
+    };
+    logdb_common::peer_tls::install(transport).map_err(|e| LocalError::Refused(e.to_string()))?;
     let control = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(LocalError::io("binding the control endpoint"))?;
@@ -407,10 +414,15 @@ impl Supervisor {
             "--default-retention-secs",
             &retention.to_string(),
         ];
+        let mut args = args.map(String::from).to_vec();
+        match &self.creds {
+            Some(creds) => args.extend(creds.peer_args(logdb_common::peer_tls::Role::Storage)),
+            None => args.push("--insecure".into()),
+        }
         Ok((
             format!("storage node {id}"),
             self.bins.storage.clone(),
-            args.map(String::from).to_vec(),
+            args,
         ))
     }
 
