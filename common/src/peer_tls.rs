@@ -3,11 +3,14 @@
 //! installation's CA and every channel presents one, so a process without the installation's
 //! certificate is refused during the handshake, before any request is read.
 //!
-//! A certificate also says what its holder is: a DNS name `<role>.role.logdb.invalid` among its
-//! subject alternative names (the `.invalid` top-level domain can never name a real host). A
-//! request that changes data or membership is served only for the roles allowed to make it
-//! ([`authorize`]): a storage node takes records only from a compute node, the config store
-//! takes a ticket request only from a compute node, raft messages only from a member.
+//! A certificate also says what its holder is and which volume it works for: DNS names
+//! `<role>.role.logdb.invalid` and `<digest of the volume>.volume.logdb.invalid` (or
+//! `any.volume.logdb.invalid`, installation-wide) among its subject alternative names (the
+//! `.invalid` top-level domain can never name a real host). A request is served only for the
+//! roles allowed to make it, and one about a volume only for a peer of that volume
+//! ([`authorize`], [`authorize_for`]): a storage node takes records only from a compute node of
+//! the records' volume, the config store a ticket request only from a compute node of that
+//! volume, raft messages only from a member. A config store member works for every volume.
 //!
 //! A process holds one identity, chosen at start-up from its arguments ([`PeerTlsArgs`]) and
 //! installed once ([`install`]); channels and servers made after that use it. Plaintext is what
@@ -50,6 +53,38 @@ impl Role {
         format!("{}.role.logdb.invalid", self.name())
     }
 }
+
+/// Which volumes a certificate works for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every volume of the installation (`logdb up`'s parts, config store members).
+    Installation,
+    /// One volume (a LogVolume's storage and compute pods).
+    Volume(&'a str),
+}
+
+impl Scope<'_> {
+    /// The subject alternative name of this scope. A volume's name becomes a digest, so that
+    /// any name (up to the config store's limits) makes one valid DNS label.
+    pub fn san(self) -> String {
+        match self {
+            Scope::Installation => "any.volume.logdb.invalid".into(),
+            Scope::Volume(v) => {
+                let d = ring::digest::digest(&ring::digest::SHA256, v.as_bytes());
+                let hex: String = d.as_ref()[..16]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                format!("v{hex}.volume.logdb.invalid")
+            }
+        }
+    }
+}
+
+/// Names no certificate may match: one that does holds a wildcard over logdb's own names and
+/// is read as carrying no role or scope at all.
+const ROLE_PROBE: &str = "zz-probe.role.logdb.invalid";
+const SCOPE_PROBE: &str = "zz-probe.volume.logdb.invalid";
 
 /// The certificate files of a part. All three, or `--insecure`.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -199,12 +234,14 @@ impl Transport {
     }
 }
 
-/// The names a part's certificate carries: the hosts it is reached on and its roles.
-pub fn cert_names(roles: &[Role], hosts: &[String]) -> Vec<String> {
+/// The names a part's certificate carries: the hosts it is reached on, its roles and the
+/// volumes it works for.
+pub fn cert_names(roles: &[Role], scope: Scope<'_>, hosts: &[String]) -> Vec<String> {
     hosts
         .iter()
         .cloned()
         .chain(roles.iter().map(|r| r.san()))
+        .chain([scope.san()])
         .collect()
 }
 
@@ -240,18 +277,37 @@ pub fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
     transport().endpoint(address)
 }
 
+fn matches(cert: &webpki::EndEntityCert<'_>, name: &str) -> bool {
+    ServerName::try_from(name.to_string())
+        .is_ok_and(|n| cert.verify_is_valid_for_subject_name(&n).is_ok())
+}
+
 /// The logdb roles a certificate (DER) carries.
 pub fn roles_of(cert: &CertificateDer<'_>) -> Vec<Role> {
     let Ok(cert) = webpki::EndEntityCert::try_from(cert) else {
         return Vec::new();
     };
+    if matches(&cert, ROLE_PROBE) {
+        return Vec::new();
+    }
     Role::ALL
         .into_iter()
-        .filter(|r| {
-            ServerName::try_from(r.san())
-                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
-        })
+        .filter(|r| matches(&cert, &r.san()))
         .collect()
+}
+
+/// Whether a certificate (DER) works for `volume`: it is a config store member's, or names
+/// the volume or the whole installation.
+pub fn works_for(cert: &CertificateDer<'_>, volume: &str) -> bool {
+    let Ok(parsed) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    if matches(&parsed, SCOPE_PROBE) {
+        return false;
+    }
+    roles_of(cert).contains(&Role::Config)
+        || matches(&parsed, &Scope::Installation.san())
+        || matches(&parsed, &Scope::Volume(volume).san())
 }
 
 /// The logdb roles a certificate (PEM) carries.
@@ -260,25 +316,75 @@ pub fn roles_of_pem(pem: &str) -> Vec<Role> {
     CertificateDer::from_pem_slice(pem.as_bytes()).map_or_else(|_| Vec::new(), |c| roles_of(&c))
 }
 
-/// Serves `request` (what `what` names) only if its peer is one of `allowed`: with mutual TLS
-/// the peer's certificate (already checked against the CA in the handshake) must carry one of
-/// those roles. Plaintext serves everyone: that is what `--insecure` means.
-pub fn authorize<T>(request: &Request<T>, what: &str, allowed: &[Role]) -> Result<(), Status> {
-    if !transport().is_mutual() {
-        return Ok(());
+/// The peer's certificate chain, if the connection is TLS; `Err` if it must be and is not.
+/// A connection that carries TLS is always checked, whatever this process installed; a
+/// plaintext one is let through only where plaintext is what the process chose.
+fn peer_chain<T>(
+    request: &Request<T>,
+) -> Result<Option<Arc<Vec<CertificateDer<'static>>>>, Status> {
+    match request.peer_certs() {
+        Some(chain) => Ok(Some(chain)),
+        None if transport().is_mutual() => Err(Status::unauthenticated(
+            "this part speaks mutual TLS only; the peer presented no certificate",
+        )),
+        None => Ok(None),
     }
-    authorize_certs(
-        request.peer_certs().as_deref().map(Vec::as_slice),
-        what,
-        allowed,
-    )
 }
 
-/// [`authorize`] on the peer's certificate chain (leaf first), `None` without TLS.
+/// Serves `request` (what `what` names) only if its peer is one of `allowed`: the peer's
+/// certificate (already checked against the CA in the handshake) must carry one of those
+/// roles. A plaintext connection of an `--insecure` process serves everyone.
+pub fn authorize<T>(request: &Request<T>, what: &str, allowed: &[Role]) -> Result<(), Status> {
+    match peer_chain(request)? {
+        None => Ok(()),
+        Some(chain) => authorize_certs(Some(chain.as_slice()), what, allowed, None),
+    }
+}
+
+/// [`authorize`] for a request about `volume`: the peer must also work for that volume.
+pub fn authorize_for<T>(
+    request: &Request<T>,
+    what: &str,
+    allowed: &[Role],
+    volume: &str,
+) -> Result<(), Status> {
+    match peer_chain(request)? {
+        None => Ok(()),
+        Some(chain) => authorize_certs(Some(chain.as_slice()), what, allowed, Some(volume)),
+    }
+}
+
+/// Refuses `request` (what `what` names) unless its peer's certificate names the host of
+/// `address` (`host:port`): a part registers only where it can prove it serves.
+pub fn serves_at<T>(request: &Request<T>, what: &str, address: &str) -> Result<(), Status> {
+    let Some(chain) = peer_chain(request)? else {
+        return Ok(());
+    };
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let named = chain
+        .first()
+        .and_then(|leaf| webpki::EndEntityCert::try_from(leaf).ok())
+        .is_some_and(|cert| matches(&cert, host));
+    if named {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "{what}: the peer's certificate does not name {host:?}, the host of {address:?}"
+        )))
+    }
+}
+
+/// The check of [`authorize`]/[`authorize_for`] on the peer's certificate chain (leaf first),
+/// `None` without one.
 pub fn authorize_certs(
     certs: Option<&[CertificateDer<'static>]>,
     what: &str,
     allowed: &[Role],
+    volume: Option<&str>,
 ) -> Result<(), Status> {
     let names = || {
         allowed
@@ -294,22 +400,27 @@ pub fn authorize_certs(
         )));
     };
     let roles = roles_of(leaf);
-    if allowed.iter().any(|r| roles.contains(r)) {
-        return Ok(());
+    if !allowed.iter().any(|r| roles.contains(r)) {
+        let has = if roles.is_empty() {
+            "no logdb role".to_string()
+        } else {
+            roles
+                .iter()
+                .map(|r| r.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(Status::permission_denied(format!(
+            "{what} is only served to a {} part; the peer's certificate is for {has}",
+            names()
+        )));
     }
-    let has = if roles.is_empty() {
-        "no logdb role".to_string()
-    } else {
-        roles
-            .iter()
-            .map(|r| r.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    Err(Status::permission_denied(format!(
-        "{what} is only served to a {} part; the peer's certificate is for {has}",
-        names()
-    )))
+    match volume {
+        Some(v) if !works_for(leaf, v) => Err(Status::permission_denied(format!(
+            "{what} for volume {v:?}: the peer's certificate is for another volume"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -335,6 +446,55 @@ mod tests {
         // A look-alike name of another domain is not a role.
         let lookalike = issue(&["storage.role.logdb.invalid.example.com".into()]);
         assert!(roles_of(&lookalike).is_empty());
+        // A wildcard over the roles (or the volumes) carries none of them.
+        let wild = issue(&[
+            "*.role.logdb.invalid".into(),
+            "*.volume.logdb.invalid".into(),
+        ]);
+        assert!(roles_of(&wild).is_empty());
+        assert!(!works_for(&wild, "shop-orders"));
+    }
+
+    #[test]
+    fn a_certificate_works_for_its_volume_or_the_installation() {
+        let ca = Ca::create("test").unwrap();
+        let issue = |roles: &[Role], scope| {
+            der(&ca
+                .issue("x", &cert_names(roles, scope, &[]), Usage::Peer)
+                .unwrap()
+                .cert_pem)
+        };
+        let orders = issue(&[Role::Compute], Scope::Volume("shop-orders"));
+        assert!(works_for(&orders, "shop-orders"));
+        assert!(!works_for(&orders, "shop-carts"));
+        let local = issue(&[Role::Storage], Scope::Installation);
+        assert!(works_for(&local, "shop-carts"));
+        // A member works for every volume whatever its scope says.
+        let member = issue(&[Role::Config], Scope::Volume("x"));
+        assert!(works_for(&member, "shop-carts"));
+        // A name too long for one DNS label still makes a scope.
+        let long = "n".repeat(63) + "-" + &"m".repeat(63);
+        assert!(works_for(
+            &issue(&[Role::Compute], Scope::Volume(&long)),
+            &long
+        ));
+        let chain = [orders];
+        authorize_certs(
+            Some(&chain[..]),
+            "WriteRecords",
+            &[Role::Compute],
+            Some("shop-orders"),
+        )
+        .unwrap();
+        let e = authorize_certs(
+            Some(&chain[..]),
+            "WriteRecords",
+            &[Role::Compute],
+            Some("shop-carts"),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("another volume"), "{}", e.message());
     }
 
     #[test]
@@ -352,10 +512,11 @@ mod tests {
             Some(&[compute.clone()][..]),
             "WriteRecords",
             &[Role::Compute],
+            None,
         )
         .unwrap();
-        let denied =
-            authorize_certs(Some(&[storage][..]), "WriteRecords", &[Role::Compute]).unwrap_err();
+        let denied = authorize_certs(Some(&[storage][..]), "WriteRecords", &[Role::Compute], None)
+            .unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         assert!(
             denied.message().contains("only served to a compute part")
@@ -363,7 +524,7 @@ mod tests {
             "{}",
             denied.message()
         );
-        let none = authorize_certs(None, "WriteRecords", &[Role::Compute]).unwrap_err();
+        let none = authorize_certs(None, "WriteRecords", &[Role::Compute], None).unwrap_err();
         assert_eq!(none.code(), tonic::Code::Unauthenticated);
     }
 

@@ -309,7 +309,8 @@ async fn main() -> anyhow::Result<()> {
         engine
     };
     if let Some(shipper) = engine.writer() {
-        logdb_compute::replication::serve(feed_listener, Arc::clone(shipper));
+        logdb_compute::replication::serve(feed_listener, Arc::clone(shipper))
+            .context("TLS for the record feed's port")?;
         metrics.writer.set(1);
     }
     if let Some((client, volume)) = &config {

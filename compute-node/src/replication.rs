@@ -84,10 +84,11 @@ impl proto::replication_server::Replication for FeedService {
         &self,
         r: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        logdb_common::peer_tls::authorize(
+        logdb_common::peer_tls::authorize_for(
             &r,
             "the replication feed",
             &[logdb_common::peer_tls::Role::Compute],
+            &self.shipper.layout().volume,
         )?;
         if let Some(why) = self.shipper.fenced() {
             return Err(Status::failed_precondition(format!(
@@ -122,23 +123,19 @@ impl proto::replication_server::Replication for FeedService {
     }
 }
 
-/// Serves the feed of `shipper` on `listener` until the process ends.
-pub fn serve(listener: TcpListener, shipper: Arc<Shipper>) {
+/// Serves the feed of `shipper` on `listener` until the process ends; `Err` if its TLS cannot
+/// be set up.
+pub fn serve(listener: TcpListener, shipper: Arc<Shipper>) -> Result<(), tonic::transport::Error> {
     let svc = proto::replication_server::ReplicationServer::new(FeedService { shipper })
         .max_encoding_message_size(256 << 20);
-    let mut server = match logdb_common::peer_tls::transport().server() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "TLS for the feed port; the feed is not served");
-            return;
-        }
-    };
+    let mut server = logdb_common::peer_tls::transport().server()?;
     tokio::spawn(async move {
         let incoming = logdb_common::grpc_listener::incoming(listener);
         if let Err(e) = server.add_service(svc).serve_with_incoming(incoming).await {
             tracing::error!(error = %e, "feed server stopped");
         }
     });
+    Ok(())
 }
 
 /// Where the volume's writer serves its feed, per the config store (`None`: no writer yet).

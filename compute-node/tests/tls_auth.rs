@@ -244,6 +244,8 @@ fn an_unsafe_configuration_does_not_start() {
             .args(&args)
             .env_remove("LOGDB_PASSWORD")
             .env_remove("LOGDB_PEER_CA")
+            .env_remove("LOGDB_PEER_CERT")
+            .env_remove("LOGDB_PEER_KEY")
             .output()
             .unwrap();
         assert!(!out.status.success(), "{args:?} started");

@@ -4,7 +4,7 @@
 //! stale epoch or a placement that cannot be met, UNAVAILABLE with the leader's address on a
 //! follower.
 
-use logdb_common::peer_tls::{authorize, Role};
+use logdb_common::peer_tls::{authorize, authorize_for, serves_at, Role};
 use logdb_types::Epoch;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -130,11 +130,13 @@ pub fn volume_to_proto(v: &model::Volume) -> proto::Volume {
 }
 
 /// Who may make which request: volumes, failovers and the group itself are managed by members
-/// (the operator, `logdb up`); a storage node registers and heartbeats itself; a compute node
-/// takes tickets, registers and reports usage; anyone of the installation may read.
+/// (the operator, `logdb up`); a storage node registers (for its pool, at an address its
+/// certificate names) and heartbeats itself; a compute node takes tickets, registers and
+/// reports usage for its own volume, and reads it; members read every volume.
 const MEMBERS: &[Role] = &[Role::Config];
 const STORAGE: &[Role] = &[Role::Storage];
 const COMPUTE: &[Role] = &[Role::Compute];
+const READERS: &[Role] = &[Role::Compute, Role::Config];
 const ANY: &[Role] = &Role::ALL;
 
 impl ConfigSvc {
@@ -190,7 +192,18 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::RegisterNodeRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
-        authorize(&r, "RegisterNode", STORAGE)?;
+        authorize_for(&r, "RegisterNode", STORAGE, &r.get_ref().pool)?;
+        serves_at(&r, "RegisterNode", &r.get_ref().address)?;
+        if let Some(known) = self.sm.state().await.nodes.get(&r.get_ref().id) {
+            if known.pool != r.get_ref().pool {
+                return Err(Status::permission_denied(format!(
+                    "RegisterNode: node {} serves pool {:?}, not {:?}; a node does not change pools",
+                    r.get_ref().id,
+                    known.pool,
+                    r.get_ref().pool
+                )));
+            }
+        }
         let r = r.into_inner();
         self.run(Command::RegisterNode {
             id: r.id,
@@ -255,7 +268,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::AcquireTicketRequest>,
     ) -> Result<Response<proto::Ticket>, Status> {
-        authorize(&r, "AcquireTicket", COMPUTE)?;
+        authorize_for(&r, "AcquireTicket", COMPUTE, &r.get_ref().volume)?;
         let r = r.into_inner();
         match self
             .run(Command::AcquireTicket {
@@ -277,7 +290,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::ReportUsageRequest>,
     ) -> Result<Response<proto::UsageReply>, Status> {
-        authorize(&r, "ReportUsage", COMPUTE)?;
+        authorize_for(&r, "ReportUsage", COMPUTE, &r.get_ref().volume)?;
         let r = r.into_inner();
         match self
             .run(Command::ReportUsage {
@@ -324,7 +337,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::RegisterComputeRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
-        authorize(&r, "RegisterCompute", COMPUTE)?;
+        authorize_for(&r, "RegisterCompute", COMPUTE, &r.get_ref().volume)?;
         let r = r.into_inner();
         self.run(Command::RegisterCompute {
             volume: r.volume,
@@ -363,7 +376,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::VolumeRef>,
     ) -> Result<Response<Self::WatchVolumeStream>, Status> {
-        authorize(&r, "WatchVolume", ANY)?;
+        authorize_for(&r, "WatchVolume", READERS, &r.get_ref().name)?;
         let name = r.into_inner().name;
         let sm = self.sm.clone();
         let mut changes = sm.subscribe();
@@ -399,7 +412,7 @@ impl proto::config_service_server::ConfigService for ConfigSvc {
         &self,
         r: Request<proto::VolumeRef>,
     ) -> Result<Response<proto::Volume>, Status> {
-        authorize(&r, "GetVolume", ANY)?;
+        authorize_for(&r, "GetVolume", READERS, &r.get_ref().name)?;
         let name = r.into_inner().name;
         let state = self.sm.state().await;
         let v = state

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource,
+    Affinity, Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath,
     NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
@@ -196,11 +196,23 @@ fn peer_mount() -> VolumeMount {
     }
 }
 
-fn peer_volume(lv: &LogVolume) -> Volume {
+/// The peer Secret as `part` (`storage` or `compute`) mounts it: the CA certificate and that
+/// part's own certificate and key only (a storage pod never holds a compute key).
+fn peer_volume(lv: &LogVolume, part: &str) -> Volume {
+    let item = |key: String| KeyToPath {
+        path: key.clone(),
+        key,
+        ..Default::default()
+    };
     Volume {
         name: "peer-tls".into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secrets::peer_secret_name(lv)),
+            items: Some(vec![
+                item("ca.crt".into()),
+                item(format!("{part}.crt")),
+                item(format!("{part}.key")),
+            ]),
             // Readable by the pod's group (fsGroup) only: the keys are in it.
             default_mode: Some(0o440),
             ..Default::default()
@@ -378,7 +390,7 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
                         }),
                         spec: Some(PodSpec {
                             containers: vec![container],
-                            volumes: Some(vec![peer_volume(lv)]),
+                            volumes: Some(vec![peer_volume(lv, "storage")]),
                             affinity: Some(affinity),
                             security_context: Some(pod_security()),
                             termination_grace_period_seconds: Some(30),
@@ -400,25 +412,29 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
         })
         .collect();
 
+    let mut compute_args = vec![
+        "--role=auto".into(),
+        format!("--config-store={config_store}"),
+        format!("--volume={}", crate::controller::volume_id(lv)),
+        "--writer-id=$(POD_NAME)".into(),
+        format!("--listen=0.0.0.0:{PG_PORT}"),
+        format!("--metrics-listen=0.0.0.0:{COMPUTE_METRICS_PORT}"),
+        format!("--replication-listen=0.0.0.0:{FEED_PORT}"),
+        format!("--advertise-host={}", dns(&compute_svc)),
+        format!("--tls-cert={TLS_MOUNT}/tls.crt"),
+        format!("--tls-key={TLS_MOUNT}/tls.key"),
+        format!("--peer-ca={PEER_MOUNT}/ca.crt"),
+        format!("--peer-cert={PEER_MOUNT}/compute.crt"),
+        format!("--peer-key={PEER_MOUNT}/compute.key"),
+    ];
+    if lv.spec.require_tls {
+        compute_args.push("--require-tls".into());
+    }
     let compute_container = Container {
         name: "compute".into(),
         image: Some(settings.image.clone()),
         command: Some(vec!["logdb-compute".into()]),
-        args: Some(vec![
-            "--role=auto".into(),
-            format!("--config-store={config_store}"),
-            format!("--volume={}", crate::controller::volume_id(lv)),
-            "--writer-id=$(POD_NAME)".into(),
-            format!("--listen=0.0.0.0:{PG_PORT}"),
-            format!("--metrics-listen=0.0.0.0:{COMPUTE_METRICS_PORT}"),
-            format!("--replication-listen=0.0.0.0:{FEED_PORT}"),
-            format!("--advertise-host={}", dns(&compute_svc)),
-            format!("--tls-cert={TLS_MOUNT}/tls.crt"),
-            format!("--tls-key={TLS_MOUNT}/tls.key"),
-            format!("--peer-ca={PEER_MOUNT}/ca.crt"),
-            format!("--peer-cert={PEER_MOUNT}/compute.crt"),
-            format!("--peer-key={PEER_MOUNT}/compute.key"),
-        ]),
+        args: Some(compute_args),
         env: Some(vec![
             env_field("POD_NAME", "metadata.name"),
             env_secret("LOGDB_USER", &secrets::app_secret_name(lv), "username"),
@@ -480,7 +496,7 @@ pub fn desired(lv: &LogVolume, settings: &Settings, pgs: u32) -> Result<Desired,
                             }),
                             ..Default::default()
                         },
-                        peer_volume(lv),
+                        peer_volume(lv, "compute"),
                     ]),
                     security_context: Some(pod_security()),
                     termination_grace_period_seconds: Some(30),

@@ -7,7 +7,7 @@
 //! `<service>-installation-ca` of the operator's namespace (made by the first pod that finds
 //! none; the API server settles a race). A pod issues its own certificate from it at start, for
 //! the names of the operator's headless Service, and ends itself (to be restarted with a new
-//! one) once less than `pki::RENEW_BEFORE` is left of it.
+//! one) once less than `pki::RENEW_BEFORE` is left of it, pod i i days after pod 0.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -99,7 +99,7 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
     let own = ca
         .issue(
             &format!("logdb operator {}", opts.pod_name),
-            &peer_tls::cert_names(&[Role::Config], &names),
+            &peer_tls::cert_names(&[Role::Config], peer_tls::Scope::Installation, &names),
             Usage::Peer,
         )
         .context("issuing this pod's certificate")?;
@@ -110,9 +110,13 @@ pub async fn run(opts: OperatorOptions) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
+    // Pods started together would all end at once, taking the config store's quorum with
+    // them: pod i renews i days later (still weeks before its certificate runs out).
+    let stagger = (member_id(&opts.pod_name)? - 1).min(20) * 86_400;
     let renew_in = own
         .not_after_unix
         .saturating_sub(RENEW_BEFORE.as_secs())
+        .saturating_add(stagger)
         .saturating_sub(now);
     let due = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&due);

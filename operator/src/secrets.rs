@@ -120,11 +120,13 @@ pub fn peer_names(lv: &LogVolume, role: Role) -> Vec<String> {
     let svc = match role {
         Role::Storage => format!("{name}-storage"),
         Role::Compute => format!("{name}-compute"),
-        // A LogVolume has no config store pods: the role alone.
-        Role::Config => return logdb_common::peer_tls::cert_names(&[role], &[]),
+        // A LogVolume has no config store pods, and gets no member's certificate.
+        Role::Config => return Vec::new(),
     };
+    let volume = crate::controller::volume_id(lv);
     logdb_common::peer_tls::cert_names(
         &[role],
+        logdb_common::peer_tls::Scope::Volume(&volume),
         &[
             format!("*.{svc}.{ns}.svc"),
             format!("*.{svc}.{ns}.svc.cluster.local"),

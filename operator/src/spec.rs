@@ -90,6 +90,11 @@ pub struct LogVolumeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') && size(self) <= 253").message("appSecret must be a Secret name (lower-case letters, digits, '-' and '.')"))]
     pub app_secret: Option<String>,
+    /// Refuse PostgreSQL clients that do not use TLS (PostgreSQL's `hostssl`). Default: TLS is
+    /// offered and plaintext clients are still let in (with SCRAM). `logdb up` always
+    /// requires TLS unless started with `--insecure`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_tls: bool,
 }
 
 /// What the operator (or `logdb up`) last saw of the volume.

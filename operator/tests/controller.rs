@@ -240,8 +240,11 @@ async fn create_failover_grow_and_delete() {
     }
     let peer_after = peer["metadata"]["annotations"]["logdb.io/not-after"].clone();
     assert!(peer_after.is_string(), "{peer}");
-    let a1 = s.api.get(&format!("{SETS}/orders-storage-a1")).unwrap();
-    for set in [&compute, &a1] {
+    let mut sets = vec![compute.clone()];
+    for id in ["a1", "a2", "b1", "b2", "c1", "c2"] {
+        sets.push(s.api.get(&format!("{SETS}/orders-storage-{id}")).unwrap());
+    }
+    for set in &sets {
         assert_eq!(
             set["spec"]["template"]["metadata"]["annotations"]["logdb.io/peer-not-after"],
             peer_after

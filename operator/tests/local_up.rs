@@ -62,7 +62,7 @@ fn up_write_stop_two_nodes_down_and_up_again() {
     assert!(table.contains("storage nodes: 6/6 healthy"), "{table}");
 
     // The parts speak mutual TLS: a storage node serves a holder of the data dir's
-    // certificates and refuses a plaintext client.
+    // certificates what its role may ask, and refuses a plaintext client.
     let node = s["nodes"][0]["address"].as_str().unwrap().to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -85,16 +85,22 @@ fn up_write_stop_two_nodes_down_and_up_again() {
             }
         };
         let tls = dir.join("tls");
-        let compute = Mutual::load(
-            &tls.join("ca.crt"),
-            &tls.join("peer-compute.crt"),
-            &tls.join("peer-compute.key"),
-        )
-        .unwrap();
-        let segments = list(Transport::Mutual(std::sync::Arc::new(compute)))
-            .await
+        let part = |name: &str| {
+            let m = Mutual::load(
+                &tls.join("ca.crt"),
+                &tls.join(format!("peer-{name}.crt")),
+                &tls.join(format!("peer-{name}.key")),
+            )
             .unwrap();
+            Transport::Mutual(std::sync::Arc::new(m))
+        };
+        let segments = list(part("config")).await.unwrap();
         assert!(segments > 0);
+        let err = list(part("compute")).await.unwrap_err();
+        assert!(
+            err.contains("PermissionDenied") && err.contains("only served to a config part"),
+            "{err}"
+        );
         assert!(
             list(Transport::Plaintext).await.is_err(),
             "a plaintext client was served"

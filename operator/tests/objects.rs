@@ -275,3 +275,61 @@ fn network_policies_let_only_the_volumes_own_pods_reach_its_internal_ports() {
     );
     assert_eq!(d.policies.len(), 2);
 }
+
+#[test]
+fn parts_get_their_peer_certificates_and_require_tls_refuses_plaintext_clients() {
+    let d = render(1);
+    let args = |c: &k8s_openapi::api::core::v1::Container| c.args.clone().unwrap_or_default();
+    let compute = &d.compute.spec.template.spec.as_ref().unwrap().containers[0];
+    let storage = &d.storage[0].spec.template.spec.as_ref().unwrap().containers[0];
+    for (c, part) in [(compute, "compute"), (storage, "storage")] {
+        let a = args(c);
+        for flag in [
+            "--peer-ca=/etc/logdb/peer/ca.crt".to_string(),
+            format!("--peer-cert=/etc/logdb/peer/{part}.crt"),
+            format!("--peer-key=/etc/logdb/peer/{part}.key"),
+        ] {
+            assert!(a.contains(&flag), "{part}: {a:?}");
+        }
+        assert!(!a.iter().any(|f| f == "--insecure"), "{part}: {a:?}");
+        let mounts = c.volume_mounts.clone().unwrap();
+        assert!(mounts
+            .iter()
+            .any(|m| m.name == "peer-tls" && m.read_only == Some(true)));
+    }
+    for (set, part) in d
+        .storage
+        .iter()
+        .map(|s| (s, "storage"))
+        .chain([(&d.compute, "compute")])
+    {
+        let volumes = set.spec.template.spec.as_ref().unwrap().volumes.clone();
+        let secret = volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "peer-tls")
+            .and_then(|v| v.secret)
+            .unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("orders-peer-tls"));
+        assert_eq!(secret.default_mode, Some(0o440));
+        // Each part mounts its own key only.
+        let keys: Vec<String> = secret.items.unwrap().into_iter().map(|i| i.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "ca.crt".to_string(),
+                format!("{part}.crt"),
+                format!("{part}.key")
+            ]
+        );
+    }
+    assert!(
+        !args(compute).iter().any(|f| f == "--require-tls"),
+        "plaintext clients are let in by default"
+    );
+    let mut lv = example();
+    lv.spec.require_tls = true;
+    let d = desired(&lv, &settings(), 1).unwrap();
+    let compute = &d.compute.spec.template.spec.as_ref().unwrap().containers[0];
+    assert!(args(compute).iter().any(|f| f == "--require-tls"));
+}

@@ -99,15 +99,16 @@ async fn one_leader_runs_the_controller_and_another_takes_over() {
     assert_eq!(leaders(&pods), vec![first], "the others stand by");
     // One installation CA for every pod, kept in the operator's namespace; the LogVolume's
     // peer certificates come from it.
-    let peer_ca = || {
+    let peer = || {
         api.get("/api/v1/namespaces/shop/secrets/orders-peer-tls")
-            .map(|s| s["data"]["ca.crt"].clone())
+            .map(|s| s["data"].clone())
     };
-    await_true("the peer certificates", || peer_ca().is_some()).await;
+    await_true("the peer certificates", || peer().is_some()).await;
+    let issued = peer().unwrap();
     let installation = api
         .get("/api/v1/namespaces/logdb-system/secrets/logdb-operator-installation-ca")
         .expect("the installation's CA is kept");
-    assert_eq!(Some(installation["data"]["ca.crt"].clone()), peer_ca());
+    assert_eq!(installation["data"]["ca.crt"], issued["ca.crt"]);
 
     // The leader's pod goes away: another member leads and runs the controller.
     let (_, stop, task) = &mut pods[first];
@@ -132,9 +133,9 @@ async fn one_leader_runs_the_controller_and_another_takes_over() {
     })
     .await;
     assert_eq!(
-        Some(installation["data"]["ca.crt"].clone()),
-        peer_ca(),
-        "the new leader issues from the same CA (nothing re-issued)"
+        peer(),
+        Some(issued),
+        "the new leader works from the same CA: nothing is re-issued"
     );
     for (_, stop, task) in pods.iter_mut() {
         if let Some(s) = stop.take() {

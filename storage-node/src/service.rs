@@ -14,7 +14,7 @@ use crate::node::{Node, NodeError};
 use crate::page_store::{StoreError, Truncation};
 use crate::segment::{Segment, SegmentError, SegmentStatus};
 use crate::segment_log::LogError;
-use logdb_common::peer_tls::{authorize, Role};
+use logdb_common::peer_tls::{authorize, authorize_for, Role};
 use logdb_types::proto::{self, storage_service_server::StorageService};
 use logdb_types::record::RedoRecord;
 use logdb_types::{Epoch, Lsn, PageId, PgIndex};
@@ -111,12 +111,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("storage task failed: {e}")))?
 }
 
-/// Who may make which request: records, epochs and truncations come only from a compute node
-/// (the writer, whose epoch the segment checks as well); pages and records are read by compute
-/// nodes and by peers repairing a segment; state is seen by every part.
+/// Who may make which request, always for a volume its certificate works for: records,
+/// epochs and truncations come only from a compute node (the writer, whose epoch the segment
+/// checks as well), which also reads pages and records; a segment's state is seen by compute
+/// nodes and config store members; the list of every segment of the node by members only.
 const WRITERS: &[Role] = &[Role::Compute];
-const READERS: &[Role] = &[Role::Compute, Role::Storage];
-const OBSERVERS: &[Role] = &[Role::Compute, Role::Storage, Role::Config];
+const READERS: &[Role] = &[Role::Compute];
+const OBSERVERS: &[Role] = &[Role::Compute, Role::Config];
 
 impl StorageSvc {
     fn segment(&self, volume: &str, segment: &str) -> Result<Arc<Segment>, Status> {
@@ -130,7 +131,12 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::WriteRecordsRequest>,
     ) -> Result<Response<proto::WriteRecordsResponse>, Status> {
-        authorize(&request, "WriteRecords", WRITERS)?;
+        authorize_for(
+            &request,
+            "WriteRecords",
+            WRITERS,
+            &request.get_ref().volume_id,
+        )?;
         let req = request.into_inner();
         let limit = self.node.config().max_batch_bytes;
         let size: usize = req
@@ -193,7 +199,7 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::ReadPageRequest>,
     ) -> Result<Response<proto::ReadPageResponse>, Status> {
-        authorize(&request, "ReadPage", READERS)?;
+        authorize_for(&request, "ReadPage", READERS, &request.get_ref().volume_id)?;
         let req = request.into_inner();
         let page = PageId(req.page_id);
         let seg = self
@@ -224,7 +230,12 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::CreateSegmentRequest>,
     ) -> Result<Response<proto::SegmentState>, Status> {
-        authorize(&request, "CreateSegment", WRITERS)?;
+        authorize_for(
+            &request,
+            "CreateSegment",
+            WRITERS,
+            &request.get_ref().volume_id,
+        )?;
         let r = request.into_inner();
         let node = Arc::clone(&self.node);
         let seg = blocking(move || {
@@ -248,7 +259,12 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::SegmentRef>,
     ) -> Result<Response<proto::SegmentState>, Status> {
-        authorize(&request, "GetSegmentState", OBSERVERS)?;
+        authorize_for(
+            &request,
+            "GetSegmentState",
+            OBSERVERS,
+            &request.get_ref().volume_id,
+        )?;
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         Ok(Response::new(state_proto(&seg.status())))
@@ -258,7 +274,7 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::ListSegmentsRequest>,
     ) -> Result<Response<proto::ListSegmentsResponse>, Status> {
-        authorize(&request, "ListSegments", OBSERVERS)?;
+        authorize(&request, "ListSegments", &[Role::Config])?;
         let segments = self
             .node
             .segments()
@@ -272,7 +288,12 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::InstallEpochRequest>,
     ) -> Result<Response<proto::SegmentState>, Status> {
-        authorize(&request, "InstallEpoch", WRITERS)?;
+        authorize_for(
+            &request,
+            "InstallEpoch",
+            WRITERS,
+            &request.get_ref().volume_id,
+        )?;
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         let st = blocking(move || {
@@ -288,7 +309,7 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::TruncateRequest>,
     ) -> Result<Response<proto::SegmentState>, Status> {
-        authorize(&request, "Truncate", WRITERS)?;
+        authorize_for(&request, "Truncate", WRITERS, &request.get_ref().volume_id)?;
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         let st = blocking(move || {
@@ -320,7 +341,12 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::StreamRecordsRequest>,
     ) -> Result<Response<Self::StreamRecordsStream>, Status> {
-        authorize(&request, "StreamRecords", READERS)?;
+        authorize_for(
+            &request,
+            "StreamRecords",
+            READERS,
+            &request.get_ref().volume_id,
+        )?;
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         let headers_only = r.headers_only;
@@ -346,7 +372,12 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::HoldHistoryRequest>,
     ) -> Result<Response<proto::HoldHistoryResponse>, Status> {
-        authorize(&request, "HoldHistory", WRITERS)?;
+        authorize_for(
+            &request,
+            "HoldHistory",
+            WRITERS,
+            &request.get_ref().volume_id,
+        )?;
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         let (horizon, expires) = blocking(move || {
@@ -364,7 +395,12 @@ impl StorageService for StorageSvc {
         &self,
         request: Request<proto::InspectPagesRequest>,
     ) -> Result<Response<proto::InspectPagesResponse>, Status> {
-        authorize(&request, "InspectPages", OBSERVERS)?;
+        authorize_for(
+            &request,
+            "InspectPages",
+            OBSERVERS,
+            &request.get_ref().volume_id,
+        )?;
         let r = request.into_inner();
         let seg = self.segment(&r.volume_id, &r.segment_id)?;
         let rows = blocking(move || seg.pages(r.limit as usize).map_err(segment_status)).await?;

@@ -225,7 +225,7 @@ pub struct TestPki {
 
 impl TestPki {
     pub fn new() -> TestPki {
-        use logdb_common::peer_tls::{cert_names, Role};
+        use logdb_common::peer_tls::{cert_names, Role, Scope};
         use logdb_common::pki::{CertDir, Usage};
         let dir = TempDir::new("logdb-test-pki").expect("temp dir");
         let certs = CertDir::new(&dir.0);
@@ -237,7 +237,7 @@ impl TestPki {
                     &ca,
                     role.name(),
                     role.name(),
-                    &cert_names(&[role], &hosts),
+                    &cert_names(&[role], Scope::Installation, &hosts),
                     Usage::Peer,
                 )
                 .expect("a part's certificate");
@@ -255,7 +255,33 @@ impl TestPki {
         &self,
         role: logdb_common::peer_tls::Role,
     ) -> logdb_common::peer_tls::Transport {
-        let leaf = self.certs.leaf(role.name());
+        self.identity(&self.certs.leaf(role.name()))
+    }
+
+    /// The identity of a part of `role` that works for `volume` only (as a LogVolume's pods).
+    pub fn transport_for(
+        &self,
+        role: logdb_common::peer_tls::Role,
+        volume: &str,
+    ) -> logdb_common::peer_tls::Transport {
+        use logdb_common::peer_tls::{cert_names, Scope};
+        let ca = self.certs.ca("test").expect("the test CA");
+        let name = format!("{}-of-{volume}", role.name());
+        let hosts = ["127.0.0.1".to_string()];
+        let leaf = self
+            .certs
+            .issue(
+                &ca,
+                &name,
+                &name,
+                &cert_names(&[role], Scope::Volume(volume), &hosts),
+                logdb_common::pki::Usage::Peer,
+            )
+            .expect("a scoped certificate");
+        self.identity(&leaf)
+    }
+
+    fn identity(&self, leaf: &logdb_common::pki::LeafFiles) -> logdb_common::peer_tls::Transport {
         logdb_common::peer_tls::Transport::Mutual(std::sync::Arc::new(
             logdb_common::peer_tls::Mutual::load(&self.certs.ca_cert(), &leaf.cert, &leaf.key)
                 .expect("the test certificates load"),

@@ -1,8 +1,8 @@
 //! Mutual TLS on the storage port against the real binary: a compute part of the installation
 //! writes; a process without the installation's certificate (plaintext, no certificate, a
 //! certificate of another CA) is refused before any request is served; another part's
-//! certificate reads state but may not write records or install an epoch; and a node given no
-//! certificate does not start unless told `--insecure`.
+//! certificate may not write records or install an epoch, nor may a compute part of another
+//! volume; and a node given no certificate does not start unless told `--insecure`.
 
 mod common;
 
@@ -50,11 +50,18 @@ async fn only_the_installations_compute_parts_may_write_records() {
         .await
         .unwrap();
 
-    // Another part of the installation sees state but does not write or fence.
+    // Another kind of part of the installation does not write, fence or even look.
     let mut peer = client(pki.transport(Role::Storage).endpoint(&node.grpc).unwrap())
         .await
         .unwrap();
-    assert_eq!(state(&mut peer).await.highest_lsn, 1);
+    let err = peer
+        .get_segment_state(logdb_types::proto::SegmentRef {
+            volume_id: VOL.into(),
+            segment_id: SEG.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let err = write(&mut peer, 1, 1, &[delta(2, 1, 1, 0, b"b")])
         .await
         .unwrap_err();
@@ -72,6 +79,41 @@ async fn only_the_installations_compute_parts_may_write_records() {
             segment_id: SEG.into(),
             epoch: u64::MAX,
         })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // A compute part of another volume is not served for this one; of this one, it is.
+    let mut other = client(
+        pki.transport_for(Role::Compute, "shop-carts")
+            .endpoint(&node.grpc)
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let err = write(&mut other, 1, 1, &[delta(2, 1, 1, 0, b"c")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("for volume \"vol1\"") && err.message().contains("another volume"),
+        "{}",
+        err.message()
+    );
+    let mut own = client(
+        pki.transport_for(Role::Compute, VOL)
+            .endpoint(&node.grpc)
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(state(&mut own).await.highest_lsn, 1);
+    // A config store member sees every segment's state, and writes none.
+    let mut member = client(pki.transport(Role::Config).endpoint(&node.grpc).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(state(&mut member).await.highest_lsn, 1);
+    let err = write(&mut member, 1, 1, &[delta(2, 1, 1, 0, b"d")])
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");

@@ -54,7 +54,7 @@ impl LocalCredentials {
                         &ca,
                         &format!("peer-{}", role.name()),
                         &format!("logdb {installation} {}", role.name()),
-                        &peer_tls::cert_names(&[role], &loopback),
+                        &peer_tls::cert_names(&[role], peer_tls::Scope::Installation, &loopback),
                         Usage::Peer,
                     )
                     .map(|leaf| (role, leaf))

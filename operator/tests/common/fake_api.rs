@@ -234,10 +234,19 @@ impl FakeApi {
                             s.version
                         )
                     });
+                let path = format!("{key}/{name}");
+                // As the API server: a create of a name that exists is a conflict, not an
+                // overwrite.
+                if s.objects.contains_key(&path) {
+                    return status(
+                        StatusCode::CONFLICT,
+                        "AlreadyExists",
+                        format!("{path} already exists"),
+                    );
+                }
                 obj["metadata"]["name"] = name.clone().into();
                 obj["metadata"]["resourceVersion"] = s.version.to_string().into();
                 obj["metadata"]["uid"] = format!("uid-{}", s.version).into();
-                let path = format!("{key}/{name}");
                 s.record("ADDED", &path, &obj);
                 s.objects.insert(path, obj.clone());
                 ok(&obj)

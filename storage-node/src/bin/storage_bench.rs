@@ -71,6 +71,8 @@ fn start_node(data: &Path) -> anyhow::Result<Node> {
             "bench",
             "--zone",
             "z",
+            // The bench measures the storage engine; its client speaks plaintext.
+            "--insecure",
         ])
         .arg("--data-dir")
         .arg(data)
