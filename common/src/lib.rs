@@ -10,4 +10,5 @@ pub mod peer_tls;
 pub mod pki;
 pub mod shutdown;
 pub mod stats;
+pub mod test_pki;
 pub mod tls;

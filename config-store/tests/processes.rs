@@ -24,7 +24,8 @@ struct Proc {
 impl Proc {
     fn start(id: u64, dir: &Path, listen: &str) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_logdb-config"))
-            .args(["--id", &id.to_string(), "--listen", listen, "--insecure"])
+            .args(["--id", &id.to_string(), "--listen", listen])
+            .arg("--insecure")
             .arg("--data-dir")
             .arg(dir)
             .env("RUST_LOG", "error")
