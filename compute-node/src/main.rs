@@ -106,8 +106,9 @@ struct Args {
     /// max_connections).
     #[arg(long, default_value_t = 100)]
     max_connections: usize,
-    /// Largest result one query may return, in bytes: results are built whole before they are
-    /// sent, so this bounds a session's memory; past it the query fails with SQLSTATE 54000.
+    /// Largest result a query may gather before sending it, in bytes (a statement inside a
+    /// write transaction, or one of several in a string; a lone read streams and has no cap):
+    /// this bounds a session's memory; past it the query fails with SQLSTATE 54000.
     #[arg(long, default_value_t = 256 << 20)]
     max_result_bytes: usize,
     /// How long (ms) a transaction waits under back-pressure (--lal) before it is refused.

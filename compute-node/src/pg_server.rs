@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::stream;
+use futures::{stream, StreamExt};
 use pgwire::api::auth::md5pass::Md5PasswordAuthStartupHandler;
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
@@ -208,24 +208,163 @@ fn pg_type(t: ColType) -> Type {
     }
 }
 
+/// Batches of a streamed result in flight between the statement's thread and the socket.
+const STREAM_DEPTH: usize = 4;
+
+/// What a statement's thread hands back: its outcome, the commit and read LSNs it left, and
+/// whether the session is inside a transaction after it.
+type Ran = (
+    Result<Vec<Outcome>, SqlError>,
+    (logdb_types::Lsn, logdb_types::Lsn),
+    bool,
+);
+
+/// What a statement answers: outcomes gathered whole, or rows still coming.
+enum Answer {
+    Buffered(Vec<Outcome>),
+    Streamed(RowStream),
+}
+
+/// The rows of a statement that is still running on its blocking thread: batches come over
+/// `rx`, each sent on once what it read is durable; the task's own end (its error, if any)
+/// comes last.
+struct RowStream {
+    columns: Vec<(String, ColType)>,
+    rx: tokio::sync::mpsc::Receiver<sql::Streamed>,
+    task: tokio::task::JoinHandle<Ran>,
+    session: Arc<Session>,
+    started: Instant,
+    timeout: Option<Duration>,
+}
+
+impl RowStream {
+    /// The response: the columns (as `fields`, or as text), then the rows as they come.
+    fn into_response(self, fields: Option<Arc<Vec<FieldInfo>>>) -> Response {
+        let fields = fields.unwrap_or_else(|| text_fields(&self.columns));
+        let rows_fields = Arc::clone(&fields);
+        let rows = stream::unfold(Some(self), move |state| {
+            let fields = Arc::clone(&rows_fields);
+            async move {
+                let mut s = state?;
+                match s.rx.recv().await {
+                    Some(sql::Streamed::Rows { rows, read_lsn }) => {
+                        let sent = match wait_read_durable(
+                            &s.session.ctx.engine,
+                            read_lsn,
+                            s.started,
+                            s.timeout,
+                        )
+                        .await
+                        {
+                            Ok(()) => encode_rows(&fields, rows),
+                            Err(e) => Err(user_error(e)),
+                        };
+                        // An error ends the stream; the statement's thread stops once its next
+                        // batch finds nobody listening.
+                        let go_on = sent.is_ok();
+                        Some((
+                            stream::iter(sent.map_or_else(
+                                |e| vec![Err(e)],
+                                |r| r.into_iter().map(Ok).collect(),
+                            )),
+                            go_on.then_some(s),
+                        ))
+                    }
+                    Some(sql::Streamed::Columns(_)) => Some((
+                        stream::iter(vec![Err(user_error(SqlError::new(
+                            "XX000",
+                            "a streamed result sent its columns twice",
+                        )))]),
+                        None,
+                    )),
+                    None => {
+                        let ended = (&mut s.task).await;
+                        s.session.statement_ended(false);
+                        let err = match ended {
+                            Ok((Ok(_), _, _)) => return None,
+                            Ok((Err(e), _, _)) => e,
+                            Err(e) => SqlError::new("XX000", format!("statement task failed: {e}")),
+                        };
+                        Some((stream::iter(vec![Err(user_error(err))]), None))
+                    }
+                }
+            }
+        })
+        .flatten();
+        Response::Query(QueryResponse::new(fields, rows))
+    }
+}
+
+/// Text-format fields of result columns (the simple protocol's).
+fn text_fields(columns: &[(String, ColType)]) -> Arc<Vec<FieldInfo>> {
+    Arc::new(
+        columns
+            .iter()
+            .map(|(name, t)| {
+                FieldInfo::new(name.clone(), None, None, pg_type(*t), FieldFormat::Text)
+            })
+            .collect(),
+    )
+}
+
+/// Waits until `read_lsn` (what a statement read of others' commits) is durable, within what
+/// is left of the statement's `timeout`: reads are linearizable. Replicas read only what is
+/// durable already.
+async fn wait_read_durable(
+    engine: &Engine,
+    read_lsn: logdb_types::Lsn,
+    started: Instant,
+    timeout: Option<Duration>,
+) -> Result<(), SqlError> {
+    let Some(shipper) = engine.writer() else {
+        return Ok(());
+    };
+    if read_lsn.0 == 0 {
+        return Ok(());
+    }
+    let wait = shipper.wait_durable(read_lsn);
+    let waited = match timeout {
+        None => Ok(wait.await),
+        Some(t) => {
+            let rest = t.saturating_sub(started.elapsed());
+            tokio::time::timeout(rest, wait).await
+        }
+    };
+    match waited {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(SqlError::new(
+            "58030",
+            format!("what this statement read is not confirmed durable: {e}"),
+        )),
+        Err(_) => Err(SqlError::new(
+            sql::STATEMENT_TIMEOUT,
+            "canceling statement due to statement timeout (what it read was not durable yet)",
+        )),
+    }
+}
+
 impl Session {
-    /// Runs SQL on the session's connection; waits for durability when it committed.
+    /// Runs SQL on the session's connection; waits for durability when it committed. With
+    /// `stream`, a single read-only statement outside a write transaction answers with its
+    /// rows as they come ([`Answer::Streamed`]); anything else is buffered.
     async fn run(
         &self,
         sql_text: String,
         params: Vec<Value>,
         typing: sql::Typing,
-    ) -> Result<Vec<Outcome>, SqlError> {
+        stream: bool,
+    ) -> Result<Answer, SqlError> {
         if self.idle.lock().expect("idle state").ended {
             return Err(idle_timeout_error(self.idle_timeout()));
         }
         if let Some(call) = lsn_functions::parse(&sql_text) {
             return self
                 .lsn_call(call.map_err(|m| SqlError::new("42883", m))?)
-                .await;
+                .await
+                .map(Answer::Buffered);
         }
         if let Some(cmd) = session_settings::parse(&sql_text) {
-            return self.setting(cmd);
+            return self.setting(cmd).map(Answer::Buffered);
         }
         {
             let mut idle = self.idle.lock().expect("idle state");
@@ -235,9 +374,9 @@ impl Session {
             if idle.aborted {
                 if ends_block(&sql_text) {
                     idle.aborted = false;
-                    return Ok(vec![Outcome::Done {
+                    return Ok(Answer::Buffered(vec![Outcome::Done {
                         tag: "ROLLBACK".into(),
-                    }]);
+                    }]));
                 }
                 return Err(SqlError::new(
                     IN_FAILED_TRANSACTION,
@@ -282,15 +421,50 @@ impl Session {
             t.saturating_sub(started.elapsed())
                 .max(Duration::from_millis(1))
         });
-        let ran = tokio::task::spawn_blocking(move || {
+        // Rows stream only where nothing else waits on the statement: no write turn held or
+        // taken (so in autocommit, read-only).
+        let (tx, rx) = match stream && turn.is_none() {
+            true => {
+                let (tx, rx) = tokio::sync::mpsc::channel(STREAM_DEPTH);
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        let task = tokio::task::spawn_blocking(move || {
             let _ = vfs::take_read_lsn();
             let out = conn.with(left, |c| {
-                sql::execute(c, &engine, typing, &sql_text, &params, max_result)
+                sql::execute(
+                    c,
+                    &engine,
+                    typing,
+                    &sql_text,
+                    &params,
+                    max_result,
+                    tx.as_ref(),
+                )
             });
             let lsns = (vfs::take_commit_lsn(), vfs::take_read_lsn());
             (out, lsns, conn.in_transaction())
-        })
-        .await;
+        });
+        if let Some(mut rx) = rx {
+            if let Some(sql::Streamed::Columns(columns)) = rx.recv().await {
+                drop(turn);
+                let session = self.me.upgrade().ok_or_else(|| {
+                    SqlError::new("08006", "the session ended while its statement ran")
+                })?;
+                return Ok(Answer::Streamed(RowStream {
+                    columns,
+                    rx,
+                    task,
+                    session,
+                    started,
+                    timeout,
+                }));
+            }
+            // Nothing streamed (the statement was not a single read, or failed first): its
+            // outcome comes from the task as usual.
+        }
+        let ran = task.await;
         let in_tx = ran.as_ref().is_ok_and(|(_, _, in_tx)| *in_tx);
         if !in_tx {
             *turn = None;
@@ -305,31 +479,7 @@ impl Session {
         // What the statement read of other sessions' commits is answered only once durable
         // (a crash could still erase it): reads are linearizable.
         if read_lsn > lsn {
-            if let Some(shipper) = self.ctx.engine.writer() {
-                let wait = shipper.wait_durable(read_lsn);
-                let waited = match timeout {
-                    None => Ok(wait.await),
-                    Some(t) => {
-                        let rest = t.saturating_sub(started.elapsed());
-                        tokio::time::timeout(rest, wait).await
-                    }
-                };
-                match waited {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        return Err(SqlError::new(
-                            "58030",
-                            format!("what this statement read is not confirmed durable: {e}"),
-                        ))
-                    }
-                    Err(_) => {
-                        return Err(SqlError::new(
-                            sql::STATEMENT_TIMEOUT,
-                            "canceling statement due to statement timeout (what it read was not durable yet)",
-                        ))
-                    }
-                }
-            }
+            wait_read_durable(&self.ctx.engine, read_lsn, started, timeout).await?;
         }
         if lsn.0 > 0 {
             let engine = &self.ctx.engine;
@@ -347,7 +497,7 @@ impl Session {
                 .commit_latency
                 .observe(started.elapsed().as_secs_f64());
         }
-        out
+        out.map(Answer::Buffered)
     }
 
     /// The idle-in-transaction timeout in force for this session.
@@ -572,34 +722,34 @@ fn encode(outcome: Outcome, fields: Option<Arc<Vec<FieldInfo>>>) -> PgWireResult
             })
         }
         Outcome::Rows { columns, rows } => {
-            let fields = fields.unwrap_or_else(|| {
-                Arc::new(
-                    columns
-                        .iter()
-                        .map(|(name, t)| {
-                            FieldInfo::new(name.clone(), None, None, pg_type(*t), FieldFormat::Text)
-                        })
-                        .collect(),
-                )
-            });
-            let mut encoder = DataRowEncoder::new(Arc::clone(&fields));
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                for (i, v) in row.iter().enumerate() {
-                    let t = fields
-                        .get(i)
-                        .map(|f| f.datatype().clone())
-                        .unwrap_or(Type::TEXT);
-                    encode_value(&mut encoder, v, &t)?;
-                }
-                out.push(Ok(encoder.take_row()));
-            }
+            let fields = fields.unwrap_or_else(|| text_fields(&columns));
+            let out = encode_rows(&fields, rows)?;
             Ok(Response::Query(QueryResponse::new(
                 fields,
-                stream::iter(out),
+                stream::iter(out.into_iter().map(Ok)),
             )))
         }
     }
+}
+
+/// The data rows of `rows` in the formats and types of `fields`.
+fn encode_rows(
+    fields: &Arc<Vec<FieldInfo>>,
+    rows: Vec<Vec<Value>>,
+) -> PgWireResult<Vec<pgwire::messages::data::DataRow>> {
+    let mut encoder = DataRowEncoder::new(Arc::clone(fields));
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        for (i, v) in row.iter().enumerate() {
+            let t = fields
+                .get(i)
+                .map(|f| f.datatype().clone())
+                .unwrap_or(Type::TEXT);
+            encode_value(&mut encoder, v, &t)?;
+        }
+        out.push(encoder.take_row());
+    }
+    Ok(out)
 }
 
 /// Encodes a SQLite value as the column's declared PostgreSQL type (SQLite typing is dynamic).
@@ -627,11 +777,14 @@ impl SimpleQueryHandler for Session {
         if query.trim().is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
-        let outcomes = self
-            .run(query.to_string(), Vec::new(), sql::Typing::Sampled)
+        match self
+            .run(query.to_string(), Vec::new(), sql::Typing::Sampled, true)
             .await
-            .map_err(user_error)?;
-        outcomes.into_iter().map(|o| encode(o, None)).collect()
+            .map_err(user_error)?
+        {
+            Answer::Buffered(outcomes) => outcomes.into_iter().map(|o| encode(o, None)).collect(),
+            Answer::Streamed(rows) => Ok(vec![rows.into_response(None)]),
+        }
     }
 }
 
@@ -691,10 +844,26 @@ impl ExtendedQueryHandler for Session {
             return Ok(Response::EmptyQuery);
         }
         let values = params(portal)?;
-        let mut outcomes = self
-            .run(sql_text, values, sql::Typing::Declared)
+        let mut outcomes = match self
+            .run(sql_text, values, sql::Typing::Declared, true)
             .await
-            .map_err(user_error)?;
+            .map_err(user_error)?
+        {
+            Answer::Buffered(outcomes) => outcomes,
+            Answer::Streamed(rows) => {
+                // Declared typing: the same columns Describe announced, in the portal's formats.
+                let fields = rows
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (name, t))| {
+                        let format = portal.result_column_format.format_for(i);
+                        FieldInfo::new(name.clone(), None, None, pg_type(*t), format)
+                    })
+                    .collect();
+                return Ok(rows.into_response(Some(Arc::new(fields))));
+            }
+        };
         let last = outcomes.pop().unwrap_or(Outcome::Done {
             tag: "SELECT 0".into(),
         });

@@ -189,6 +189,59 @@ pub enum Typing {
     Declared,
 }
 
+/// A streamed statement's answer on its way to the client: its columns first (typed from the
+/// first batch), then its rows in batches, each with the highest not-yet-durable commit LSN
+/// its rows were read from (what must be durable before they are sent).
+#[derive(Debug)]
+pub enum Streamed {
+    Columns(Vec<(String, ColType)>),
+    Rows {
+        rows: Vec<Vec<Value>>,
+        read_lsn: logdb_types::Lsn,
+    },
+}
+
+/// A batch of a streamed result holds at most this many rows, or this many bytes.
+pub const STREAM_BATCH_ROWS: usize = 256;
+pub const STREAM_BATCH_BYTES: usize = 256 << 10;
+
+/// Whether `sql` is one statement (and nothing after it but blanks and comments): only then
+/// can its rows go to the client as they come. Preparing has no side effects.
+fn single_statement(conn: &Connection, sql: &str) -> bool {
+    let mut batch = rusqlite::Batch::new(conn, sql);
+    matches!(batch.next(), Ok(Some(_))) && matches!(batch.next(), Ok(None))
+}
+
+/// The result columns of a statement: names with types from their declarations (and, with
+/// `Typing::Sampled`, from the first non-null value among `rows`).
+fn result_columns(
+    names: Vec<(String, Option<String>)>,
+    rows: &[Vec<Value>],
+    typing: Typing,
+) -> Vec<(String, ColType)> {
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, decl))| {
+            let sample = rows
+                .iter()
+                .map(|r: &Vec<Value>| &r[i])
+                .find(|v| typing == Typing::Sampled && **v != Value::Null);
+            let t = col_type(&name, decl.as_deref(), sample);
+            (name, t)
+        })
+        .collect()
+}
+
+fn too_large(max_result_bytes: usize, rows: usize) -> SqlError {
+    SqlError::new(
+        RESULT_TOO_LARGE,
+        format!(
+            "the result is too large: more than {max_result_bytes} bytes after {rows} rows (the server's --max-result-bytes); select fewer rows or columns (LIMIT/OFFSET, or a WHERE on a key)"
+        ),
+    )
+}
+
 /// SQLSTATE of a result larger than the server buffers (`program_limit_exceeded`).
 pub const RESULT_TOO_LARGE: &str = "54000";
 
@@ -203,6 +256,9 @@ fn value_bytes(v: &Value) -> usize {
 
 /// Runs every statement of `sql`; the rows of all of them together may take at most
 /// `max_result_bytes` (else 54000, before more memory is taken).
+/// Runs `sql`. With `stream`, a single read-only statement's rows go there as they come (see
+/// [`Streamed`]; the outcome is then `Done` with its tag) instead of being buffered; a
+/// buffered result past `max_result_bytes` is refused.
 pub fn execute(
     conn: &Connection,
     engine: &Engine,
@@ -210,11 +266,13 @@ pub fn execute(
     sql: &str,
     params: &[Value],
     max_result_bytes: usize,
+    stream: Option<&tokio::sync::mpsc::Sender<Streamed>>,
 ) -> Result<Vec<Outcome>, SqlError> {
     let sql = rewrite_params(sql);
     let mut result_bytes = 0usize;
     crate::sql_guard::clear_refusal();
     let mut outcomes = Vec::new();
+    let stream = stream.filter(|_| single_statement(conn, &sql));
     let mut batch = rusqlite::Batch::new(conn, &sql);
     loop {
         let next = batch.next().map_err(|e| map_error(e, engine))?;
@@ -255,8 +313,31 @@ pub fn execute(
                 .map(|c| (c.name().to_string(), c.decl_type().map(str::to_string)))
                 .collect();
             let n = names.len();
+            let sink = stream.filter(|_| stmt.readonly());
+            let mut names = Some(names);
             let mut rows = Vec::new();
+            let mut batch_bytes = 0usize;
+            let mut sent = 0usize;
             let mut raw = stmt.raw_query();
+            // Sends what is gathered (the columns before the first batch); `Err` if the client
+            // went away, which ends the statement.
+            let flush = |rows: &mut Vec<Vec<Value>>, names: &mut Option<_>| {
+                let Some(tx) = sink else { return Ok(()) };
+                if let Some(names) = names.take() {
+                    let columns = result_columns(names, rows, typing);
+                    tx.blocking_send(Streamed::Columns(columns))
+                        .map_err(|_| SqlError::new("08006", "the client went away"))?;
+                }
+                if !rows.is_empty() {
+                    let read_lsn = vfs::take_read_lsn();
+                    tx.blocking_send(Streamed::Rows {
+                        rows: std::mem::take(rows),
+                        read_lsn,
+                    })
+                    .map_err(|_| SqlError::new("08006", "the client went away"))?;
+                }
+                Ok::<(), SqlError>(())
+            };
             while let Some(row) = raw.next().map_err(|e| map_error(e, engine))? {
                 let mut vals = Vec::with_capacity(n);
                 for i in 0..n {
@@ -268,30 +349,30 @@ pub fn execute(
                         ValueRef::Blob(b) => Value::Blob(b.to_vec()),
                     });
                 }
-                result_bytes += vals.iter().map(value_bytes).sum::<usize>();
-                if result_bytes > max_result_bytes {
-                    return Err(SqlError::new(
-                        RESULT_TOO_LARGE,
-                        format!(
-                            "the result is too large: more than {max_result_bytes} bytes after {} rows (the server's --max-result-bytes); select fewer rows or columns (LIMIT/OFFSET, or a WHERE on a key)",
-                            rows.len() + 1
-                        ),
-                    ));
-                }
+                let bytes = vals.iter().map(value_bytes).sum::<usize>();
                 rows.push(vals);
+                if sink.is_some() {
+                    sent += 1;
+                    batch_bytes += bytes;
+                    if rows.len() >= STREAM_BATCH_ROWS || batch_bytes >= STREAM_BATCH_BYTES {
+                        flush(&mut rows, &mut names)?;
+                        batch_bytes = 0;
+                    }
+                    continue;
+                }
+                result_bytes += bytes;
+                if result_bytes > max_result_bytes {
+                    return Err(too_large(max_result_bytes, rows.len()));
+                }
             }
-            let columns = names
-                .into_iter()
-                .enumerate()
-                .map(|(i, (name, decl))| {
-                    let sample = rows
-                        .iter()
-                        .map(|r: &Vec<Value>| &r[i])
-                        .find(|v| typing == Typing::Sampled && **v != Value::Null);
-                    let t = col_type(&name, decl.as_deref(), sample);
-                    (name, t)
-                })
-                .collect();
+            if sink.is_some() {
+                flush(&mut rows, &mut names)?;
+                outcomes.push(Outcome::Done {
+                    tag: format!("SELECT {sent}"),
+                });
+                continue;
+            }
+            let columns = result_columns(names.take().unwrap_or_default(), &rows, typing);
             outcomes.push(Outcome::Rows { columns, rows });
         } else {
             stmt.raw_execute().map_err(|e| map_error(e, engine))?;

@@ -33,7 +33,7 @@ async fn run(engine: &Arc<Engine>, name: &str, sql_text: &str) -> Vec<Outcome> {
     let (e, n, s) = (Arc::clone(engine), name.to_string(), sql_text.to_string());
     let (out, lsn) = tokio::task::spawn_blocking(move || {
         let conn = sql::open(&n, &e, -4096).unwrap();
-        let out = sql::execute(&conn, &e, sql::Typing::Sampled, &s, &[], usize::MAX)
+        let out = sql::execute(&conn, &e, sql::Typing::Sampled, &s, &[], usize::MAX, None)
             .unwrap_or_else(|err| panic!("{s}: {err} ({})", err.code));
         (out, vfs::take_commit_lsn())
     })
@@ -244,6 +244,7 @@ async fn allocation_stops_lal_records_above_vdl_while_storage_is_gone() {
                 &format!("INSERT INTO t VALUES ({i}, 'x')"),
                 &[],
                 usize::MAX,
+                None,
             )
             .unwrap();
         }

@@ -487,7 +487,8 @@ async fn a_transaction_rolled_back_by_a_timeout_refuses_everything_until_it_ends
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_result_past_max_result_bytes_is_refused_with_54000_and_the_session_goes_on() {
+async fn a_streamed_result_has_no_cap_and_a_gathered_one_past_max_result_bytes_is_refused_with_54000(
+) {
     let cluster = Cluster::start(1, 1 << 12);
     let layout = cluster.layout_path.to_str().unwrap().to_string();
     let writer = Writer::start_with(&["--layout", &layout, "--max-result-bytes", "100000"]);
@@ -498,7 +499,24 @@ async fn a_result_past_max_result_bytes_is_refused_with_54000_and_the_session_go
     )
     .await
     .unwrap();
-    let err = c.simple_query("SELECT * FROM big").await.unwrap_err();
+    // One read on its own streams: its rows go out as they come, so it has no cap (about
+    // 200 kB here, twice the limit).
+    let rows = c.simple_query("SELECT * FROM big").await.unwrap();
+    let n = rows
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(n, 1000);
+    let rows = c
+        .query("SELECT v FROM big WHERE k > $1", &[&"0"])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1000);
+    // A result that must be gathered first (one of several statements) is capped.
+    let err = c
+        .simple_query("SELECT * FROM big; SELECT 1")
+        .await
+        .unwrap_err();
     let db = err.as_db_error().unwrap_or_else(|| panic!("{err}"));
     assert_eq!(db.code().code(), "54000", "{db:?}");
     assert!(
@@ -506,7 +524,7 @@ async fn a_result_past_max_result_bytes_is_refused_with_54000_and_the_session_go
         "{}",
         db.message()
     );
-    // The same through the extended protocol, inside a transaction that stays usable.
+    // So is one inside a write transaction (extended protocol), which stays usable.
     c.batch_execute("BEGIN").await.unwrap();
     let err = c
         .query("SELECT v FROM big WHERE k > $1", &[&"0"])
@@ -529,4 +547,42 @@ async fn a_result_past_max_result_bytes_is_refused_with_54000_and_the_session_go
         .unwrap()
         .get(0);
     assert_eq!(n, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_result_cut_by_the_statement_timeout_ends_with_57014_and_the_session_goes_on() {
+    let cluster = Cluster::start(1, 256);
+    let writer = Writer::start(&cluster.layout_path);
+    let c = writer.client().await;
+    c.batch_execute("SET statement_timeout = '300ms'")
+        .await
+        .unwrap();
+    // Rows come at once and keep coming: the first batches reach the client before the
+    // timeout ends the statement.
+    let sql = "SELECT x FROM (WITH RECURSIVE c(x) AS \
+               (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) SELECT x FROM c)";
+    let mut rows = 0usize;
+    let stream = c.simple_query_raw(sql).await.unwrap();
+    futures::pin_mut!(stream);
+    let err = loop {
+        match futures::StreamExt::next(&mut stream).await {
+            Some(Ok(tokio_postgres::SimpleQueryMessage::Row(_))) => rows += 1,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break e,
+            None => panic!("the statement ran to its end within the timeout ({rows} rows)"),
+        }
+    };
+    assert_eq!(
+        err.as_db_error().map(|d| d.code().code()),
+        Some("57014"),
+        "{err:?}"
+    );
+    assert!(rows >= 256, "rows were streamed before the timeout: {rows}");
+    c.batch_execute("SET statement_timeout = 0").await.unwrap();
+    let rows = c.simple_query("SELECT 41 + 1").await.unwrap();
+    let row = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(row.as_deref(), Some("42"));
 }
