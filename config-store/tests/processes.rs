@@ -391,15 +391,7 @@ async fn with_mutual_tls_each_part_may_ask_only_what_its_job_is() {
     );
 
     // Volumes are the members' to make; a compute node takes tickets for its own volume only.
-    let spec = proto::VolumeSpec {
-        page_size: 8192,
-        segment_size: 10 << 30,
-        max_size: 0,
-        replicas: 1,
-        retention_seconds: 3600,
-        zones: vec!["a".into(), "b".into(), "c".into()],
-        pool: String::new(),
-    };
+    let spec = spec(8192);
     let create = |name: &str| proto::CreateVolumeRequest {
         name: name.into(),
         spec: Some(spec.clone()),
