@@ -37,6 +37,7 @@ use logdb_config_store::client::ConfigClient;
 use serde_json::json;
 
 use crate::objects::{self, Desired, Settings, ROLE_LABEL};
+use crate::rollout;
 use crate::secrets;
 use crate::spec::{LogVolume, LogVolumeStatus, PendingFailover, ReplicaState, Target};
 use crate::units::human_bytes;
@@ -215,15 +216,27 @@ async fn keep_volume_claims(
     client: &Client,
     ns: &str,
     d: &mut Desired,
-) -> Result<u64, ControllerError> {
+) -> Result<(u64, Vec<Option<rollout::SetSeen>>), ControllerError> {
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
     let mut smallest = u64::MAX;
+    let mut seen = Vec::with_capacity(d.storage.len());
     for s in &mut d.storage {
         let name = s.metadata.name.clone().unwrap_or_default();
-        let existing = sets
-            .get_opt(&name)
-            .await?
-            .and_then(|e| e.spec.volume_claim_templates);
+        let existing = sets.get_opt(&name).await?;
+        seen.push(existing.as_ref().map(|e| {
+            rollout::SetSeen {
+                annotation: e
+                    .spec
+                    .template
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.annotations.as_ref())
+                    .and_then(|a| a.get(secrets::PEER_NOT_AFTER))
+                    .cloned(),
+                settled: rollout::settled(e),
+            }
+        }));
+        let existing = existing.and_then(|e| e.spec.volume_claim_templates);
         let spec = &mut s.spec;
         if let Some(claims) = existing {
             spec.volume_claim_templates = Some(claims);
@@ -240,7 +253,7 @@ async fn keep_volume_claims(
             smallest = smallest.min(bytes);
         }
     }
-    Ok(if smallest == u64::MAX { 0 } else { smallest })
+    Ok((if smallest == u64::MAX { 0 } else { smallest }, seen))
 }
 
 /// What the pods were started with, so a change rolls them: the server certificate's expiry,
@@ -461,7 +474,7 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
     });
     let mut desired =
         objects::desired(&lv, &ctx.settings, storage_pods).map_err(ControllerError::Config)?;
-    let pvc_bytes = keep_volume_claims(&ctx.client, &ns, &mut desired).await?;
+    let (pvc_bytes, storage_seen) = keep_volume_claims(&ctx.client, &ns, &mut desired).await?;
     let seen = match ensure_secrets(&ctx.client, &ns, &lv, &ctx.installation_ca).await? {
         Ok(t) => t,
         Err(msg) => return not_ready(&ctx, &lv, &api, status, "AppSecretInvalid", msg, 30).await,
@@ -476,12 +489,13 @@ pub async fn reconcile(lv: Arc<LogVolume>, ctx: Arc<Context>) -> Result<Action, 
             seen.peer_not_after.to_string(),
         );
     }
-    for set in &mut desired.storage {
+    // The storage sets roll onto renewed certificates one at a time (see `rollout`).
+    let values = rollout::annotations(&storage_seen, &seen.peer_not_after.to_string());
+    for (set, value) in desired.storage.iter_mut().zip(values) {
         if let Some(t) = set.spec.template.metadata.as_mut() {
-            t.annotations.get_or_insert_with(Default::default).insert(
-                secrets::PEER_NOT_AFTER.into(),
-                seen.peer_not_after.to_string(),
-            );
+            t.annotations
+                .get_or_insert_with(Default::default)
+                .insert(secrets::PEER_NOT_AFTER.into(), value);
         }
     }
     apply_all(&ctx.client, &ns, &desired).await?;

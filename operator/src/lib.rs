@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod network_policy;
 pub mod objects;
 pub mod operator_mode;
+pub mod rollout;
 pub mod secrets;
 pub mod sizing;
 pub mod spec;

@@ -583,3 +583,62 @@ async fn a_named_app_secret_must_exist_and_a_certificate_near_expiry_is_renewed(
         not_after.to_string()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_peer_certificates_roll_the_storage_sets_one_at_a_time() {
+    let s = setup().await;
+    s.reconcile().await;
+    const IDS: [&str; 6] = ["a1", "a2", "b1", "b2", "c1", "c2"];
+    let set_path = |id: &str| format!("{SETS}/orders-storage-{id}");
+    let annotation = |id: &str| {
+        s.api.get(&set_path(id)).unwrap()["spec"]["template"]["metadata"]["annotations"]
+            ["logdb.io/peer-not-after"]
+            .clone()
+    };
+    // What the StatefulSet controller would report: every pod on `revision`, ready or not.
+    let report = |id: &str, settled: bool| {
+        let mut set = s.api.get(&set_path(id)).unwrap();
+        let n = set["spec"]["replicas"].clone();
+        set["status"] = json!({"replicas": n, "updatedReplicas": if settled { n.clone() } else { json!(0) },
+                               "readyReplicas": n, "currentRevision": "r1",
+                               "updateRevision": if settled { "r1" } else { "r2" }});
+        s.api.put(&set_path(id), set);
+    };
+    let first = annotation("a1");
+    assert!(first.is_string());
+    assert!(
+        IDS.iter().all(|id| annotation(id) == first),
+        "a new volume starts with it everywhere"
+    );
+    // The pods run an older certificate (as they would a year on), and have settled.
+    for id in IDS {
+        let mut set = s.api.get(&set_path(id)).unwrap();
+        set["spec"]["template"]["metadata"]["annotations"]["logdb.io/peer-not-after"] =
+            "1000".into();
+        s.api.put(&set_path(id), set);
+        report(id, true);
+    }
+
+    // The peer certificates are a week from expiry: renewed, and a1 alone rolls onto them.
+    let path = format!("{SECRETS}/orders-peer-tls");
+    let mut peer = s.api.get(&path).unwrap();
+    peer["metadata"]["annotations"]["logdb.io/not-after"] =
+        (now_ms() / 1000 + 7 * 86_400).to_string().into();
+    s.api.put(&path, peer);
+    s.reconcile().await;
+    let renewed =
+        s.api.get(&path).unwrap()["metadata"]["annotations"]["logdb.io/not-after"].clone();
+    assert_ne!(renewed, "1000");
+    let now: Vec<bool> = IDS.iter().map(|id| annotation(id) == renewed).collect();
+    assert_eq!(now, [true, false, false, false, false, false]);
+    // While a1's pods roll, nothing else moves...
+    report("a1", false);
+    s.reconcile().await;
+    let now: Vec<bool> = IDS.iter().map(|id| annotation(id) == renewed).collect();
+    assert_eq!(now, [true, false, false, false, false, false]);
+    // ...and once they are back, the next set goes.
+    report("a1", true);
+    s.reconcile().await;
+    let now: Vec<bool> = IDS.iter().map(|id| annotation(id) == renewed).collect();
+    assert_eq!(now, [true, true, false, false, false, false]);
+}
