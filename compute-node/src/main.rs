@@ -107,8 +107,9 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     max_connections: usize,
     /// Largest result a query may gather before sending it, in bytes (a statement inside a
-    /// write transaction, or one of several in a string; a lone read streams and has no cap):
-    /// this bounds a session's memory; past it the query fails with SQLSTATE 54000.
+    /// write transaction, or one of several in a string), and the most of a streamed result
+    /// that may wait for a client slower than the statement: this bounds a session's memory;
+    /// past it the query fails with SQLSTATE 54000.
     #[arg(long, default_value_t = 256 << 20)]
     max_result_bytes: usize,
     /// How long (ms) a transaction waits under back-pressure (--lal) before it is refused.

@@ -273,6 +273,7 @@ pub fn execute(
     crate::sql_guard::clear_refusal();
     let mut outcomes = Vec::new();
     let stream = stream.filter(|_| single_statement(conn, &sql));
+    let mut finishing: Option<BatchSender<'_>> = None;
     let mut batch = rusqlite::Batch::new(conn, &sql);
     loop {
         let next = batch.next().map_err(|e| map_error(e, engine))?;
@@ -318,23 +319,20 @@ pub fn execute(
             let mut rows = Vec::new();
             let mut batch_bytes = 0usize;
             let mut sent = 0usize;
+            let mut handing = sink.map(|tx| BatchSender::new(tx, max_result_bytes));
             let mut raw = stmt.raw_query();
-            // Sends what is gathered (the columns before the first batch); `Err` if the client
-            // went away, which ends the statement.
-            let flush = |rows: &mut Vec<Vec<Value>>, names: &mut Option<_>| {
-                let Some(tx) = sink else { return Ok(()) };
+            // Hands over what is gathered (the columns before the first batch).
+            let mut flush = |rows: &mut Vec<Vec<Value>>, names: &mut Option<_>, bytes: usize| {
+                let Some(out) = handing.as_mut() else {
+                    return Ok(());
+                };
                 if let Some(names) = names.take() {
-                    let columns = result_columns(names, rows, typing);
-                    tx.blocking_send(Streamed::Columns(columns))
-                        .map_err(|_| SqlError::new("08006", "the client went away"))?;
+                    out.send(Streamed::Columns(result_columns(names, rows, typing)), 0)?;
                 }
                 if !rows.is_empty() {
                     let read_lsn = vfs::take_read_lsn();
-                    tx.blocking_send(Streamed::Rows {
-                        rows: std::mem::take(rows),
-                        read_lsn,
-                    })
-                    .map_err(|_| SqlError::new("08006", "the client went away"))?;
+                    let rows = std::mem::take(rows);
+                    out.send(Streamed::Rows { rows, read_lsn }, bytes)?;
                 }
                 Ok::<(), SqlError>(())
             };
@@ -355,7 +353,7 @@ pub fn execute(
                     sent += 1;
                     batch_bytes += bytes;
                     if rows.len() >= STREAM_BATCH_ROWS || batch_bytes >= STREAM_BATCH_BYTES {
-                        flush(&mut rows, &mut names)?;
+                        flush(&mut rows, &mut names, batch_bytes)?;
                         batch_bytes = 0;
                     }
                     continue;
@@ -366,10 +364,12 @@ pub fn execute(
                 }
             }
             if sink.is_some() {
-                flush(&mut rows, &mut names)?;
+                flush(&mut rows, &mut names, batch_bytes)?;
                 outcomes.push(Outcome::Done {
                     tag: format!("SELECT {sent}"),
                 });
+                // The rest goes once the statement is over (its shared lock released).
+                finishing = handing;
                 continue;
             }
             let columns = result_columns(names.take().unwrap_or_default(), &rows, typing);
@@ -382,7 +382,81 @@ pub fn execute(
             });
         }
     }
+    if let Some(rest) = finishing {
+        rest.finish()?;
+    }
     Ok(outcomes)
+}
+
+/// Hands a streamed statement's batches to the client's side without ever waiting for it
+/// while the statement runs: the statement holds SQLite's shared lock, and the writer's next
+/// commit (a replica's next feed batch) waits for that lock, so a slow client must not slow
+/// the statement down. What the client has not taken yet waits here, at most `max_bytes` of
+/// it, and is handed over (waiting for the client) once the statement has ended.
+struct BatchSender<'a> {
+    tx: &'a tokio::sync::mpsc::Sender<Streamed>,
+    waiting: std::collections::VecDeque<(Streamed, usize)>,
+    waiting_bytes: usize,
+    max_bytes: usize,
+}
+
+fn client_gone() -> SqlError {
+    SqlError::new("08006", "the client went away")
+}
+
+impl<'a> BatchSender<'a> {
+    fn new(tx: &'a tokio::sync::mpsc::Sender<Streamed>, max_bytes: usize) -> Self {
+        BatchSender {
+            tx,
+            waiting: Default::default(),
+            waiting_bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Hands `msg` (`bytes` of rows) over, or keeps it behind what waits already.
+    fn send(&mut self, msg: Streamed, bytes: usize) -> Result<(), SqlError> {
+        use tokio::sync::mpsc::error::TrySendError;
+        while let Some((m, b)) = self.waiting.pop_front() {
+            match self.tx.try_send(m) {
+                Ok(()) => self.waiting_bytes -= b,
+                Err(TrySendError::Full(m)) => {
+                    self.waiting.push_front((m, b));
+                    break;
+                }
+                Err(TrySendError::Closed(_)) => return Err(client_gone()),
+            }
+        }
+        let msg = if self.waiting.is_empty() {
+            match self.tx.try_send(msg) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(m)) => m,
+                Err(TrySendError::Closed(_)) => return Err(client_gone()),
+            }
+        } else {
+            msg
+        };
+        self.waiting_bytes += bytes;
+        if self.waiting_bytes > self.max_bytes {
+            return Err(SqlError::new(
+                RESULT_TOO_LARGE,
+                format!(
+                    "the result is made faster than the client reads it: more than {} bytes wait for the client (the server's --max-result-bytes); read it faster, or select fewer rows",
+                    self.max_bytes
+                ),
+            ));
+        }
+        self.waiting.push_back((msg, bytes));
+        Ok(())
+    }
+
+    /// After the statement: hands over what waits, as fast as the client takes it.
+    fn finish(self) -> Result<(), SqlError> {
+        for (m, _) in self.waiting {
+            self.tx.blocking_send(m).map_err(|_| client_gone())?;
+        }
+        Ok(())
+    }
 }
 
 /// SQLSTATEs SQLite only tells by its message.

@@ -586,3 +586,79 @@ async fn a_streamed_result_cut_by_the_statement_timeout_ends_with_57014_and_the_
     });
     assert_eq!(row.as_deref(), Some("42"));
 }
+
+/// A client that sends a query and then never reads: the server's writes to it stall.
+fn stalled_reader(port: u16, sql: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut params = Vec::new();
+    for kv in ["user", "logdb", "database", "vol1"] {
+        params.extend_from_slice(kv.as_bytes());
+        params.push(0);
+    }
+    params.push(0);
+    let mut startup = ((params.len() + 8) as u32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&196608u32.to_be_bytes());
+    startup.extend_from_slice(&params);
+    s.write_all(&startup).unwrap();
+    // Read up to ReadyForQuery ('Z'), message by message.
+    loop {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).unwrap();
+        assert_ne!(head[0], b'E', "refused: {}", String::from_utf8_lossy(&body));
+        if head[0] == b'Z' {
+            break;
+        }
+    }
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+    q.extend_from_slice(sql.as_bytes());
+    q.push(0);
+    s.write_all(&q).unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_streamed_result_does_not_hold_up_commits() {
+    let cluster = Cluster::start(1, 1 << 13);
+    let layout = cluster.layout_path.to_str().unwrap().to_string();
+    let writer = Writer::start_with(&["--layout", &layout, "--auth", "trust"]);
+    let c = writer.client().await;
+    // About 30 MB: far more than the socket and the stream's batches hold.
+    c.batch_execute(
+        "CREATE TABLE big (k INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO big SELECT value, printf('%01000d', value) FROM (WITH RECURSIVE c(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM c WHERE value < 30000) SELECT value FROM c)",
+    )
+    .await
+    .unwrap();
+    let stalled = stalled_reader(writer.port, "SELECT * FROM big");
+    // Its first rows are on the way: the statement runs (or has run).
+    stalled.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(stalled.peek(&mut [0u8; 1]), Ok(n) if n > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "the streamed statement never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The statement finishes on its own (what the client has not read waits in memory), so
+    // its shared lock does not keep the writer from committing.
+    let commit = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.batch_execute("INSERT INTO big VALUES (30001, 'after')"),
+    )
+    .await
+    .expect("a commit waited for a client that does not read");
+    commit.unwrap();
+    drop(stalled);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM big", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 30001);
+}
