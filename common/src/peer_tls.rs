@@ -284,30 +284,33 @@ fn matches(cert: &webpki::EndEntityCert<'_>, name: &str) -> bool {
 
 /// The logdb roles a certificate (DER) carries.
 pub fn roles_of(cert: &CertificateDer<'_>) -> Vec<Role> {
-    let Ok(cert) = webpki::EndEntityCert::try_from(cert) else {
-        return Vec::new();
-    };
-    if matches(&cert, ROLE_PROBE) {
+    webpki::EndEntityCert::try_from(cert).map_or_else(|_| Vec::new(), |c| parsed_roles(&c))
+}
+
+fn parsed_roles(cert: &webpki::EndEntityCert<'_>) -> Vec<Role> {
+    if matches(cert, ROLE_PROBE) {
         return Vec::new();
     }
     Role::ALL
         .into_iter()
-        .filter(|r| matches(&cert, &r.san()))
+        .filter(|r| matches(cert, &r.san()))
         .collect()
 }
 
 /// Whether a certificate (DER) works for `volume`: it is a config store member's, or names
 /// the volume or the whole installation.
 pub fn works_for(cert: &CertificateDer<'_>, volume: &str) -> bool {
-    let Ok(parsed) = webpki::EndEntityCert::try_from(cert) else {
-        return false;
-    };
-    if matches(&parsed, SCOPE_PROBE) {
+    webpki::EndEntityCert::try_from(cert)
+        .is_ok_and(|c| parsed_works_for(&c, &parsed_roles(&c), volume))
+}
+
+fn parsed_works_for(cert: &webpki::EndEntityCert<'_>, roles: &[Role], volume: &str) -> bool {
+    if matches(cert, SCOPE_PROBE) {
         return false;
     }
-    roles_of(cert).contains(&Role::Config)
-        || matches(&parsed, &Scope::Installation.san())
-        || matches(&parsed, &Scope::Volume(volume).san())
+    roles.contains(&Role::Config)
+        || matches(cert, &Scope::Installation.san())
+        || matches(cert, &Scope::Volume(volume).san())
 }
 
 /// The logdb roles a certificate (PEM) carries.
@@ -399,7 +402,9 @@ pub fn authorize_certs(
             names()
         )));
     };
-    let roles = roles_of(leaf);
+    // Parsed once: this runs for every request, WriteRecords included.
+    let parsed = webpki::EndEntityCert::try_from(leaf).ok();
+    let roles = parsed.as_ref().map_or_else(Vec::new, parsed_roles);
     if !allowed.iter().any(|r| roles.contains(r)) {
         let has = if roles.is_empty() {
             "no logdb role".to_string()
@@ -416,9 +421,15 @@ pub fn authorize_certs(
         )));
     }
     match volume {
-        Some(v) if !works_for(leaf, v) => Err(Status::permission_denied(format!(
-            "{what} for volume {v:?}: the peer's certificate is for another volume"
-        ))),
+        Some(v)
+            if !parsed
+                .as_ref()
+                .is_some_and(|c| parsed_works_for(c, &roles, v)) =>
+        {
+            Err(Status::permission_denied(format!(
+                "{what} for volume {v:?}: the peer's certificate is for another volume"
+            )))
+        }
         _ => Ok(()),
     }
 }
